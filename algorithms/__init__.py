@@ -1,0 +1,1 @@
+"""Offline RL algorithms as packed populations (networks, losses, learners)."""

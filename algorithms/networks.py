@@ -1,0 +1,116 @@
+"""Networks with a leading member axis: P independent learners packed into one set of tensors.
+
+Every weight is `[P, in, out]` and every activation `[P, B, features]`, so one batched matmul
+(`torch.baddbmm`) runs all P members, and the sum of their losses backpropagates into P independent
+parameter sets. An ensemble inside a member (twin critics, dynamics models) is the same mechanism with
+more members: a twin critic for P learners is a PackedMLP with 2P members.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+class PackedLinear(nn.Module):
+    """`y[p] = x[p] @ W[p] + b[p]` for every member p; x is `[P, B, in]`."""
+
+    def __init__(self, members: int, in_features: int, out_features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(members, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(members, 1, out_features))
+        # nn.Linear's default initialization, member by member.
+        bound = 1.0 / math.sqrt(in_features)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class PackedMLP(nn.Module):
+    """An MLP per member: `[P, B, in] -> [P, B, out]`, ReLU (or any activation) between layers."""
+
+    def __init__(self, members: int, in_features: int, out_features: int, hidden: Sequence[int],
+                 activation: type[nn.Module] = nn.ReLU):
+        super().__init__()
+        sizes = [in_features, *hidden, out_features]
+        layers: list[nn.Module] = []
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(PackedLinear(members, n_in, n_out))
+            if i < len(sizes) - 2:
+                layers.append(activation())
+        self.layers = nn.Sequential(*layers)
+        self.members = members
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class TanhGaussianPolicy(nn.Module):
+    """SAC's squashed Gaussian: a = scale * tanh(u) + bias, u ~ N(mu(s), sigma(s)).
+
+    `action_low`/`action_high` are the env's bounds; the network works in [-1, 1].
+    """
+
+    def __init__(self, members: int, obs_dim: int, act_dim: int, hidden: Sequence[int],
+                 action_low: torch.Tensor | float = -1.0, action_high: torch.Tensor | float = 1.0):
+        super().__init__()
+        self.net = PackedMLP(members, obs_dim, 2 * act_dim, hidden)
+        low = torch.as_tensor(action_low, dtype=torch.float32).expand(act_dim)
+        high = torch.as_tensor(action_high, dtype=torch.float32).expand(act_dim)
+        self.register_buffer("action_scale", (high - low) / 2)
+        self.register_buffer("action_bias", (high + low) / 2)
+
+    def distribution(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, log_std = self.net(obs).chunk(2, dim=-1)
+        return mu, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterized action `[P, B, act]` and its log-probability `[P, B]` (tanh-corrected)."""
+        mu, log_std = self.distribution(obs)
+        u = mu + log_std.exp() * torch.randn_like(mu)
+        return self.squash(u), squashed_gaussian_log_prob(u, mu, log_std, self.action_scale)
+
+    def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.squash(self.distribution(obs)[0])
+
+    def squash(self, u: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(u) * self.action_scale + self.action_bias
+
+
+def squashed_gaussian_log_prob(u: torch.Tensor, mu: torch.Tensor, log_std: torch.Tensor,
+                               action_scale: torch.Tensor) -> torch.Tensor:
+    """log pi(a) for a = scale * tanh(u): Gaussian log-density minus log|da/du| (SAC, appendix C).
+
+    Uses log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), which stays finite for large |u|.
+    """
+    gaussian = (-0.5 * ((u - mu) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+    log_det = (2 * (math.log(2) - u - F.softplus(-2 * u)) + action_scale.log()).sum(-1)
+    return gaussian - log_det
+
+
+class PackedCritic(nn.Module):
+    """`ensemble` Q-functions per member (2 for SAC's twin critics): `Q(s, a) -> [P, E, B]`."""
+
+    def __init__(self, members: int, obs_dim: int, act_dim: int, hidden: Sequence[int], ensemble: int = 2):
+        super().__init__()
+        self.members, self.ensemble = members, ensemble
+        self.net = PackedMLP(members * ensemble, obs_dim + act_dim, 1, hidden)
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        P, E = self.members, self.ensemble
+        x = torch.cat([obs, actions], dim=-1)                    # [P, B, obs+act]
+        x = x.unsqueeze(1).expand(P, E, *x.shape[1:]).reshape(P * E, *x.shape[1:])
+        return self.net(x).view(P, E, -1)
+
+
+@torch.no_grad()
+def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """target <- (1 - tau) * target + tau * source, parameter by parameter."""
+    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)

@@ -1,0 +1,319 @@
+"""Build D4RL-style Minari datasets offline, from any Gymnasium env with continuous actions.
+
+The recipe of D4RL (Fu et al., 2020, section 5): a SAC agent is trained online; "medium" data come
+from its policy frozen part-way (here: when its evaluation return first reaches `medium_return`),
+"expert" data from the policy trained further (to `expert_return`) or from a scripted controller,
+"medium-replay" is the agent's replay buffer up to the medium point, "medium-expert" the union of
+medium and expert data, and "random" comes from uniform actions. Every dataset records
+ref_min_score (the random policy's mean return) and ref_max_score (the expert's mean return, acting
+deterministically), so normalized scores work, and the behaviour policy's own mean return.
+
+Datasets are written under a hidden staging folder and renamed into place once complete, so an
+interrupted build never leaves a dataset that looks whole.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import shutil
+import time
+import uuid
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from ..algorithms.sac import SAC, SACConfig
+from .buffer import TransitionBuffer
+from .controllers import SCRIPTED_CONTROLLERS
+from .loading import DatasetError, datasets_root, local_dataset_ids
+from .rollout import Episode, Policy, make_env, random_policy, rollout
+
+KINDS = ("random", "medium", "expert", "medium-replay", "medium-expert")
+
+# Targets for the SAC behaviour policy on envs we know. D4RL's medium agents score about a third of
+# the way from random to expert; these are set the same way from returns measured here.
+PRESETS: dict[str, dict[str, float]] = {
+    "Pendulum-v1": {"medium_return": -800.0, "expert_return": -200.0},
+    "Hopper-v5": {"medium_return": 1000.0, "expert_return": 2500.0},
+}
+
+
+@dataclass
+class BuildConfig:
+    env_id: str
+    kinds: tuple[str, ...] = KINDS
+    name: str | None = None                # dataset ids are "<name>/<kind>-v<version>"; default from env_id
+    version: int = 0
+    transitions: int = 100_000             # per dataset (medium-expert holds both halves)
+    medium_return: float | None = None     # None: the env's preset
+    expert_return: float | None = None
+    expert: str = "sac"                    # "sac", or "scripted" where a controller is shipped
+    sac_steps: int = 300_000               # the most online steps the behaviour agent may take
+    sac_start_steps: int = 5_000           # uniform-random steps before learning starts
+    sac_hidden: tuple[int, ...] = (256, 256)
+    sac_batch_size: int = 256
+    eval_every: int = 5_000
+    eval_episodes: int = 10
+    ref_episodes: int = 20
+    num_envs: int = 10                     # envs stepped together when collecting
+    seed: int = 0
+    overwrite: bool = False
+
+    def __post_init__(self):
+        self.kinds = tuple(self.kinds)
+        self.sac_hidden = tuple(int(h) for h in self.sac_hidden)
+        unknown = sorted(set(self.kinds) - set(KINDS))
+        if unknown or not self.kinds:
+            raise DatasetError(f"unknown dataset kind(s) {unknown or '(none given)'}; choose from {', '.join(KINDS)}")
+        if self.expert not in ("sac", "scripted"):
+            raise DatasetError(f"expert={self.expert!r}: choose 'sac' or 'scripted'")
+        if self.expert == "scripted" and self.env_id not in SCRIPTED_CONTROLLERS:
+            raise DatasetError(f"no scripted controller ships for {self.env_id} (there are: "
+                               f"{', '.join(SCRIPTED_CONTROLLERS)}); use expert='sac' with an expert_return")
+        for key in ("transitions", "sac_steps", "eval_every", "eval_episodes", "ref_episodes", "num_envs",
+                    "sac_batch_size"):
+            if getattr(self, key) < 1:
+                raise DatasetError(f"{key}={getattr(self, key)} must be at least 1")
+        preset = PRESETS.get(self.env_id, {})
+        if self.medium_return is None:
+            self.medium_return = preset.get("medium_return")
+        if self.expert_return is None and self.expert == "sac":
+            self.expert_return = preset.get("expert_return")
+        if self.needs_medium and self.medium_return is None:
+            raise DatasetError(f"no medium_return known for {self.env_id}: pass --medium-return R, the evaluation "
+                               f"return at which the SAC behaviour policy is frozen for medium data")
+        if self.expert == "sac" and self.expert_return is None:
+            raise DatasetError(f"no expert_return known for {self.env_id}: pass --expert-return R (the expert "
+                               f"defines ref_max_score for normalized scores)")
+        if self.name is None:
+            self.name = self.env_id.split("-v")[0].split("/")[-1].lower()
+
+    @property
+    def needs_medium(self) -> bool:
+        return bool({"medium", "medium-replay", "medium-expert"} & set(self.kinds))
+
+    def dataset_id(self, kind: str) -> str:
+        return f"{self.name}/{kind}-v{self.version}"
+
+
+@dataclass
+class Snapshot:
+    """A frozen behaviour policy and where the online agent stood when it was taken."""
+    policy: torch.nn.Module
+    eval_return: float
+    step: int
+    replay_episodes: list[Episode] = field(default_factory=list)
+
+
+@dataclass
+class BuiltDataset:
+    dataset_id: str
+    episodes: int
+    transitions: int
+    behavior_return: float
+    ref_min_score: float
+    ref_max_score: float
+    seconds: float
+
+
+def sac_policy(policy: torch.nn.Module, deterministic: bool) -> Policy:
+    """A numpy policy from a (P=1) TanhGaussianPolicy."""
+    @torch.no_grad()
+    def act(obs: np.ndarray) -> np.ndarray:
+        obs_t = torch.as_tensor(obs, dtype=torch.float32)[None]
+        actions = policy.deterministic(obs_t) if deterministic else policy.sample(obs_t)[0]
+        return actions[0].numpy()
+    return act
+
+
+def mean_return(env_id: str, policy: Policy, episodes: int, seed: int) -> float:
+    return float(np.mean([e.ret for e in rollout(env_id, policy, episodes, seed, episodes_per_env=1)]))
+
+
+def train_sac(config: BuildConfig, log: Callable[[str], None]) -> dict[str, Snapshot]:
+    """Train SAC online until its evaluation return reaches the targets; snapshot the policy at each.
+
+    Returns {"medium": ..., "expert": ...} for the targets asked for. The replay episodes up to the medium
+    snapshot (complete episodes only) are kept for medium-replay.
+    """
+    targets = {}
+    if config.needs_medium:
+        targets["medium"] = config.medium_return
+    if config.expert == "sac":
+        targets["expert"] = config.expert_return
+    torch.manual_seed(config.seed)
+    env = make_env(config.env_id)
+    env.action_space.seed(config.seed)
+    obs_dim, act_dim = gym.spaces.flatdim(env.observation_space), gym.spaces.flatdim(env.action_space)
+    agent = SAC(SACConfig(hidden=config.sac_hidden, batch_size=config.sac_batch_size), obs_dim, act_dim,
+                action_low=torch.as_tensor(env.action_space.low), action_high=torch.as_tensor(env.action_space.high))
+    replay = TransitionBuffer(config.sac_steps, obs_dim, act_dim)
+    snapshots: dict[str, Snapshot] = {}
+    episodes: list[Episode] = []
+    obs, _ = env.reset(seed=config.seed)
+    record: dict[str, list] = {"obs": [obs], "act": [], "rew": [], "term": [], "trunc": []}
+    best, started = -math.inf, time.perf_counter()
+    act = sac_policy(agent.policy, deterministic=False)
+    for step in range(1, config.sac_steps + 1):
+        action = env.action_space.sample() if step <= config.sac_start_steps else act(obs[None])[0]
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        replay.add(obs[None], action[None], [reward], next_obs[None], [terminated], [truncated])
+        for key, value in zip(("obs", "act", "rew", "term", "trunc"), (next_obs, action, reward, terminated, truncated)):
+            record[key].append(value)
+        obs = next_obs
+        if terminated or truncated:
+            episodes.append(Episode(np.asarray(record["obs"], np.float32), np.asarray(record["act"], np.float32),
+                                    np.asarray(record["rew"], np.float32), np.asarray(record["term"], bool),
+                                    np.asarray(record["trunc"], bool)))
+            obs, _ = env.reset()
+            record = {"obs": [obs], "act": [], "rew": [], "term": [], "trunc": []}
+        if step > config.sac_start_steps:
+            agent.update(replay.sample(config.sac_batch_size))
+        if step % config.eval_every and step != config.sac_steps:
+            continue
+        score = mean_return(config.env_id, sac_policy(agent.policy, deterministic=True), config.eval_episodes,
+                            seed=config.seed + 10_000 + step)
+        best = max(best, score)
+        log(f"  SAC step {step:>7}: eval return {score:9.1f}  ({time.perf_counter() - started:6.0f} s)")
+        for kind, target in targets.items():
+            if kind not in snapshots and score >= target:
+                snapshots[kind] = Snapshot(copy.deepcopy(agent.policy), score, step,
+                                           list(episodes) if kind == "medium" else [])
+                log(f"  froze the {kind} policy at step {step} (eval return {score:.1f} >= {target})")
+        if len(snapshots) == len(targets):
+            return snapshots
+    missing = {kind: target for kind, target in targets.items() if kind not in snapshots}
+    raise DatasetError(f"the SAC behaviour agent reached an eval return of {best:.1f} in {config.sac_steps} steps, "
+                       f"short of the target(s) {missing}: raise --sac-steps or lower the target")
+
+
+@contextlib.contextmanager
+def _staged(dataset_id: str, overwrite: bool):
+    """Let Minari write `dataset_id` under a hidden staging root, then move it into place whole.
+
+    Minari places a new dataset by MINARI_DATASETS_PATH alone, so the variable points at the staging
+    root while it writes.
+    """
+    root = datasets_root()
+    staging = root / f".staging-{uuid.uuid4().hex[:12]}"
+    previous = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(staging)
+    try:
+        yield
+        final = root / dataset_id
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            if not overwrite:
+                raise DatasetError(f"dataset {dataset_id} appeared in {root} during the build; nothing was replaced")
+            retired = root / f".retired-{uuid.uuid4().hex[:12]}"
+            os.replace(final, retired)
+            shutil.rmtree(retired)
+        os.replace(staging / dataset_id, final)
+    finally:
+        if previous is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = previous
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_dataset(dataset_id: str, env_id: str, episodes: list[Episode], ref_min_score: float,
+                  ref_max_score: float, metadata: dict, overwrite: bool = False) -> None:
+    """Write episodes as a Minari (HDF5) dataset with reference scores and our own metadata."""
+    import minari
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+    buffers = [EpisodeBuffer(id=i, seed=e.seed, observations=e.observations, actions=e.actions, rewards=e.rewards,
+                             terminations=e.terminations, truncations=e.truncations) for i, e in enumerate(episodes)]
+    try:
+        with _staged(dataset_id, overwrite):
+            with warnings.catch_warnings():
+                # Minari recommends an author e-mail, which a locally built dataset has no use for.
+                warnings.filterwarnings("ignore", message=".*author_email.*", category=UserWarning)
+                dataset = minari.create_dataset_from_buffers(
+                    dataset_id, buffers, env=env_id, eval_env=env_id,
+                    algorithm_name=metadata.get("behavior_policy", "unknown"),
+                    author="offline-rl-sweeps dataset builder", code_permalink="offline-rl-sweeps/datasets/builder.py",
+                    ref_min_score=float(ref_min_score), ref_max_score=float(ref_max_score), data_format="hdf5",
+                    description=f"Built offline by offline-rl-sweeps from {env_id}: {metadata.get('behavior_policy')}.")
+            dataset.storage.update_metadata(metadata)
+    except DatasetError:
+        raise
+    except Exception as error:  # Minari and h5py raise assorted types; name the dataset and the cause
+        raise DatasetError(f"writing {dataset_id} failed ({type(error).__name__}: {error})") from error
+
+
+def build(config: BuildConfig, log: Callable[[str], None] = print) -> list[BuiltDataset]:
+    """Build every dataset kind in `config.kinds`; returns what was written."""
+    existing = set(local_dataset_ids())
+    clashes = [config.dataset_id(k) for k in config.kinds if config.dataset_id(k) in existing]
+    if clashes and not config.overwrite:
+        raise DatasetError(f"dataset(s) {', '.join(clashes)} already exist in {datasets_root()}: pass --overwrite, "
+                           f"a new --version, or another --name")
+    env = make_env(config.env_id)
+    if not isinstance(env.action_space, gym.spaces.Box):
+        raise DatasetError(f"{config.env_id} has a {type(env.action_space).__name__} action space; the builder "
+                           f"and the algorithms need continuous (Box) actions")
+    started = time.perf_counter()
+    log(f"Building {', '.join(config.dataset_id(k) for k in config.kinds)} from {config.env_id}")
+    random_act = random_policy(env.action_space, config.seed)
+    ref_min = mean_return(config.env_id, random_act, config.ref_episodes, config.seed + 20_000)
+    log(f"  random policy: mean return {ref_min:.1f} over {config.ref_episodes} episodes (ref_min_score)")
+
+    snapshots = train_sac(config, log) if config.needs_medium or config.expert == "sac" else {}
+    if config.expert == "scripted":
+        expert_act = expert_data_act = SCRIPTED_CONTROLLERS[config.env_id]
+        expert_name = f"scripted controller ({expert_act.__name__})"
+    else:
+        expert_act = sac_policy(snapshots["expert"].policy, deterministic=True)
+        expert_data_act = sac_policy(snapshots["expert"].policy, deterministic=False)
+        expert_name = f"SAC frozen at step {snapshots['expert'].step}"
+    ref_max = mean_return(config.env_id, expert_act, config.ref_episodes, config.seed + 30_000)
+    log(f"  expert ({expert_name}): mean return {ref_max:.1f} (ref_max_score)")
+
+    per_env = math.ceil(config.transitions / config.num_envs)
+    collected: dict[str, list[Episode]] = {}
+
+    def collect(kind: str, act: Policy, seed_offset: int) -> list[Episode]:
+        if kind not in collected:
+            collected[kind] = rollout(config.env_id, act, config.num_envs, config.seed + seed_offset,
+                                      transitions_per_env=per_env)
+        return collected[kind]
+
+    behaviours: dict[str, tuple[str, Callable[[], list[Episode]]]] = {
+        "random": ("uniform random actions", lambda: collect("random", random_act, 40_000)),
+        "expert": (expert_name, lambda: collect("expert", expert_data_act, 50_000)),
+    }
+    if "medium" in snapshots:
+        medium = snapshots["medium"]
+        medium_name = f"SAC frozen at step {medium.step} (eval return {medium.eval_return:.1f})"
+        medium_act = sac_policy(medium.policy, deterministic=False)
+        behaviours["medium"] = (medium_name, lambda: collect("medium", medium_act, 60_000))
+        behaviours["medium-replay"] = (f"SAC replay buffer up to step {medium.step}", lambda: medium.replay_episodes)
+        behaviours["medium-expert"] = (f"{medium_name} + {expert_name}",
+                                       lambda: behaviours["medium"][1]() + behaviours["expert"][1]())
+    built = []
+    for kind in config.kinds:
+        kind_started = time.perf_counter()
+        name, episodes_of = behaviours[kind]
+        episodes = episodes_of()
+        if not episodes:
+            raise DatasetError(f"{kind}: no complete episode was collected; raise --transitions")
+        returns = np.array([e.ret for e in episodes])
+        dataset_id = config.dataset_id(kind)
+        metadata = {"behavior_policy": name, "behavior_mean_return": float(returns.mean()),
+                    "behavior_std_return": float(returns.std()), "builder_config": asdict(config)}
+        write_dataset(dataset_id, config.env_id, episodes, ref_min, ref_max, metadata, config.overwrite)
+        seconds = time.perf_counter() - kind_started
+        built.append(BuiltDataset(dataset_id, len(episodes), int(sum(len(e) for e in episodes)), float(returns.mean()),
+                                  ref_min, ref_max, seconds))
+        log(f"  wrote {dataset_id}: {len(episodes)} episodes, {built[-1].transitions} transitions, "
+            f"behaviour return {returns.mean():.1f}")
+    log(f"Done in {time.perf_counter() - started:.0f} s")
+    return built
+

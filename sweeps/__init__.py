@@ -1,0 +1,1 @@
+"""Sweep studies on Ray Tune."""
