@@ -1,0 +1,57 @@
+"""launch.py as a user runs it: a subprocess, real datasets, one-line errors with exit code 2."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LAUNCH = Path(__file__).resolve().parents[1] / "launch.py"
+
+
+def launch(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(LAUNCH), *args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_dataset_make_list_info_delete(minari_root):
+    made = launch("dataset", "make", "--env", "Pendulum-v1", "--kinds", "random,expert", "--expert", "scripted",
+                  "--transitions", "400", "--num-envs", "2", "--threads", "1")
+    assert made.returncode == 0, made.stderr
+    assert "wrote pendulum/expert-v0: 2 episodes, 400 transitions" in made.stdout
+    listed = launch("dataset", "list")
+    assert "2 dataset(s)" in listed.stdout and "pendulum/random-v0" in listed.stdout
+    info = json.loads(launch("dataset", "info", "pendulum/expert-v0").stdout)
+    assert info["transitions"] == 400 and info["episodes"] == 2 and info["env_id"] == "Pendulum-v1"
+    assert info["ref_min_score"] < -900 < -300 < info["ref_max_score"]
+    assert info["normalized_return_mean"] > 80          # the scripted expert's own data, vs its deterministic refs
+    assert "scripted controller" in info["behavior_policy"]
+    assert launch("dataset", "delete", "pendulum/random-v0").returncode == 0
+    assert "1 dataset(s)" in launch("dataset", "list").stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("dataset", "make", "--env", "Pendulum-v1", "--kinds", "median"), "unknown dataset kind"),
+    (("dataset", "info", "nowhere/missing-v0", "--no-download"), "dataset make"),
+    (("dataset", "delete", "nowhere/missing-v0"), "dataset list"),
+])
+def test_bad_input_gets_one_line_error(args, message):
+    result = launch(*args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_help_explains_each_subcommand():
+    result = launch("dataset", "make", "--help")
+    assert result.returncode == 0 and "--medium-return" in result.stdout and "ref_min_score" in result.stdout
+
+
+def test_bench_buffer_prints_rates():
+    result = subprocess.run([sys.executable, str(LAUNCH), "bench", "buffer", "--members", "2"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "P=2" in result.stdout and "minibatches/s" in result.stdout
