@@ -24,10 +24,19 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(members, in_features, out_features))
         self.bias = nn.Parameter(torch.empty(members, 1, out_features))
-        # nn.Linear's default initialization, member by member.
-        bound = 1.0 / math.sqrt(in_features)
-        nn.init.uniform_(self.weight, -bound, bound)
-        nn.init.uniform_(self.bias, -bound, bound)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, generators: list[torch.Generator] | None = None) -> None:
+        """nn.Linear's default initialization; with generators, slice i draws from `generators[i]`."""
+        bound = 1.0 / math.sqrt(self.weight.shape[1])
+        if generators is None:
+            self.weight.uniform_(-bound, bound)
+            self.bias.uniform_(-bound, bound)
+            return
+        for i, generator in enumerate(generators):
+            self.weight[i].uniform_(-bound, bound, generator=generator)
+            self.bias[i].uniform_(-bound, bound, generator=generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.baddbmm(self.bias, x, self.weight)
@@ -71,17 +80,50 @@ class TanhGaussianPolicy(nn.Module):
         mu, log_std = self.net(obs).chunk(2, dim=-1)
         return mu, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
-    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reparameterized action `[P, B, act]` and its log-probability `[P, B]` (tanh-corrected)."""
+    def sample(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterized action `[P, B, act]` and its log-probability `[P, B]` (tanh-corrected).
+
+        `noise` (standard normal, shaped like the action) lets the caller own the randomness.
+        """
         mu, log_std = self.distribution(obs)
-        u = mu + log_std.exp() * torch.randn_like(mu)
+        u = mu + log_std.exp() * (torch.randn_like(mu) if noise is None else noise)
         return self.squash(u), squashed_gaussian_log_prob(u, mu, log_std, self.action_scale)
+
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """log pi(a|s) `[P, B]` of given actions (e.g. the dataset's), clipped just inside the bounds."""
+        mu, log_std = self.distribution(obs)
+        squashed = ((actions - self.action_bias) / self.action_scale).clamp(-1 + 1e-6, 1 - 1e-6)
+        return squashed_gaussian_log_prob(torch.atanh(squashed), mu, log_std, self.action_scale)
 
     def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
         return self.squash(self.distribution(obs)[0])
 
     def squash(self, u: torch.Tensor) -> torch.Tensor:
         return torch.tanh(u) * self.action_scale + self.action_bias
+
+
+class GaussianPolicy(nn.Module):
+    """The Gaussian policy of IQL/AWAC/BC: mean = scale * tanh(net(s)) + bias, a learned
+    state-independent log-std per member; log-probabilities of in-bound actions need no tanh correction."""
+
+    def __init__(self, members: int, obs_dim: int, act_dim: int, hidden: Sequence[int],
+                 action_low: torch.Tensor | float = -1.0, action_high: torch.Tensor | float = 1.0):
+        super().__init__()
+        self.net = PackedMLP(members, obs_dim, act_dim, hidden)
+        self.log_std = nn.Parameter(torch.zeros(members, 1, act_dim))
+        low = torch.as_tensor(action_low, dtype=torch.float32).expand(act_dim)
+        high = torch.as_tensor(action_high, dtype=torch.float32).expand(act_dim)
+        self.register_buffer("action_scale", (high - low) / 2)
+        self.register_buffer("action_bias", (high + low) / 2)
+
+    def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(obs)) * self.action_scale + self.action_bias
+
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """log N(a; mu(s), sigma) summed over action dimensions: `[P, B]`."""
+        mu = self.deterministic(obs)
+        log_std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        return (-0.5 * ((actions - mu) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
 def squashed_gaussian_log_prob(u: torch.Tensor, mu: torch.Tensor, log_std: torch.Tensor,
@@ -108,6 +150,16 @@ class PackedCritic(nn.Module):
         x = torch.cat([obs, actions], dim=-1)                    # [P, B, obs+act]
         x = x.unsqueeze(1).expand(P, E, *x.shape[1:]).reshape(P * E, *x.shape[1:])
         return self.net(x).view(P, E, -1)
+
+
+def init_members(module: nn.Module, generators: list[torch.Generator]) -> None:
+    """Re-initialize every PackedLinear in `module` so that member p's weights come from `generators[p]`
+    alone: a packed member then starts exactly like a solo learner seeded the same way. A layer with
+    E members per learner (an ensemble) gives learner p's E slices to generator p, in order."""
+    for layer in module.modules():
+        if isinstance(layer, PackedLinear):
+            per_learner = layer.weight.shape[0] // len(generators)
+            layer.reset_parameters([g for g in generators for _ in range(per_learner)])
 
 
 @torch.no_grad()

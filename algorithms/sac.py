@@ -18,7 +18,9 @@ from dataclasses import dataclass
 import copy
 import torch
 
+from .base import Learner, LearnerConfig
 from .networks import PackedCritic, TanhGaussianPolicy, polyak_update
+from .optim import PackedAdam
 
 
 def soft_bellman_target(rewards: torch.Tensor, terminals: torch.Tensor, next_q: torch.Tensor,
@@ -43,60 +45,72 @@ def temperature_loss(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_ent
 
 
 @dataclass
-class SACConfig:
-    hidden: tuple[int, ...] = (256, 256)
+class SACConfig(LearnerConfig):
     actor_lr: float = 3e-4
     critic_lr: float = 3e-4
     temperature_lr: float = 3e-4
-    gamma: float = 0.99
     polyak: float = 0.005
-    batch_size: int = 256
     init_temperature: float = 1.0
     target_entropy: float | None = None    # None: -act_dim, as in the paper
 
     def __post_init__(self):
-        self.hidden = tuple(int(h) for h in self.hidden)
-        if not 0.0 <= self.gamma < 1.0:
-            raise ValueError(f"gamma={self.gamma} must lie in [0, 1)")
-        if not 0.0 < self.polyak <= 1.0:
-            raise ValueError(f"polyak={self.polyak} must lie in (0, 1]")
-        if self.batch_size < 1 or min(self.actor_lr, self.critic_lr, self.temperature_lr) <= 0:
-            raise ValueError("batch_size and learning rates must be positive")
-        if self.init_temperature <= 0:
-            raise ValueError(f"init_temperature={self.init_temperature} must be positive")
+        super().__post_init__()
+        self.check(0.0 < self.polyak <= 1.0, "polyak", "in (0, 1]")
+        for name in ("actor_lr", "critic_lr", "temperature_lr", "init_temperature"):
+            self.check(getattr(self, name) > 0, name, "positive")
 
 
-class SAC(torch.nn.Module):
-    """P independent SAC learners packed into one module; `update` takes a `[P, B, ...]` batch."""
+class SAC(Learner):
+    """P independent SAC learners; `update` takes a `[P, B, ...]` batch."""
+    Config = SACConfig
+    PACKABLE = ("seed", "actor_lr", "critic_lr")
 
-    def __init__(self, config: SACConfig, obs_dim: int, act_dim: int, members: int = 1,
-                 action_low=-1.0, action_high=1.0):
-        super().__init__()
-        self.config = config
-        self.policy = TanhGaussianPolicy(members, obs_dim, act_dim, config.hidden, action_low, action_high)
-        self.critic = PackedCritic(members, obs_dim, act_dim, config.hidden)
+    def __init__(self, configs, obs_dim, act_dim, action_low=-1.0, action_high=1.0, device="cpu"):
+        super().__init__(configs, obs_dim, act_dim, action_low, action_high, device)
+        cfg, P = self.config, self.members
+        self.policy = TanhGaussianPolicy(P, obs_dim, act_dim, cfg.hidden, self.action_low, self.action_high)
+        self.critic = PackedCritic(P, obs_dim, act_dim, cfg.hidden)
+        self.log_alpha = torch.nn.Parameter(torch.full((P,), float(cfg.init_temperature)).log())
+        self.finish_init()
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.log_alpha = torch.nn.Parameter(torch.full((members,), float(config.init_temperature)).log())
-        self.target_entropy = -float(act_dim) if config.target_entropy is None else config.target_entropy
-        self.actor_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
-        self.temperature_optimizer = torch.optim.Adam([self.log_alpha], lr=config.temperature_lr)
+        self.target_entropy = -float(act_dim) if cfg.target_entropy is None else cfg.target_entropy
+        self.actor_optimizer = PackedAdam(self.policy.parameters(), lr=self.knob("actor_lr"))
+        self.critic_optimizer = PackedAdam(self.critic.parameters(), lr=self.knob("critic_lr"))
+        self.temperature_optimizer = PackedAdam([self.log_alpha], lr=cfg.temperature_lr)
+
+    def act(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.policy.deterministic(observations)
+
+    def q_value(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return self.critic(observations, actions).min(dim=1).values
+
+    def sample_actions(self, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """pi(.|s) samples `[P, B, act]` with log-probabilities, noise from the members' generators."""
+        return self.policy.sample(observations, self.normal(*observations.shape[1:-1], self.act_dim))
+
+    def td_target(self, batch) -> torch.Tensor:
+        alpha = self.log_alpha.detach().exp()
+        with torch.no_grad():
+            next_actions, next_log_prob = self.sample_actions(batch.next_observations)
+            next_q = self.critic_target(batch.next_observations, next_actions).min(dim=1).values
+            return soft_bellman_target(batch.rewards, batch.terminals, next_q, next_log_prob, alpha,
+                                       self.config.gamma)
+
+    def critic_objective(self, batch, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """The critic's loss, its Q at the data `[P, E, B]`, and extra metrics; CQL adds its regularizer."""
+        q = self.critic(batch.observations, batch.actions)
+        return critic_loss(q, target), q, {}
 
     def update(self, batch) -> dict[str, torch.Tensor]:
         """One gradient step on critics, actor and temperature; returns per-member `[P]` metrics."""
-        cfg = self.config
         alpha = self.log_alpha.detach().exp()
-        with torch.no_grad():
-            next_actions, next_log_prob = self.policy.sample(batch.next_observations)
-            next_q = self.critic_target(batch.next_observations, next_actions).min(dim=1).values
-            target = soft_bellman_target(batch.rewards, batch.terminals, next_q, next_log_prob, alpha, cfg.gamma)
-        q = self.critic(batch.observations, batch.actions)
-        loss_q = critic_loss(q, target)
+        target = self.td_target(batch)
+        loss_q, q, extra = self.critic_objective(batch, target)
         self.critic_optimizer.zero_grad(set_to_none=True)
         loss_q.backward()
         self.critic_optimizer.step()
 
-        actions, log_prob = self.policy.sample(batch.observations)
+        actions, log_prob = self.sample_actions(batch.observations)
         self.critic.requires_grad_(False)
         q_pi = self.critic(batch.observations, actions).min(dim=1).values
         self.critic.requires_grad_(True)
@@ -110,8 +124,10 @@ class SAC(torch.nn.Module):
         loss_alpha.backward()
         self.temperature_optimizer.step()
 
-        polyak_update(self.critic_target, self.critic, cfg.polyak)
-        return {"train/q_data_mean": q.detach().mean(dim=(1, 2)),
-                "train/critic_loss": (q.detach() - target[:, None]).pow(2).mean(dim=(1, 2)),
+        polyak_update(self.critic_target, self.critic, self.config.polyak)
+        q = q.detach()
+        return {"train/q_data_mean": q.mean(dim=(1, 2)),
+                "train/critic_loss": (q - target[:, None]).pow(2).mean(dim=(1, 2)),
+                "train/actor_loss": (alpha[:, None] * log_prob - q_pi).detach().mean(-1),
                 "train/entropy": -log_prob.detach().mean(-1),
-                "train/temperature": alpha}
+                "train/temperature": alpha, **extra}

@@ -23,7 +23,7 @@ def test_scripted_pendulum_controller_swings_up_and_holds():
 
 def test_sac_reaches_its_targets_and_every_kind_is_written(minari_root):
     config = BuildConfig("Pendulum-v1", transitions=1000, medium_return=-900.0, expert_return=-300.0,
-                         sac_steps=12_000, sac_start_steps=1000, eval_every=1000, sac_hidden=(64, 64), num_envs=5,
+                         sac_steps=12_000, sac_start_steps=1000, eval_every=250, sac_hidden=(64, 64), num_envs=5,
                          ref_episodes=10, seed=0)
     built = {b.dataset_id: b for b in build(config, log=quiet)}
     ids = [f"pendulum/{kind}-v0" for kind in ds.KINDS]

@@ -1,0 +1,162 @@
+"""What every packed learner shares: per-member configs, per-member randomness, the divergence guard.
+
+A population is a list of P configs of one algorithm. They may differ only in the fields the
+algorithm declares `PACKABLE` (its constraint knob, learning rates, the seed); those become `[P]`
+tensors. Member p draws its initialization, its noise and (through the trainer) its minibatches from
+its own generator seeded with its own seed, so member p of a packed run is exactly the solo run of
+config p.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Sequence
+
+import torch
+import torch.nn as nn
+
+from .networks import init_members
+
+
+class ConfigError(ValueError):
+    """A bad algorithm config; the message names the field and what is allowed."""
+
+
+@dataclasses.dataclass
+class LearnerConfig:
+    """Fields every algorithm has; each algorithm's config extends it with its own knobs."""
+    seed: int = 0
+    hidden: tuple[int, ...] = (256, 256)
+    batch_size: int = 256
+    gamma: float = 0.99
+    divergence_bound: float = 1e6     # |Q| or |loss| past this marks a member diverged
+
+    def __post_init__(self):
+        self.hidden = tuple(int(h) for h in self.hidden)
+        self.check(bool(self.hidden) and min(self.hidden) > 0, "hidden", "a list of positive layer sizes")
+        self.check(self.batch_size >= 1, "batch_size", "at least 1")
+        self.check(0.0 <= self.gamma < 1.0, "gamma", "in [0, 1)")
+        self.check(self.divergence_bound > 0, "divergence_bound", "positive")
+
+    def check(self, ok: bool, name: str, allowed: str) -> None:
+        if not ok:
+            raise ConfigError(f"{type(self).__name__}.{name}={getattr(self, name)!r} must be {allowed}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} key(s) {unknown}; allowed: {', '.join(sorted(names))}")
+        return cls(**values)
+
+
+class Learner(nn.Module):
+    """P learners of one algorithm packed into one module.
+
+    Subclasses build their networks in `__init__` (then call `self.finish_init()`), and implement
+    `update(batch) -> {metric: [P] tensor}`, `act(obs [P, N, obs]) -> [P, N, act]` (deterministic),
+    and, for critics, `q_value(obs, actions) -> [P, N]`.
+    """
+    Config: ClassVar[type[LearnerConfig]] = LearnerConfig
+    PACKABLE: ClassVar[tuple[str, ...]] = ("seed",)
+
+    def __init__(self, configs: Sequence[LearnerConfig], obs_dim: int, act_dim: int,
+                 action_low: torch.Tensor, action_high: torch.Tensor, device: torch.device | str = "cpu"):
+        super().__init__()
+        self.configs = list(configs)
+        if not self.configs:
+            raise ConfigError("a population needs at least one member config")
+        for config in self.configs:
+            if not isinstance(config, self.Config):
+                raise ConfigError(f"{type(self).__name__} takes {self.Config.__name__}, got {type(config).__name__}")
+        shared = [f.name for f in dataclasses.fields(self.Config) if f.name not in self.PACKABLE]
+        for name in shared:
+            values = {repr(getattr(c, name)) for c in self.configs}
+            if len(values) > 1:
+                raise ConfigError(f"{name} differs between members ({', '.join(sorted(values))}); only "
+                                  f"{', '.join(self.PACKABLE)} may differ inside a population")
+        self.config = self.configs[0]
+        self.members = len(self.configs)
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.device = torch.device(device)
+        self.register_buffer("action_low", torch.as_tensor(action_low, dtype=torch.float32).expand(act_dim).clone())
+        self.register_buffer("action_high", torch.as_tensor(action_high, dtype=torch.float32).expand(act_dim).clone())
+        self.generators = [torch.Generator(device=self.device).manual_seed(int(c.seed)) for c in self.configs]
+        self.register_buffer("diverged", torch.zeros(self.members, dtype=torch.bool))
+        self._frozen: dict[str, torch.Tensor] = {}
+
+    def knob(self, name: str) -> torch.Tensor:
+        """Field `name` of every member as a `[P]` float tensor on the learner's device."""
+        return torch.tensor([float(getattr(c, name)) for c in self.configs], device=self.device)
+
+    def finish_init(self) -> None:
+        """Seed every member's weights from its own generator and move to the device."""
+        init_members(self, self.generators)
+        self.to(self.device)
+
+    def normal(self, *shape: int) -> torch.Tensor:
+        """`[P, *shape]` standard normal noise, member p's from its own generator."""
+        return torch.stack([torch.randn(shape, generator=g, device=self.device) for g in self.generators])
+
+    def uniform(self, *shape: int) -> torch.Tensor:
+        """`[P, *shape]` uniform noise in [0, 1), member p's from its own generator."""
+        return torch.stack([torch.rand(shape, generator=g, device=self.device) for g in self.generators])
+
+    def update(self, batch) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def act(self, observations: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def q_value(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    # --- divergence guard -------------------------------------------------------------------------
+    def guarded_update(self, batch) -> dict[str, torch.Tensor]:
+        """`update`, then mark members whose metrics went non-finite or past the bound as diverged.
+
+        A diverged member is frozen: its parameters are put back to their values at detection after
+        every later update, so its reported state stays what it was when it broke. Members never
+        share gradients, so the others are untouched either way.
+        """
+        metrics = self.update(batch)
+        with torch.no_grad():
+            broken = torch.zeros_like(self.diverged)
+            for value in metrics.values():
+                broken |= ~torch.isfinite(value) | (value.abs() > self.config.divergence_bound)
+            newly = broken & ~self.diverged
+            if self._frozen:
+                self._restore_frozen()
+            if newly.any():
+                self.diverged |= newly
+                self._frozen = {name: p.detach()[self._member_mask(p)].clone() for name, p in self.named_parameters()}
+        metrics["diverged"] = self.diverged.float()
+        return metrics
+
+    def _member_mask(self, p: torch.Tensor) -> torch.Tensor:
+        """The diverged mask over `p`'s first axis, which holds P members or P x E ensemble slices."""
+        return self.diverged.repeat_interleave(p.shape[0] // self.members)
+
+    @torch.no_grad()
+    def _restore_frozen(self) -> None:
+        for name, p in self.named_parameters():
+            p[self._member_mask(p)] = self._frozen[name]
+
+    # --- checkpointing ----------------------------------------------------------------------------
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {name: value for name, value in vars(self).items() if isinstance(value, torch.optim.Optimizer)}
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: weights, optimizer and RNG states, frozen members."""
+        return {"model": self.state_dict(),
+                "optimizers": {name: opt.state_dict() for name, opt in self.optimizers().items()},
+                "generators": [g.get_state() for g in self.generators],
+                "frozen": self._frozen}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.load_state_dict(state["model"])
+        for name, optimizer in self.optimizers().items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        for generator, rng_state in zip(self.generators, state["generators"]):
+            generator.set_state(rng_state)
+        self._frozen = state["frozen"]

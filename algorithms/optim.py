@@ -1,0 +1,52 @@
+"""Adam for packed parameters: exactly P independent Adams, each with its own learning rate.
+
+Adam (Kingma & Ba, 2015) is elementwise, so one Adam over `[P, ...]` tensors already is P independent
+optimizers; what it lacks is a learning rate per member. Here `lr` is a `[P]` tensor, applied to each
+parameter's leading (member) axis. Nothing couples members: no global gradient norm, no shared state.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class PackedAdam(torch.optim.Optimizer):
+    """`lr` is a float or a `[P]` tensor; every parameter's first axis is the member axis P."""
+
+    def __init__(self, params, lr: float | torch.Tensor, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8):
+        lr = torch.as_tensor(lr, dtype=torch.float32)
+        if (lr <= 0).any():
+            raise ValueError(f"learning rates must be positive, got {lr.tolist()}")
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            beta1, beta2 = group["betas"]
+            grads = [p.grad for p in params]
+            states = [self.state[p] for p in params]
+            for p, state in zip(params, states):
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+            step = float(states[0]["step"])
+            exp_avgs = [s["exp_avg"] for s in states]
+            exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+            torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+            torch._foreach_mul_(exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+            denominators = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_div_(denominators, math.sqrt(1 - beta2 ** step))
+            torch._foreach_add_(denominators, group["eps"])
+            lr = group["lr"].to(params[0].device) / (1 - beta1 ** step)
+            step_sizes = [lr.view(-1, *([1] * (p.dim() - 1))) for p in params]
+            updates = torch._foreach_div(exp_avgs, denominators)
+            torch._foreach_mul_(updates, step_sizes)
+            torch._foreach_sub_(params, updates)
