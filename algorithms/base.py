@@ -108,8 +108,12 @@ class Learner(nn.Module):
     def act(self, observations: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def q_value(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor | None:
-        return None
+    def q_value(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} learns no Q-function")
+
+    @property
+    def has_critic(self) -> bool:
+        return type(self).q_value is not Learner.q_value
 
     # --- divergence guard -------------------------------------------------------------------------
     def guarded_update(self, batch) -> dict[str, torch.Tensor]:

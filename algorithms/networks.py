@@ -83,9 +83,12 @@ class TanhGaussianPolicy(nn.Module):
     def sample(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterized action `[P, B, act]` and its log-probability `[P, B]` (tanh-corrected).
 
-        `noise` (standard normal, shaped like the action) lets the caller own the randomness.
+        `noise` (standard normal) lets the caller own the randomness; shaped `[P, B, N, act]`, it draws
+        N actions per state from one pass of the network (`[P, B, N, act]` and `[P, B, N]`).
         """
         mu, log_std = self.distribution(obs)
+        if noise is not None and noise.dim() > mu.dim():
+            mu, log_std = mu.unsqueeze(-2), log_std.unsqueeze(-2)
         u = mu + log_std.exp() * (torch.randn_like(mu) if noise is None else noise)
         return self.squash(u), squashed_gaussian_log_prob(u, mu, log_std, self.action_scale)
 
@@ -118,6 +121,12 @@ class GaussianPolicy(nn.Module):
 
     def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.net(obs)) * self.action_scale + self.action_bias
+
+    def sample(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """mu(s) + sigma * noise, clipped to the action bounds: `[P, B, act]`."""
+        std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
+        low, high = self.action_bias - self.action_scale, self.action_bias + self.action_scale
+        return torch.maximum(torch.minimum(self.deterministic(obs) + std * noise, high), low)
 
     def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """log N(a; mu(s), sigma) summed over action dimensions: `[P, B]`."""

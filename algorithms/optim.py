@@ -12,7 +12,8 @@ import torch
 
 
 class PackedAdam(torch.optim.Optimizer):
-    """`lr` is a float or a `[P]` tensor; every parameter's first axis is the member axis P."""
+    """`lr` is a float or a `[P]` tensor; every parameter's first axis is the member axis P (or P x E
+    for an ensemble of E per member, member-major, as PackedCritic lays it out)."""
 
     def __init__(self, params, lr: float | torch.Tensor, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8):
@@ -20,6 +21,13 @@ class PackedAdam(torch.optim.Optimizer):
         if (lr <= 0).any():
             raise ValueError(f"learning rates must be positive, got {lr.tolist()}")
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+
+    @staticmethod
+    def _per_slice(lr: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """`lr` shaped to broadcast over `p`, whose first axis holds P members or P x E ensemble slices."""
+        if lr.dim() == 0:
+            return lr
+        return lr.repeat_interleave(p.shape[0] // lr.shape[0]).view(-1, *([1] * (p.dim() - 1)))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -46,7 +54,7 @@ class PackedAdam(torch.optim.Optimizer):
             torch._foreach_div_(denominators, math.sqrt(1 - beta2 ** step))
             torch._foreach_add_(denominators, group["eps"])
             lr = group["lr"].to(params[0].device) / (1 - beta1 ** step)
-            step_sizes = [lr.view(-1, *([1] * (p.dim() - 1))) for p in params]
+            step_sizes = [self._per_slice(lr, p) for p in params]
             updates = torch._foreach_div(exp_avgs, denominators)
             torch._foreach_mul_(updates, step_sizes)
             torch._foreach_sub_(params, updates)

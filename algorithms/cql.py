@@ -1,0 +1,96 @@
+"""Conservative Q-Learning (Kumar, Zhou, Tucker & Levine, 2020, "Conservative Q-Learning for Offline
+Reinforcement Learning"), CQL(H) on top of SAC:
+
+- regularizer (eq. 4): alpha * E_s~D [ log sum_a exp Q(s, a) - E_a~D Q(s, a) ], added to each critic's
+  TD loss: pushes Q down on actions the policy (and anything else) would pick, up on the dataset's.
+- the log-sum-exp is estimated by importance sampling (appendix F): N uniform actions (density 1/|A|),
+  N actions from pi(.|s) and N from pi(.|s') (densities pi), all scored at s:
+  log sum_a exp Q(s, a) ~= logsumexp_j [ Q(s, a_j) - log mu(a_j) ] over the 3N samples.
+- Lagrange variant (eq. 5): alpha' >= 0 is learned so that the gap (logsumexp - Q at data) tracks
+  `target_action_gap`.
+
+alpha (`conservative_weight`, per member) is the knob; alpha = 0 is naive offline SAC, the lecture's
+failure case, and then the regularizer is not even computed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .optim import PackedAdam
+from .sac import SAC, SACConfig, critic_loss
+
+
+def cql_regularizer(q_sampled: torch.Tensor, q_data: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Per member and critic, `[P, E]`: mean over the batch of T * logsumexp_j(Q(s, a_j) / T) - Q(s, a).
+
+    `q_sampled` is `[P, E, B, M]` (already importance-corrected), `q_data` `[P, E, B]`.
+    """
+    return (temperature * torch.logsumexp(q_sampled / temperature, dim=-1) - q_data).mean(-1)
+
+
+@dataclass
+class CQLConfig(SACConfig):
+    conservative_weight: float = 5.0     # alpha
+    num_sampled_actions: int = 10        # N of each kind: uniform, pi(.|s), pi(.|s')
+    cql_temperature: float = 1.0
+    lagrange: bool = False
+    target_action_gap: float = 5.0       # with lagrange: the gap the learned alpha' aims at
+    lagrange_lr: float = 3e-4
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check(self.conservative_weight >= 0, "conservative_weight", ">= 0 (0 is naive offline SAC)")
+        self.check(self.num_sampled_actions >= 1, "num_sampled_actions", "at least 1")
+        self.check(self.cql_temperature > 0, "cql_temperature", "positive")
+        self.check(self.lagrange_lr > 0, "lagrange_lr", "positive")
+
+
+class CQL(SAC):
+    Config = CQLConfig
+    PACKABLE = ("seed", "conservative_weight", "target_action_gap", "actor_lr", "critic_lr")
+
+    def __init__(self, configs, obs_dim, act_dim, action_low=-1.0, action_high=1.0, device="cpu"):
+        super().__init__(configs, obs_dim, act_dim, action_low, action_high, device)
+        self.alpha = self.knob("conservative_weight")
+        self.target_gap = self.knob("target_action_gap")
+        self.regularized = bool((self.alpha > 0).any())
+        if self.config.lagrange:
+            self.log_alpha_prime = torch.nn.Parameter(torch.zeros(self.members, device=self.device))
+            self.lagrange_optimizer = PackedAdam([self.log_alpha_prime], lr=self.config.lagrange_lr)
+        span = self.action_high - self.action_low
+        self.uniform_log_density = -torch.log(span).sum()
+
+    def critic_objective(self, batch, target):
+        if not self.regularized:
+            return super().critic_objective(batch, target)
+        P, B = batch.rewards.shape
+        N, E = self.config.num_sampled_actions, self.critic.ensemble
+        with torch.no_grad():
+            uniform = self.action_low + self.uniform(B, N, self.act_dim) * (self.action_high - self.action_low)
+            pi_s, log_pi_s = self.policy.sample(batch.observations, self.normal(B, N, self.act_dim))
+            pi_next, log_pi_next = self.policy.sample(batch.next_observations, self.normal(B, N, self.act_dim))
+        # Every sampled action and the data action of both critics in one batched call: [P, B, 3N + 1, act].
+        actions = torch.cat([uniform, pi_s, pi_next, batch.actions.unsqueeze(2)], dim=2)
+        observations = batch.observations.unsqueeze(2).expand(P, B, 3 * N + 1, self.obs_dim)
+        q_all = self.critic(observations.reshape(P, -1, self.obs_dim), actions.reshape(P, -1, self.act_dim))
+        q_all = q_all.view(P, E, B, 3 * N + 1)
+        q_data = q_all[..., -1]
+        log_density = torch.cat([self.uniform_log_density.expand(P, B, N), log_pi_s, log_pi_next], dim=2)
+        q_sampled = q_all[..., :-1] - log_density[:, None]
+        gap = cql_regularizer(q_sampled, q_data, self.config.cql_temperature)           # [P, E]
+        weight = self.alpha
+        metrics = {"train/cql_gap": gap.detach().mean(-1)}
+        if self.config.lagrange:
+            alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)
+            lagrange_loss = -(alpha_prime * self.alpha * (gap.detach().mean(-1) - self.target_gap)).sum()
+            self.lagrange_optimizer.zero_grad(set_to_none=True)
+            lagrange_loss.backward()
+            self.lagrange_optimizer.step()
+            weight = alpha_prime.detach() * self.alpha
+            metrics["train/alpha_prime"] = alpha_prime.detach()
+            gap = gap - self.target_gap[:, None]
+        loss = critic_loss(q_data, target) + (weight[:, None] * gap).sum()
+        return loss, q_data, metrics

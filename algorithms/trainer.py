@@ -1,0 +1,149 @@
+"""One training run of a population, without Ray: dataset -> buffer -> learner -> evaluations.
+
+`TrainRun.train_iteration()` does `eval_every` updates, then evaluates every member, and returns a flat
+metrics dict; `state()`/`restore()` capture everything needed to continue exactly. The Ray Tune
+Trainable (trainable.py) is a thin shell around it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..datasets import DatasetError, TransitionBuffer, check_env_compatible, iql_reward_scale, load, make_env
+from ..datasets.loading import normalized_score
+from . import ALGORITHMS
+from .base import ConfigError
+from .evaluation import evaluate_population
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    algorithm: str
+    dataset: str
+    env: str | None = None                 # evaluation env; default: the one the dataset names
+    algo: dict = dataclasses.field(default_factory=dict)       # algorithm fields shared by all members
+    members: list = dataclasses.field(default_factory=lambda: [{}])   # per-member overrides (knobs, seed)
+    eval_every: int = 5_000                # updates per iteration; every iteration ends with an evaluation
+    eval_episodes: int = 10
+    total_updates: int = 1_000_000
+    normalize_observations: bool = True
+    reward_normalization: str = "none"     # "none", or "iql": r * 1000 / (max return - min return)
+    reward_scale: float = 1.0
+    reward_bias: float = 0.0
+    eval_seed: int = 0
+    device: str = "auto"                   # "auto": cuda when available
+    threads: int = 0                       # torch threads; 0: OMP_NUM_THREADS (Ray sets it from num_cpus), else 1
+    download: bool = True
+
+    def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"algorithm={self.algorithm!r} is unknown; choose from {', '.join(sorted(ALGORITHMS))}")
+        if not isinstance(self.members, (list, tuple)) or not self.members:
+            raise ConfigError("members must be a non-empty list of per-member settings (e.g. [{seed: 0}])")
+        for key in ("eval_every", "eval_episodes", "total_updates"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be at least 1")
+        if self.reward_normalization not in ("none", "iql"):
+            raise ConfigError(f"reward_normalization={self.reward_normalization!r}: choose 'none' or 'iql'")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ConfigError(f"device={self.device!r}: choose auto, cpu or cuda[:N]")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown training key(s) {unknown}; allowed: {', '.join(sorted(names))}")
+        return cls(**values)
+
+    def member_configs(self) -> list:
+        learner_class = ALGORITHMS[self.algorithm]
+        return [learner_class.Config.from_dict({**self.algo, **dict(member)}) for member in self.members]
+
+
+class TrainRun:
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        torch.set_num_threads(config.threads or int(os.environ.get("OMP_NUM_THREADS", "1")))
+        device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch.device(device)
+        configs = config.member_configs()          # validate before any expensive work
+        self.dataset = load(config.dataset, download=config.download)
+        self.env_id = config.env or self.dataset.env_id
+        if self.env_id is None:
+            raise DatasetError(f"dataset {config.dataset} names no env; set env: to the Gymnasium id to evaluate in")
+        check_env_compatible(self.dataset, make_env(self.env_id))
+        scale, bias = config.reward_scale, config.reward_bias
+        if config.reward_normalization == "iql":
+            scale *= iql_reward_scale(self.dataset.episode_returns)
+        self.reward_scale, self.reward_bias = scale, bias
+        self.buffer = TransitionBuffer.from_dataset(self.dataset, self.device, config.normalize_observations,
+                                                    reward_scale=scale, reward_bias=bias)
+        space = self.dataset.action_space
+        self.learner = ALGORITHMS[config.algorithm](configs, self.dataset.obs_dim, self.dataset.act_dim,
+                                                    torch.as_tensor(space.low), torch.as_tensor(space.high),
+                                                    self.device)
+        self.updates = 0
+        self.iterations = 0
+        self.best: dict[str, np.ndarray] = {}
+
+    @property
+    def members(self) -> int:
+        return self.learner.members
+
+    def train_iteration(self) -> dict[str, Any]:
+        """`eval_every` updates, then an evaluation; returns flat metrics (see `flatten_members`)."""
+        cfg, learner = self.config, self.learner
+        started = time.perf_counter()
+        train: dict[str, torch.Tensor] = {}
+        for _ in range(cfg.eval_every):
+            batch = self.buffer.sample(learner.config.batch_size, learner.members, learner.generators)
+            train = learner.guarded_update(batch)
+        self.updates += cfg.eval_every
+        train_seconds = time.perf_counter() - started
+        evaluation = evaluate_population(learner, self.env_id, cfg.eval_episodes, cfg.eval_seed + self.iterations,
+                                         learner.config.gamma, self.buffer.normalize, self.reward_scale,
+                                         self.reward_bias)
+        self.iterations += 1
+        per_member = {key: value.detach().cpu().numpy().astype(np.float64) for key, value in train.items()}
+        per_member.update(evaluation)
+        if self.dataset.ref_min_score is not None and self.dataset.ref_max_score is not None:
+            per_member["eval/normalized_return"] = normalized_score(self.dataset, evaluation["eval/return"])
+        for key in ("eval/return", "eval/normalized_return"):
+            if key in per_member:
+                best = self.best.get(key, np.full(self.members, -np.inf))
+                self.best[key] = np.fmax(best, per_member[key])
+                per_member[key + "_best"] = self.best[key].copy()
+        metrics = flatten_members(per_member)
+        metrics.update({"updates": self.updates, "updates_per_second": cfg.eval_every / train_seconds,
+                        "members_diverged": int(learner.diverged.sum()),
+                        "done": self.updates >= cfg.total_updates or bool(learner.diverged.all())})
+        return metrics
+
+    def state(self) -> dict[str, Any]:
+        return {"learner": self.learner.checkpoint(), "updates": self.updates, "iterations": self.iterations,
+                "best": {k: torch.as_tensor(v) for k, v in self.best.items()}}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.learner.restore(state["learner"])
+        self.updates, self.iterations = int(state["updates"]), int(state["iterations"])
+        self.best = {k: v.numpy() for k, v in state["best"].items()}
+
+
+def flatten_members(per_member: dict[str, np.ndarray]) -> dict[str, float]:
+    """`{key: [P] array}` -> `member_k/key` for every member, plus `key` itself: the member's value when
+    P = 1, else the mean over the members that have not diverged (what a Tune scheduler compares)."""
+    metrics: dict[str, float] = {}
+    for key, values in per_member.items():
+        values = np.asarray(values, dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        metrics[key] = float(finite.mean()) if len(finite) else float("nan")
+        if len(values) > 1 or key == "diverged":
+            for k, value in enumerate(values):
+                metrics[f"member_{k}/{key}"] = float(value)
+    return metrics
