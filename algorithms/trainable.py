@@ -1,0 +1,43 @@
+"""The Ray Tune Trainable every algorithm runs as: a thin shell around `TrainRun`.
+
+Only `ray.tune.*` is used here (Ray 2.60 runs Tune trials outside Train V2). Checkpoints are one
+`state.pt`, loaded with `weights_only=True`, so nothing in a checkpoint can execute code.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from ray import tune
+
+from .trainer import TrainConfig, TrainRun
+
+CHECKPOINT_FILE = "state.pt"
+
+
+class OfflineTrainable(tune.Trainable):
+    """One Tune trial: a population of P packed members of one algorithm on one dataset.
+
+    `config` holds TrainConfig's fields (algorithm, dataset, algo, members, eval_every, ...). Each
+    `step()` is `eval_every` updates and one evaluation; the result is flat, with `member_k/...` keys
+    for packed populations.
+    """
+
+    def setup(self, config: dict) -> None:
+        self.run = TrainRun(TrainConfig.from_dict(dict(config)))
+
+    def step(self) -> dict:
+        return self.run.train_iteration()
+
+    def save_checkpoint(self, checkpoint_dir: str) -> str:
+        torch.save(self.run.state(), Path(checkpoint_dir) / CHECKPOINT_FILE)
+        return checkpoint_dir
+
+    def load_checkpoint(self, checkpoint_dir: str) -> None:
+        state = torch.load(Path(checkpoint_dir) / CHECKPOINT_FILE, map_location=self.run.device, weights_only=True)
+        self.run.restore(state)
+
+    def reset_config(self, new_config: dict) -> bool:
+        """Lets Tune reuse this actor for the next trial (reuse_actors) instead of starting a process."""
+        self.setup(new_config)
+        return True

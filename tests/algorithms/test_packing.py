@@ -1,0 +1,114 @@
+"""Member k of a packed population equals a solo run of config k; members never leak into each other."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from offline_sweeps.algorithms import ALGORITHMS
+from offline_sweeps.algorithms.base import ConfigError
+from offline_sweeps.datasets import TransitionBuffer
+
+OBS, ACT = 5, 2
+# Per algorithm: four member configs that differ in the constraint knob, learning rates and seed.
+POPULATIONS = {
+    "iql": [{"expectile": t, "inverse_temperature": b, "seed": s}
+            for t, b, s in ((0.5, 1.0, 0), (0.7, 3.0, 1), (0.9, 10.0, 2), (0.6, 0.5, 3))],
+    "cql": [{"conservative_weight": a, "seed": s, "critic_lr": lr}
+            for a, s, lr in ((0.0, 0, 3e-4), (1.0, 1, 1e-3), (5.0, 2, 3e-4), (10.0, 3, 1e-4))],
+    "awac": [{"awac_lambda": lam, "seed": s} for lam, s in ((0.1, 0), (1 / 3, 1), (1.0, 2), (3.0, 3))],
+    "sac": [{"seed": s, "actor_lr": lr} for s, lr in ((0, 3e-4), (1, 1e-3), (2, 1e-4), (3, 3e-4))],
+    "bc": [{"seed": s, "actor_lr": lr} for s, lr in ((0, 1e-3), (1, 3e-4), (2, 1e-2), (3, 1e-3))],
+}
+SHARED = {"hidden": (16, 16), "batch_size": 32}
+
+
+def toy_buffer() -> TransitionBuffer:
+    rng = np.random.default_rng(0)
+    n = 500
+    obs = rng.standard_normal((n, OBS)).astype(np.float32)
+    buffer = TransitionBuffer(n, OBS, ACT)
+    buffer.add(obs, rng.uniform(-1, 1, (n, ACT)), rng.standard_normal(n), np.roll(obs, 1, 0),
+               rng.random(n) < 0.05, np.zeros(n))
+    return buffer
+
+
+def make(name: str, members: list[dict]):
+    learner_class = ALGORITHMS[name]
+    configs = [learner_class.Config.from_dict({**SHARED, **member}) for member in members]
+    return learner_class(configs, OBS, ACT, -torch.ones(ACT), torch.ones(ACT))
+
+
+def train(learner, buffer, updates: int):
+    for _ in range(updates):
+        learner.guarded_update(buffer.sample(learner.config.batch_size, learner.members, learner.generators))
+
+
+def member_slice(parameter: torch.Tensor, members: int, k: int) -> torch.Tensor:
+    per = parameter.shape[0] // members
+    return parameter[k * per:(k + 1) * per]
+
+
+@pytest.mark.parametrize("name", sorted(POPULATIONS))
+def test_packed_member_equals_solo_run(name):
+    buffer = toy_buffer()
+    population = POPULATIONS[name]
+    packed = make(name, population)
+    train(packed, buffer, updates=6)
+    packed_params = dict(packed.named_parameters())
+    for k, member in enumerate(population):
+        solo = make(name, [member])
+        train(solo, buffer, updates=6)
+        for param_name, value in solo.named_parameters():
+            torch.testing.assert_close(member_slice(packed_params[param_name].detach(), 4, k), value.detach(),
+                                       atol=2e-5, rtol=1e-4, msg=lambda m: f"{name} member {k} {param_name}: {m}")
+
+
+def test_members_may_differ_only_in_packable_fields():
+    with pytest.raises(ConfigError, match=r"hidden differs between members.*expectile"):
+        make("iql", [{"hidden": (16, 16)}, {"hidden": (32, 32)}])
+    with pytest.raises(ConfigError, match=r"IQLConfig.expectile=1.2 must be in \(0, 1\)"):
+        make("iql", [{"expectile": 1.2}])
+    with pytest.raises(ConfigError, match=r"unknown IQLConfig key\(s\) \['tau'\]"):
+        make("iql", [{"tau": 0.7}])
+    with pytest.raises(ConfigError, match="conservative_weight"):
+        make("cql", [{"conservative_weight": -1.0}])
+    with pytest.raises(ConfigError, match="awac_lambda"):
+        make("awac", [{"awac_lambda": 0.0}])
+
+
+def test_a_diverging_member_is_frozen_and_the_others_go_on():
+    buffer = toy_buffer()
+    # Member 1's critic learning rate is absurd: its Q-values blow past the bound within a few updates.
+    population = [{"seed": 0}, {"seed": 1, "critic_lr": 1e4}, {"seed": 2}]
+    packed = make("iql", [{**m, "divergence_bound": 1e3} for m in population])
+    train(packed, buffer, updates=20)
+    assert packed.diverged.tolist() == [False, True, False]
+    frozen = {n: member_slice(p.detach(), 3, 1).clone() for n, p in packed.named_parameters()}
+    train(packed, buffer, updates=5)
+    for n, p in packed.named_parameters():
+        torch.testing.assert_close(member_slice(p.detach(), 3, 1), frozen[n], equal_nan=True)
+    # The healthy members are exactly what they would have been alone.
+    for k in (0, 2):
+        solo = make("iql", [{**population[k], "divergence_bound": 1e3}])
+        train(solo, buffer, updates=25)
+        for n, p in solo.named_parameters():
+            torch.testing.assert_close(member_slice(dict(packed.named_parameters())[n].detach(), 3, k), p.detach(),
+                                       atol=2e-5, rtol=1e-4)
+
+
+def test_checkpoint_restores_weights_optimizers_and_randomness():
+    buffer = toy_buffer()
+    straight = make("cql", POPULATIONS["cql"][:2])
+    train(straight, buffer, 4)
+    resumed = make("cql", POPULATIONS["cql"][:2])
+    train(resumed, buffer, 2)
+    state = resumed.checkpoint()
+    fresh = make("cql", POPULATIONS["cql"][:2])
+    fresh.restore(state)
+    train(fresh, buffer, 2)
+    for (n, a), (_, b) in zip(straight.named_parameters(), fresh.named_parameters()):
+        torch.testing.assert_close(a, b, msg=lambda m: f"{n}: {m}")
+    assert dataclasses.asdict(fresh.config) == dataclasses.asdict(straight.config)
