@@ -1,0 +1,101 @@
+"""TrainRun: the Ray-free training loop (metrics, checkpoints, bad configs) and the Tune Trainable."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from offline_sweeps.algorithms.base import ConfigError
+from offline_sweeps.algorithms.trainer import TrainConfig, TrainRun
+from offline_sweeps.datasets import DatasetError
+
+
+def tiny(dataset: str, algorithm: str = "iql", **overrides) -> TrainConfig:
+    values = dict(algorithm=algorithm, dataset=dataset, algo={"hidden": (16, 16), "batch_size": 32},
+                  members=[{"seed": 0}], eval_every=20, eval_episodes=2, threads=1)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_metrics_per_member_and_for_the_population(pendulum_datasets):
+    members = [{"seed": 0, "expectile": 0.6}, {"seed": 1, "expectile": 0.9}]
+    metrics = TrainRun(tiny(pendulum_datasets["medium"], members=members)).train_iteration()
+    for key in ("eval/return", "eval/normalized_return", "eval/normalized_return_best", "eval/q_overestimation",
+                "eval/q_mean", "eval/mc_return_mean", "train/q_data_mean", "train/value_loss"):
+        assert np.isfinite(metrics[key]), key
+        assert metrics[key] == pytest.approx((metrics[f"member_0/{key}"] + metrics[f"member_1/{key}"]) / 2)
+    assert metrics["updates"] == 20 and metrics["done"] is False and metrics["members_diverged"] == 0
+    solo = TrainRun(tiny(pendulum_datasets["medium"], algorithm="bc")).train_iteration()
+    assert "eval/q_overestimation" not in solo and "member_0/eval/return" not in solo
+    assert np.isfinite(solo["eval/normalized_return"])
+
+
+def test_checkpoint_round_trip_continues_exactly(pendulum_datasets, tmp_path):
+    config = tiny(pendulum_datasets["medium"], algorithm="cql", members=[{"seed": 0}, {"seed": 5}])
+    straight = TrainRun(config)
+    expected = [straight.train_iteration() for _ in range(3)][-1]
+
+    first = TrainRun(config)
+    first.train_iteration()
+    first.train_iteration()
+    torch.save(first.state(), tmp_path / "state.pt")
+    resumed = TrainRun(config)
+    resumed.restore(torch.load(tmp_path / "state.pt", weights_only=True))
+    result = resumed.train_iteration()
+    for key in ("eval/return", "train/q_data_mean", "train/critic_loss", "eval/return_best", "updates"):
+        assert result[key] == pytest.approx(expected[key], rel=1e-5), key
+    for (name, a), (_, b) in zip(straight.learner.named_parameters(), resumed.learner.named_parameters()):
+        torch.testing.assert_close(a, b, msg=lambda m: f"{name}: {m}")
+
+
+def test_run_stops_at_its_budget(pendulum_datasets):
+    run = TrainRun(tiny(pendulum_datasets["medium"], algorithm="bc", total_updates=40))
+    assert run.train_iteration()["done"] is False
+    assert run.train_iteration()["done"] is True
+
+
+@pytest.mark.parametrize("overrides, error, message", [
+    ({"algorithm": "dqn"}, ConfigError, "algorithm='dqn' is unknown; choose from"),
+    ({"members": []}, ConfigError, "members must be a non-empty list"),
+    ({"algo": {"expectile": 1.5}}, ConfigError, r"IQLConfig.expectile=1.5 must be in \(0, 1\)"),
+    ({"reward_normalization": "d4rl"}, ConfigError, "choose 'none' or 'iql'"),
+    ({"env": "Hopper-v5"}, DatasetError, "env Hopper-v5 does not fit dataset"),
+])
+def test_bad_training_configs_fail_before_training(pendulum_datasets, overrides, error, message):
+    with pytest.raises(error, match=message):
+        TrainRun(tiny(pendulum_datasets["medium"], **overrides))
+
+
+def test_unknown_training_key_names_the_allowed_ones():
+    with pytest.raises(ConfigError, match=r"unknown training key\(s\) \['eval_evry'\].*eval_every"):
+        TrainConfig.from_dict({"algorithm": "iql", "dataset": "x", "eval_evry": 5})
+
+
+def test_tune_runs_the_trainable_and_restores_its_checkpoint(pendulum_datasets, tmp_path, monkeypatch):
+    import ray
+    from ray import tune
+
+    from offline_sweeps.algorithms.trainable import CHECKPOINT_FILE, OfflineTrainable
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    config = {"algorithm": "iql", "dataset": pendulum_datasets["medium"], "algo": {"hidden": (16, 16), "batch_size": 32},
+              "members": [{"seed": 0}], "eval_every": 20, "eval_episodes": 2, "threads": 1,
+              "total_updates": 40}
+    param_space = {**config, "algo": {**config["algo"], "expectile": tune.grid_search([0.6, 0.9])}}
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        results = tune.Tuner(
+            OfflineTrainable, param_space=param_space,
+            run_config=tune.RunConfig(name="trainable", storage_path=str(tmp_path), verbose=0,
+                                      checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=True))).fit()
+    finally:
+        ray.shutdown()
+    assert results.num_errors == 0 and len(results) == 2
+    for result in results:
+        assert result.metrics["updates"] == 40 and result.metrics["training_iteration"] == 2
+        assert np.isfinite(result.metrics["eval/normalized_return"])
+        with result.checkpoint.as_directory() as folder:
+            state = torch.load(f"{folder}/{CHECKPOINT_FILE}", weights_only=True)
+        run = TrainRun(TrainConfig.from_dict(result.config))
+        run.restore(state)
+        assert run.updates == 40
+    assert sorted(r.config["algo"]["expectile"] for r in results) == [0.6, 0.9]
