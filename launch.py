@@ -4,6 +4,7 @@
     python launch.py dataset list
     python launch.py dataset info pendulum/medium-v0
     python launch.py bench buffer
+    python launch.py bench algorithms --members 1,8 --threads 2
 
 `python launch.py SUBCOMMAND --help` explains each subcommand.
 """
@@ -76,14 +77,20 @@ def dataset_delete(args: argparse.Namespace) -> None:
 
 def bench(args: argparse.Namespace) -> None:
     import torch
-    from offline_sweeps.datasets.benchmark import minibatches_per_second
     torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"TransitionBuffer sampling on {device}, {args.threads} thread(s), batch {args.batch_size}, "
-          f"1M HalfCheetah-sized transitions")
-    for members in args.members:
-        rate = minibatches_per_second(device, members, args.batch_size)
-        print(f"  P={members:<3} {rate:10.0f} [P, B] minibatches/s  ({rate * members:10.0f} member-minibatches/s)")
+    if args.target == "buffer":
+        from offline_sweeps.datasets.benchmark import minibatches_per_second
+        print(f"TransitionBuffer sampling on {device}, {args.threads} thread(s), batch {args.batch_size}, "
+              f"1M HalfCheetah-sized transitions")
+        for members in args.members:
+            rate = minibatches_per_second(device, members, args.batch_size)
+            print(f"  P={members:<3} {rate:10.0f} [P, B] minibatches/s  ({rate * members:10.0f} member-minibatches/s)")
+        return
+    from offline_sweeps.algorithms.benchmark import report
+    print(f"Updates on {device}, {args.threads} thread(s), default nets (256x256, batch 256)"
+          + (", CQL with bf16 sampled actions" if args.bf16 else ""))
+    report(args.algorithms, args.members, args.problems, device, args.seconds, bf16=args.bf16)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -127,11 +134,17 @@ def parser() -> argparse.ArgumentParser:
     delete.set_defaults(run=dataset_delete)
 
     benchmark = commands.add_parser("bench", help="measure throughput (prints figures; not a test)")
-    benchmark.add_argument("target", choices=("buffer",), help="what to measure")
+    benchmark.add_argument("target", choices=("buffer", "algorithms"),
+                           help="buffer: minibatch sampling; algorithms: member-updates/s of each algorithm")
     benchmark.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     benchmark.add_argument("--members", type=_ints, default=(1, 8), help="population sizes P, e.g. 1,8,32")
     benchmark.add_argument("--batch-size", type=int, default=256)
     benchmark.add_argument("--threads", type=int, default=1)
+    benchmark.add_argument("--algorithms", type=_csv, help="subset to measure, e.g. iql,cql (default: all)")
+    benchmark.add_argument("--problems", type=_csv, default=("hopper", "halfcheetah"),
+                           help="hopper (obs 11, act 3) and/or halfcheetah (obs 17, act 6)")
+    benchmark.add_argument("--seconds", type=float, default=5.0, help="measuring time per figure")
+    benchmark.add_argument("--bf16", action="store_true", help="CQL scores its sampled actions in bfloat16")
     benchmark.set_defaults(run=bench)
     return root
 

@@ -48,12 +48,13 @@ def updates_per_second(algorithm: str, members: int, obs_dim: int, act_dim: int,
 
 
 def report(algorithms=None, members=(1, 8), problems=("hopper", "halfcheetah"), device: str = "cpu",
-           seconds: float = 5.0, print_=print) -> dict:
+           seconds: float = 5.0, bf16: bool = False, print_=print) -> dict:
     results = {}
     for name in algorithms or ALGORITHMS:
+        overrides = {"bf16_sampled_q": True} if bf16 and name == "cql" else None
         for problem in problems:
             obs_dim, act_dim = PROBLEMS[problem]
-            rates = {P: updates_per_second(name, P, obs_dim, act_dim, device, seconds) for P in members}
+            rates = {P: updates_per_second(name, P, obs_dim, act_dim, device, seconds, overrides) for P in members}
             results[(name, problem)] = rates
             cells = "  ".join(f"P={P}: {rate * P:7.1f}" for P, rate in rates.items())
             speedup = rates[members[-1]] * members[-1] / rates[members[0]] / members[0] if len(members) > 1 else 1

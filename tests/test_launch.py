@@ -55,3 +55,11 @@ def test_bench_buffer_prints_rates():
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "P=2" in result.stdout and "minibatches/s" in result.stdout
+
+
+def test_bench_algorithms_prints_member_updates():
+    result = subprocess.run([sys.executable, str(LAUNCH), "bench", "algorithms", "--algorithms", "bc",
+                             "--problems", "hopper", "--members", "1,2", "--seconds", "0.2"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "bc    hopper" in result.stdout and "P=2:" in result.stdout and "packing x" in result.stdout
