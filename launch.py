@@ -1,5 +1,10 @@
 """offline-RL sweeps: the command line.
 
+    python launch.py sweep sweeps/quickstart.yaml [key=value ...] [--address auto]
+    python launch.py resume results/quickstart
+    python launch.py report results/quickstart
+    python launch.py export results/quickstart
+    python launch.py train --config results/quickstart/best/iql-pendulum_medium-v0.yaml
     python launch.py dataset make --env Pendulum-v1 --kinds medium,expert
     python launch.py dataset list
     python launch.py dataset info pendulum/medium-v0
@@ -22,8 +27,12 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 try:
     from offline_sweeps import datasets as ds
+    from offline_sweeps.algorithms.base import ConfigError
+    from offline_sweeps.sweeps.study import StudyError
 except ImportError as error:  # pragma: no cover - exercised by hand on a fresh clone
     sys.exit(f"error: the project is not installed ({error}); run `pip install -e .` in {_HERE}")
+
+USER_ERRORS = (ds.DatasetError, ConfigError, StudyError)
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -32,6 +41,61 @@ def _csv(text: str) -> tuple[str, ...]:
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in _csv(text))
+
+
+def _finish_study(results, folder) -> int:
+    from offline_sweeps.sweeps.report import export_best, write_report
+    from offline_sweeps.sweeps.run import unfinished_trials
+    errors, unfinished = results.num_errors, unfinished_trials(results)
+    print(f"\n{len(results)} trial(s): {len(results) - errors - len(unfinished)} finished, {errors} failed, "
+          f"{len(unfinished)} unfinished; results in {folder}")
+    if any(r.metrics for r in results):
+        paths = write_report(folder)
+        print(f"report: {paths['markdown']}\n        {paths['plot']}")
+        print(paths["markdown"].read_text().split("\n\n", 3)[-1])
+        for path in export_best(folder):
+            print(f"best config: {path}  (re-run: python launch.py train --config {path})")
+    if errors:
+        print(f"error: {errors} trial(s) failed; see the error.txt files under {folder}", file=sys.stderr)
+        return 1
+    if unfinished:
+        print(f"error: the sweep stopped before {len(unfinished)} trial(s) finished; continue it with "
+              f"`python launch.py resume {folder}`", file=sys.stderr)
+        return 3
+    return 0
+
+
+def sweep(args: argparse.Namespace) -> int:
+    from offline_sweeps.sweeps.run import experiment_dir, run_study
+    from offline_sweeps.sweeps.study import load_study
+    study = load_study(args.study, args.overrides)
+    results = run_study(study, args.address, use_wandb=not args.no_wandb, num_cpus=args.num_cpus)
+    return _finish_study(results, experiment_dir(study))
+
+
+def resume(args: argparse.Namespace) -> int:
+    from pathlib import Path as _Path
+    from offline_sweeps.sweeps.run import resume_study
+    results = resume_study(args.folder, args.address, use_wandb=not args.no_wandb, num_cpus=args.num_cpus)
+    return _finish_study(results, _Path(args.folder).expanduser().resolve())
+
+
+def report(args: argparse.Namespace) -> None:
+    from offline_sweeps.sweeps.report import write_report
+    paths = write_report(args.folder)
+    print(paths["markdown"].read_text())
+    print(f"written: {paths['markdown']}, {paths['csv']}, {paths['plot']}")
+
+
+def export(args: argparse.Namespace) -> None:
+    from offline_sweeps.sweeps.report import export_best
+    for path in export_best(args.folder):
+        print(f"{path}  (re-run: python launch.py train --config {path})")
+
+
+def train(args: argparse.Namespace) -> None:
+    from offline_sweeps.sweeps.run import train_from_file
+    train_from_file(args.config, args.output)
 
 
 def dataset_make(args: argparse.Namespace) -> None:
@@ -98,6 +162,30 @@ def parser() -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = root.add_subparsers(dest="command", required=True)
 
+    run = commands.add_parser("sweep", help="run a study YAML on Ray Tune (embedded local Ray or a cluster)",
+                              description="Expand a study (sweeps/*.yaml) into Tune trials, run them, then write "
+                                          "the sensitivity report and the best configs into <storage>/<name>/.")
+    run.add_argument("study", help="a study YAML, e.g. sweeps/quickstart.yaml")
+    run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seeds=[0,1,2] train.total_updates=20000")
+    for sub in (run, resume_parser := commands.add_parser(
+            "resume", help="continue an interrupted sweep without redoing finished trials")):
+        sub.add_argument("--address", help="join a running Ray cluster (auto or host:port; or set RAY_ADDRESS)")
+        sub.add_argument("--no-wandb", action="store_true", help="do not log to Weights & Biases")
+        sub.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
+    run.set_defaults(run=sweep)
+    resume_parser.add_argument("folder", help="the study folder, <storage>/<study name>")
+    resume_parser.set_defaults(run=resume)
+    reporting = commands.add_parser("report", help="sensitivity table (Markdown, CSV) and plot of a study")
+    reporting.add_argument("folder", help="the study folder, <storage>/<study name>")
+    reporting.set_defaults(run=report)
+    exporting = commands.add_parser("export", help="best config per (algorithm, dataset) as a re-runnable YAML")
+    exporting.add_argument("folder", help="the study folder, <storage>/<study name>")
+    exporting.set_defaults(run=export)
+    training = commands.add_parser("train", help="run one config YAML to its budget (no Tune search)")
+    training.add_argument("--config", required=True, help="a TrainConfig YAML, e.g. one that `export` wrote")
+    training.add_argument("--output", help="where result.json goes (default results/train/<config name>)")
+    training.set_defaults(run=train)
+
     dataset = commands.add_parser("dataset", help="build, list and inspect local Minari datasets")
     dataset_commands = dataset.add_subparsers(dest="dataset_command", required=True)
     make = dataset_commands.add_parser(
@@ -152,11 +240,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        args.run(args)
-    except ds.DatasetError as error:
+        return args.run(args) or 0
+    except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

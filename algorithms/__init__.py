@@ -4,10 +4,12 @@
 """
 from .awac import AWAC
 from .bc import BC
+from .bear import BEAR
+from .brac import BRAC
 from .cql import CQL
 from .iql import IQL
 from .sac import SAC
 
-ALGORITHMS = {"bc": BC, "sac": SAC, "cql": CQL, "iql": IQL, "awac": AWAC}
+ALGORITHMS = {"bc": BC, "sac": SAC, "brac": BRAC, "bear": BEAR, "awac": AWAC, "iql": IQL, "cql": CQL}
 
-__all__ = ["ALGORITHMS", "AWAC", "BC", "CQL", "IQL", "SAC"]
+__all__ = ["ALGORITHMS", "AWAC", "BC", "BEAR", "BRAC", "CQL", "IQL", "SAC"]

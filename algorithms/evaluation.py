@@ -38,7 +38,10 @@ def evaluate_population(learner, env_id: str, episodes: int, seed: int, gamma: f
         actions = learner.act(obs_t).reshape(P * episodes, -1)
         return torch.nan_to_num(actions).cpu().numpy()
 
-    runs = rollout(env_id, policy, P * episodes, seed, episodes_per_env=1)
+    # Every member meets the same start states (seed, seed + 1, ...), wherever it sits in the population,
+    # so a member scores the same packed or alone, and members are compared on common random numbers.
+    runs = rollout(env_id, policy, P * episodes, [seed + e for _ in range(P) for e in range(episodes)],
+                   episodes_per_env=1)
     returns = np.array([e.ret for e in runs]).reshape(P, episodes)
     lengths = np.array([len(e) for e in runs]).reshape(P, episodes)
     metrics = {"eval/return": returns.mean(1), "eval/return_std": returns.std(1), "eval/length": lengths.mean(1)}

@@ -40,17 +40,20 @@ def make_env(env_id: str, **kwargs) -> gym.Env:
     return env
 
 
-def rollout(env_id: str, policy: Policy, num_envs: int, seed: int, episodes_per_env: int | None = None,
+def rollout(env_id: str, policy: Policy, num_envs: int, seed: int | list[int], episodes_per_env: int | None = None,
             transitions_per_env: int | None = None) -> list[Episode]:
     """Run `num_envs` envs until each has done `episodes_per_env` episodes or reached
     `transitions_per_env` transitions (finishing its last episode); return the episodes, env by env.
-    Env i is seeded with `seed + i` at its first reset."""
+    Env i is seeded at its first reset with `seed + i`, or with `seed[i]` when given a list."""
     if (episodes_per_env is None) == (transitions_per_env is None):
         raise ValueError("give exactly one of episodes_per_env and transitions_per_env")
+    seeds = [int(s) for s in seed] if isinstance(seed, (list, tuple)) else [seed + i for i in range(num_envs)]
+    if len(seeds) != num_envs:
+        raise ValueError(f"{len(seeds)} seeds for {num_envs} envs")
     envs = gym.vector.SyncVectorEnv([lambda: make_env(env_id) for _ in range(num_envs)],
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     try:
-        obs, _ = envs.reset(seed=seed)
+        obs, _ = envs.reset(seed=seeds)
         current = [{"obs": [o], "act": [], "rew": [], "term": [], "trunc": []} for o in obs]
         finished: list[list[Episode]] = [[] for _ in range(num_envs)]
         steps = np.zeros(num_envs, dtype=np.int64)
@@ -72,7 +75,7 @@ def rollout(env_id: str, policy: Policy, num_envs: int, seed: int, episodes_per_
                                                np.asarray(record["act"], np.float32),
                                                np.asarray(record["rew"], np.float32),
                                                np.asarray(record["term"], bool), np.asarray(record["trunc"], bool),
-                                               seed=seed + i if len(finished[i]) == 0 else None))
+                                               seed=seeds[i] if len(finished[i]) == 0 else None))
                     current[i] = {"obs": [next_obs[i]], "act": [], "rew": [], "term": [], "trunc": []}
                     active[i] = (len(finished[i]) < episodes_per_env if episodes_per_env is not None
                                  else steps[i] < transitions_per_env)

@@ -21,6 +21,11 @@ POPULATIONS = {
     "awac": [{"awac_lambda": lam, "seed": s} for lam, s in ((0.1, 0), (1 / 3, 1), (1.0, 2), (3.0, 3))],
     "sac": [{"seed": s, "actor_lr": lr} for s, lr in ((0, 3e-4), (1, 1e-3), (2, 1e-4), (3, 3e-4))],
     "bc": [{"seed": s, "actor_lr": lr} for s, lr in ((0, 1e-3), (1, 3e-4), (2, 1e-2), (3, 1e-3))],
+    # Three updates fit the behaviour policy, the next three train the actor-critic against it.
+    "brac": [{"kl_weight": a, "seed": s, "penalty": "value", "behavior_pretrain_steps": 3}
+             for a, s in ((0.0, 0), (0.1, 1), (1.0, 2), (10.0, 3))],
+    "bear": [{"mmd_threshold": e, "seed": s, "behavior_pretrain_steps": 3}
+             for e, s in ((0.01, 0), (0.05, 1), (0.2, 2), (1.0, 3))],
 }
 SHARED = {"hidden": (16, 16), "batch_size": 32}
 

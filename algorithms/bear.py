@@ -1,0 +1,178 @@
+"""Bootstrapping Error Accumulation Reduction (Kumar, Fu, Tucker & Levine, 2019, "Stabilizing Off-Policy
+Q-Learning via Bootstrapping Error Reduction"): support matching through an MMD constraint.
+
+- MMD (Gretton et al., 2012), the biased V-statistic of n samples x ~ pi(.|s) and m samples y ~ pi_beta(.|s):
+  MMD^2 = E k(x, x') + E k(y, y') - 2 E k(x, y), with the Laplacian kernel k(a, b) = exp(-||a - b||_1 / sigma)
+  or the Gaussian kernel k(a, b) = exp(-||a - b||_2^2 / (2 sigma^2)).
+- policy improvement (section 5): max_pi E_s E_a~pi [ min_j Q_j(s, a) ] s.t. E_s [ MMD(pi(.|s), pi_beta(.|s)) ] <= eps,
+  solved by dual gradient descent on the Lagrangian
+  L_pi = E_s [ -E_a~pi min_j Q_j(s, a) + alpha * (MMD(s) - eps) ],  alpha = exp(log alpha) >= 0,
+  with log alpha raised while MMD > eps and clamped to [-5, 10], as in the authors' code. As there, the
+  constrained quantity is MMD = sqrt(MMD^2 + 1e-6), the scale eps = 0.05 refers to.
+- critic (algorithm 1): y = r + gamma * (1 - done) * max_k [ lambda min_j Q'_j(s', a_k)
+  + (1 - lambda) max_j Q'_j(s', a_k) ],  a_k ~ pi(.|s'), k = 1..p, lambda = 0.75 (BCQ's soft clipped double-Q).
+
+eps (`mmd_threshold`, per member) is the knob. Deviations from the paper: pi_beta-hat is a squashed
+Gaussian fitted by maximum likelihood before the actor-critic starts (BRAC's `BehaviorPretraining`), not a
+VAE trained alongside; the MMD is measured on actions scaled to [-1, 1], so sigma means the same for every
+action range; there is no entropy term and no target actor (the next actions come from pi itself).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .base import Learner, LearnerConfig
+from .brac import BehaviorPretraining, check_behavior_fields, q_at_samples
+from .networks import PackedCritic, TanhGaussianPolicy, polyak_update
+from .optim import PackedAdam
+from .sac import critic_loss
+
+KERNEL_SIGMA = {"laplacian": 20.0, "gaussian": 10.0}
+LOG_LAGRANGE_MIN, LOG_LAGRANGE_MAX = -5.0, 10.0
+
+
+def _mmd_squared(x: torch.Tensor, y: torch.Tensor, kernel: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The V-statistic of MMD^2 with `kernel` a function of the pairwise differences `[..., n, m, d]`."""
+    def mean_kernel(a, b):
+        return kernel(a.unsqueeze(-2) - b.unsqueeze(-3)).mean(dim=(-2, -1))
+    return mean_kernel(x, x) + mean_kernel(y, y) - 2 * mean_kernel(x, y)
+
+
+def mmd_laplacian(x: torch.Tensor, y: torch.Tensor, sigma: float = KERNEL_SIGMA["laplacian"]) -> torch.Tensor:
+    """MMD^2 with k(a, b) = exp(-||a - b||_1 / sigma): x `[P, B, n, d]`, y `[P, B, m, d]` -> `[P, B]`."""
+    return _mmd_squared(x, y, lambda diff: torch.exp(-diff.abs().sum(-1) / sigma))
+
+
+def mmd_gaussian(x: torch.Tensor, y: torch.Tensor, sigma: float = KERNEL_SIGMA["gaussian"]) -> torch.Tensor:
+    """MMD^2 with k(a, b) = exp(-||a - b||_2^2 / (2 sigma^2)): x `[P, B, n, d]`, y `[P, B, m, d]` -> `[P, B]`."""
+    return _mmd_squared(x, y, lambda diff: torch.exp(-diff.pow(2).sum(-1) / (2 * sigma ** 2)))
+
+
+def soft_clipped_double_q(q: torch.Tensor, min_weight: float) -> torch.Tensor:
+    """lambda * min_j Q_j + (1 - lambda) * max_j Q_j over the critic axis 1 of `q` `[P, E, ...]`."""
+    return min_weight * q.min(dim=1).values + (1 - min_weight) * q.max(dim=1).values
+
+
+def constrained_actor_loss(q_pi: torch.Tensor, mmd: torch.Tensor, lagrange_multiplier: torch.Tensor) -> torch.Tensor:
+    """The Lagrangian's policy part: `q_pi` (min over critics, averaged over pi's samples) and `mmd` `[P, B]`,
+    the multiplier `[P]` held fixed; the sum over members of the batch mean of -Q + alpha * MMD."""
+    return (-q_pi + lagrange_multiplier[:, None] * mmd).mean(-1).sum()
+
+
+def lagrange_loss(log_lagrange: torch.Tensor, mmd: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """Dual ascent on alpha = exp(log alpha) `[P]`: minimizing -alpha * (E_s MMD - eps) raises alpha while
+    the constraint is violated; `mmd` `[P, B]` is held fixed, `threshold` is eps `[P]`."""
+    return -(log_lagrange.exp() * (mmd.mean(-1) - threshold)).sum()
+
+
+@dataclass
+class BEARConfig(LearnerConfig):
+    mmd_threshold: float = 0.05          # eps
+    kernel: str = "laplacian"            # "laplacian" or "gaussian"
+    kernel_sigma: float | None = None    # None: 20 for the Laplacian kernel, 10 for the Gaussian
+    num_samples: int = 5                 # n = m samples of pi and pi_beta-hat per state for the MMD
+    num_target_samples: int = 10         # p actions of pi(.|s') the target maximizes over
+    min_q_weight: float = 0.75           # lambda of the soft clipped double-Q target
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    lagrange_lr: float = 1e-3
+    polyak: float = 0.005
+    behavior_lr: float = 1e-3
+    behavior_pretrain_steps: int = 10_000
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check(self.mmd_threshold > 0, "mmd_threshold", "positive (0.05 in the paper)")
+        self.check(self.kernel in KERNEL_SIGMA, "kernel", "'laplacian' or 'gaussian'")
+        self.check(self.kernel_sigma is None or self.kernel_sigma > 0, "kernel_sigma", "positive, or None")
+        self.check(self.num_samples >= 1, "num_samples", "at least 1 (5 to 10 in the paper)")
+        self.check(self.num_target_samples >= 1, "num_target_samples", "at least 1")
+        self.check(0.0 <= self.min_q_weight <= 1.0, "min_q_weight", "in [0, 1]")
+        self.check(0.0 < self.polyak <= 1.0, "polyak", "in (0, 1]")
+        for name in ("actor_lr", "critic_lr", "lagrange_lr"):
+            self.check(getattr(self, name) > 0, name, "positive")
+        check_behavior_fields(self)
+
+
+class BEAR(BehaviorPretraining, Learner):
+    Config = BEARConfig
+    PACKABLE = ("seed", "mmd_threshold", "actor_lr", "critic_lr")
+
+    def __init__(self, configs, obs_dim, act_dim, action_low=-1.0, action_high=1.0, device="cpu"):
+        super().__init__(configs, obs_dim, act_dim, action_low, action_high, device)
+        cfg, P = self.config, self.members
+        self.policy = TanhGaussianPolicy(P, obs_dim, act_dim, cfg.hidden, self.action_low, self.action_high)
+        self.critic = PackedCritic(P, obs_dim, act_dim, cfg.hidden)
+        self.log_lagrange = torch.nn.Parameter(torch.zeros(P))
+        self.finish_init()
+        self.add_behavior_policy()
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.threshold = self.knob("mmd_threshold")
+        self.mmd = mmd_laplacian if cfg.kernel == "laplacian" else mmd_gaussian
+        self.sigma = KERNEL_SIGMA[cfg.kernel] if cfg.kernel_sigma is None else cfg.kernel_sigma
+        self.actor_optimizer = PackedAdam(self.policy.parameters(), lr=self.knob("actor_lr"))
+        self.critic_optimizer = PackedAdam(self.critic.parameters(), lr=self.knob("critic_lr"))
+        self.lagrange_optimizer = PackedAdam([self.log_lagrange], lr=cfg.lagrange_lr)
+
+    def act(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.policy.deterministic(observations)
+
+    def q_value(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return self.critic(observations, actions).min(dim=1).values
+
+    def sample_actions(self, policy: TanhGaussianPolicy, observations: torch.Tensor, n: int) -> torch.Tensor:
+        """n actions per state `[P, B, n, act]` from `policy`, noise from the members' generators."""
+        return policy.sample(observations, self.normal(observations.shape[1], n, self.act_dim))[0]
+
+    def unit_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """Actions rescaled from the env's bounds to [-1, 1], where the MMD is measured."""
+        return (actions - self.policy.action_bias) / self.policy.action_scale
+
+    def td_target(self, batch) -> torch.Tensor:
+        cfg = self.config
+        with torch.no_grad():
+            next_actions = self.sample_actions(self.policy, batch.next_observations, cfg.num_target_samples)
+            next_q = q_at_samples(self.critic_target, batch.next_observations, next_actions)
+            next_value = soft_clipped_double_q(next_q, cfg.min_q_weight).max(dim=-1).values
+            return batch.rewards + cfg.gamma * (1.0 - batch.terminals) * next_value
+
+    def regularized_update(self, batch) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        target = self.td_target(batch)
+        q = self.critic(batch.observations, batch.actions)
+        loss_q = critic_loss(q, target)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        loss_q.backward()
+        self.critic_optimizer.step()
+
+        actions = self.sample_actions(self.policy, batch.observations, cfg.num_samples)
+        with torch.no_grad():
+            behavior_actions = self.sample_actions(self.behavior, batch.observations, cfg.num_samples)
+        mmd = (self.mmd(self.unit_actions(actions), self.unit_actions(behavior_actions), self.sigma) + 1e-6).sqrt()
+        self.critic.requires_grad_(False)
+        q_pi = q_at_samples(self.critic, batch.observations, actions).min(dim=1).values.mean(-1)
+        self.critic.requires_grad_(True)
+        multiplier = self.log_lagrange.detach().exp()
+        loss_pi = constrained_actor_loss(q_pi, mmd, multiplier)
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        loss_pi.backward()
+        self.actor_optimizer.step()
+
+        mmd = mmd.detach()
+        loss_lagrange = lagrange_loss(self.log_lagrange, mmd, self.threshold)
+        self.lagrange_optimizer.zero_grad(set_to_none=True)
+        loss_lagrange.backward()
+        self.lagrange_optimizer.step()
+        with torch.no_grad():
+            self.log_lagrange.clamp_(LOG_LAGRANGE_MIN, LOG_LAGRANGE_MAX)
+
+        polyak_update(self.critic_target, self.critic, cfg.polyak)
+        q, q_pi = q.detach(), q_pi.detach()
+        return {"train/q_data_mean": q.mean(dim=(1, 2)),
+                "train/critic_loss": (q - target[:, None]).pow(2).mean(dim=(1, 2)),
+                "train/actor_loss": (-q_pi + multiplier[:, None] * mmd).mean(-1),
+                "train/mmd": mmd.mean(-1), "train/lagrange_multiplier": self.log_lagrange.detach().exp()}

@@ -1,0 +1,203 @@
+"""Behavior Regularized Actor Critic (Wu, Tucker & Nachum, 2019, "Behavior Regularized Offline
+Reinforcement Learning"), BRAC with the KL divergence on top of SAC:
+
+- behaviour policy: pi_beta-hat, a squashed Gaussian per member, fitted first by maximum likelihood,
+  L_beta = -E_(s,a)~D [ log pi_beta-hat(a | s) ], alone for `behavior_pretrain_steps` updates, then frozen.
+  As in the authors' code, dataset actions are pulled `CLIP_EPS` inside the bounds first: a saturated
+  action has an infinite pre-tanh value.
+- divergence: D(s) = KL(pi(.|s) || pi_beta-hat(.|s)), estimated from N samples a_j ~ pi(.|s) as
+  mean_j [ log pi(a_j|s) - log pi_beta-hat(a_j|s) ] (`sample_kl`). Both policies squash the same way, so the
+  tanh corrections cancel and this estimates the KL of the pre-tanh Gaussians (`gaussian_kl`, closed form).
+- value penalty (eq. 3): y = r + gamma * (1 - done) * (E_a'~pi [ min_i Q'_i(s', a') - tau log pi(a'|s') ]
+  - alpha * D(s'))
+- policy penalty (eq. 4): L_pi = E_s E_a~pi [ tau log pi(a|s) - min_i Q_i(s, a) ] + alpha * E_s [ D(s) ]
+
+alpha (`kl_weight`, per member) is the knob; `penalty="policy"` uses eq. 4 alone, `penalty="value"`
+eq. 3 and eq. 4 together, as in the paper. SAC's entropy term (temperature tau, tuned towards a target
+entropy) is kept, as in the authors' BRAC-primal agent. The expectations over pi use the same N samples
+for Q, entropy and divergence.
+
+`BehaviorPretraining` (the fitted behaviour policy and its pretraining phase) is shared with BEAR.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .bc import negative_log_likelihood
+from .networks import TanhGaussianPolicy, init_members, polyak_update, squashed_gaussian_log_prob
+from .optim import PackedAdam
+from .sac import SAC, SACConfig, actor_loss, soft_bellman_target, temperature_loss
+
+CLIP_EPS = 1e-3     # dataset actions are kept this fraction of the half-range inside the bounds
+
+
+def sample_kl(log_prob_pi: torch.Tensor, log_prob_behavior: torch.Tensor) -> torch.Tensor:
+    """KL(pi || pi_beta) per state from samples a_j ~ pi: `[P, B, N]` log-densities of both -> `[P, B]`."""
+    return (log_prob_pi - log_prob_behavior).mean(-1)
+
+
+def gaussian_kl(mu1: torch.Tensor, log_std1: torch.Tensor, mu2: torch.Tensor, log_std2: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu1, sigma1^2) || N(mu2, sigma2^2)) of diagonal Gaussians, summed over the last axis:
+    log(sigma2 / sigma1) + (sigma1^2 + (mu1 - mu2)^2) / (2 sigma2^2) - 1/2 per dimension."""
+    variance1, variance2 = (2 * log_std1).exp(), (2 * log_std2).exp()
+    return (log_std2 - log_std1 + (variance1 + (mu1 - mu2).pow(2)) / (2 * variance2) - 0.5).sum(-1)
+
+
+def policy_penalty_actor_loss(q_pi: torch.Tensor, log_prob: torch.Tensor, kl: torch.Tensor,
+                              temperature: torch.Tensor, kl_weight: torch.Tensor) -> torch.Tensor:
+    """Eq. 4 with SAC's entropy term: `q_pi`, `log_prob` (averaged over pi's samples) and `kl` are `[P, B]`,
+    `temperature` and `kl_weight` `[P]`; the sum over members of the batch mean."""
+    return actor_loss(q_pi, log_prob, temperature) + (kl_weight[:, None] * kl).mean(-1).sum()
+
+
+def clip_inside(actions: torch.Tensor, low: torch.Tensor, high: torch.Tensor, eps: float = CLIP_EPS) -> torch.Tensor:
+    """`actions` clamped to [low + m, high - m], m = eps * (high - low) / 2."""
+    margin = eps * (high - low) / 2
+    return torch.maximum(torch.minimum(actions, high - margin), low + margin)
+
+
+def q_at_samples(critic, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Q of each critic for N actions per state: `[P, B, obs]` and `[P, B, N, act]` -> `[P, E, B, N]`."""
+    P, B, N, act_dim = actions.shape
+    repeated = observations.unsqueeze(2).expand(P, B, N, observations.shape[-1]).reshape(P, B * N, -1)
+    return critic(repeated, actions.reshape(P, B * N, act_dim)).view(P, critic.ensemble, B, N)
+
+
+def check_behavior_fields(config) -> None:
+    """Validation of the fields every config of a `BehaviorPretraining` learner declares."""
+    config.check(config.behavior_pretrain_steps >= 0, "behavior_pretrain_steps", ">= 0")
+    config.check(config.behavior_lr > 0, "behavior_lr", "positive")
+
+
+class BehaviorPretraining:
+    """Mixin for a Learner whose config has `behavior_lr` and `behavior_pretrain_steps`: a fitted behaviour
+    policy pi_beta-hat (`self.behavior`), the only thing trained during the first `behavior_pretrain_steps`
+    updates and frozen afterwards, when `regularized_update` trains the rest.
+
+    Call `add_behavior_policy()` after `finish_init()`. The update counter is a buffer, so checkpoints
+    restore the phase.
+    """
+
+    def add_behavior_policy(self) -> None:
+        self.behavior = TanhGaussianPolicy(self.members, self.obs_dim, self.act_dim, self.config.hidden,
+                                           self.action_low, self.action_high)
+        init_members(self.behavior, self.generators)
+        self.behavior.to(self.device)
+        self.behavior_optimizer = PackedAdam(self.behavior.parameters(), lr=self.config.behavior_lr)
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long, device=self.device))
+
+    @property
+    def pretraining(self) -> bool:
+        return int(self.updates) < self.config.behavior_pretrain_steps
+
+    def behavior_log_prob(self, batch) -> torch.Tensor:
+        """log pi_beta-hat(a|s) `[P, B]` of the dataset's actions, pulled just inside the bounds."""
+        actions = clip_inside(batch.actions, self.action_low, self.action_high)
+        return self.behavior.log_prob(batch.observations, actions)
+
+    def fit_behavior(self, batch) -> dict[str, torch.Tensor]:
+        log_prob = self.behavior_log_prob(batch)
+        loss = negative_log_likelihood(log_prob)
+        self.behavior_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.behavior_optimizer.step()
+        return {"train/behavior_nll": -log_prob.detach().mean(-1)}
+
+    def update(self, batch) -> dict[str, torch.Tensor]:
+        """A max-likelihood step on pi_beta-hat while pretraining (its metrics only), else `regularized_update`."""
+        if self.pretraining:
+            metrics = self.fit_behavior(batch)
+        else:
+            metrics = self.regularized_update(batch)
+            with torch.no_grad():
+                metrics["train/behavior_nll"] = -self.behavior_log_prob(batch).mean(-1)
+        self.updates += 1
+        return metrics
+
+    def regularized_update(self, batch) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+@dataclass
+class BRACConfig(SACConfig):
+    kl_weight: float = 0.1                 # alpha
+    penalty: str = "policy"                # "policy": eq. 4 only; "value": eq. 3 and eq. 4
+    num_kl_samples: int = 4                # N samples of pi per state for the KL estimate
+    behavior_lr: float = 1e-3
+    behavior_pretrain_steps: int = 10_000
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check(self.kl_weight >= 0, "kl_weight", ">= 0 (0 is naive offline SAC)")
+        self.check(self.penalty in ("policy", "value"), "penalty", "'policy' or 'value'")
+        self.check(self.num_kl_samples >= 1, "num_kl_samples", "at least 1")
+        check_behavior_fields(self)
+
+
+class BRAC(BehaviorPretraining, SAC):
+    Config = BRACConfig
+    PACKABLE = ("seed", "kl_weight", "actor_lr", "critic_lr")
+
+    def __init__(self, configs, obs_dim, act_dim, action_low=-1.0, action_high=1.0, device="cpu"):
+        super().__init__(configs, obs_dim, act_dim, action_low, action_high, device)
+        self.add_behavior_policy()
+        self.kl_weight = self.knob("kl_weight")
+
+    def policy_samples(self, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """N = `num_kl_samples` actions per state from pi `[P, B, N, act]`, their log pi `[P, B, N]`, and the
+        sampled KL(pi || pi_beta-hat) `[P, B]`.
+
+        log pi_beta-hat is taken at each sample's own pre-tanh value, so saturated samples need no atanh.
+        """
+        noise = self.normal(*observations.shape[1:-1], self.config.num_kl_samples, self.act_dim)
+        mu, log_std = (x.unsqueeze(-2) for x in self.policy.distribution(observations))
+        mu_b, log_std_b = (x.unsqueeze(-2) for x in self.behavior.distribution(observations))
+        u = mu + log_std.exp() * noise
+        log_prob = squashed_gaussian_log_prob(u, mu, log_std, self.policy.action_scale)
+        log_prob_behavior = squashed_gaussian_log_prob(u, mu_b, log_std_b, self.behavior.action_scale)
+        return self.policy.squash(u), log_prob, sample_kl(log_prob, log_prob_behavior)
+
+    def td_target(self, batch) -> torch.Tensor:
+        temperature = self.log_alpha.detach().exp()
+        with torch.no_grad():
+            next_actions, next_log_prob, next_kl = self.policy_samples(batch.next_observations)
+            next_q = q_at_samples(self.critic_target, batch.next_observations, next_actions).min(dim=1).values
+            next_value = next_q.mean(-1)
+            if self.config.penalty == "value":
+                next_value = next_value - self.kl_weight[:, None] * next_kl
+            return soft_bellman_target(batch.rewards, batch.terminals, next_value, next_log_prob.mean(-1),
+                                       temperature, self.config.gamma)
+
+    def regularized_update(self, batch) -> dict[str, torch.Tensor]:
+        temperature = self.log_alpha.detach().exp()
+        target = self.td_target(batch)
+        loss_q, q, extra = self.critic_objective(batch, target)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        loss_q.backward()
+        self.critic_optimizer.step()
+
+        actions, log_prob, kl = self.policy_samples(batch.observations)
+        self.critic.requires_grad_(False)
+        q_pi = q_at_samples(self.critic, batch.observations, actions).min(dim=1).values.mean(-1)
+        self.critic.requires_grad_(True)
+        log_prob = log_prob.mean(-1)
+        loss_pi = policy_penalty_actor_loss(q_pi, log_prob, kl, temperature, self.kl_weight)
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        loss_pi.backward()
+        self.actor_optimizer.step()
+
+        loss_temperature = temperature_loss(self.log_alpha, log_prob, self.target_entropy)
+        self.temperature_optimizer.zero_grad(set_to_none=True)
+        loss_temperature.backward()
+        self.temperature_optimizer.step()
+
+        polyak_update(self.critic_target, self.critic, self.config.polyak)
+        q, log_prob, kl = q.detach(), log_prob.detach(), kl.detach()
+        return {"train/q_data_mean": q.mean(dim=(1, 2)),
+                "train/critic_loss": (q - target[:, None]).pow(2).mean(dim=(1, 2)),
+                "train/actor_loss": (temperature[:, None] * log_prob - q_pi.detach()
+                                     + self.kl_weight[:, None] * kl).mean(-1),
+                "train/entropy": -log_prob.mean(-1), "train/temperature": temperature,
+                "train/kl": kl.mean(-1), **extra}

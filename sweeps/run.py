@@ -1,0 +1,218 @@
+"""Run a study on Ray Tune (embedded local Ray, or a running cluster), resume it, and re-run one config.
+
+Tune is the engine: one Tune trial per expanded trial of the study (`{"trial": grid_search(trials)}`),
+each a population of packed members; checkpoints every `checkpoint_every` iterations; `max_failures`
+restarts a crashed trial from its last checkpoint; `resume` is `Tuner.restore`. Results land under
+`<storage>/<study name>/` (Tune's result.json / progress.csv per trial, the study YAML beside them),
+so reports never depend on W&B.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from ..algorithms.trainable import OfflineTrainable
+from ..algorithms.trainer import TrainConfig, TrainRun
+from ..datasets import BuildConfig, build, local_dataset_ids
+from .study import Study, StudyError, load_study
+
+STUDY_FILE = "study.yaml"
+
+
+class StudyTrainable(OfflineTrainable):
+    """OfflineTrainable fed by a study trial: `config["trial"]` is a TrainConfig dict plus `study` metadata."""
+
+    def setup(self, config: dict) -> None:
+        super().setup(trial_train_config(config["trial"]))
+
+    def reset_config(self, new_config: dict) -> bool:
+        self.setup(new_config)
+        return True
+
+
+def trial_train_config(trial: dict) -> dict:
+    return {k: v for k, v in trial.items() if k != "study"}
+
+
+def experiment_dir(study: Study) -> Path | str:
+    if "://" in study.storage:
+        return f"{study.storage.rstrip('/')}/{study.name}"
+    return Path(study.storage).expanduser().resolve() / study.name
+
+
+def ensure_datasets(study: Study, log: Callable[[str], None] = print) -> None:
+    """Build the study's datasets that are missing locally, when the study says how (`build:`)."""
+    local = set(local_dataset_ids())
+    missing = sorted({d for part in study.parts for d in part.datasets if d not in local and not Path(d).exists()})
+    if not missing or not study.build:
+        return
+    by_name: dict[tuple[str, int], list[str]] = {}
+    for dataset_id in missing:
+        match = re.fullmatch(r"(.+)/([a-z-]+)-v(\d+)", dataset_id)
+        if not match:
+            raise StudyError(f"datasets: cannot build {dataset_id!r}; builder ids look like <name>/<kind>-v<N>")
+        name, kind, version = match.group(1), match.group(2), int(match.group(3))
+        by_name.setdefault((name, version), []).append(kind)
+    for (name, version), kinds in by_name.items():
+        settings = dict(study.build)
+        env = settings.pop("env", None)
+        if not env:
+            raise StudyError("build.env: name the Gymnasium env to build missing datasets from")
+        try:
+            config = BuildConfig(env_id=env, name=name, version=version, kinds=tuple(kinds), **settings)
+        except TypeError as error:
+            raise StudyError(f"build: {error}") from error
+        log(f"Building missing dataset(s) {', '.join(f'{name}/{k}-v{version}' for k in kinds)}")
+        build(config, log=log)
+
+
+def wandb_callbacks(study: Study, enabled: bool) -> list:
+    """One W&B run per member (see wandb_logging.py): offline unless an API key is configured."""
+    if not (enabled and study.wandb["enabled"]):
+        return []
+    from .wandb_logging import MemberWandbCallback
+    return [MemberWandbCallback(study.wandb["project"], study.wandb["group"] or study.name, study.wandb.get("entity"))]
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Join `address` (or RAY_ADDRESS), shipping this code to the workers; else start an embedded local Ray."""
+    import ray
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env={"py_modules": [_project_wheel()]})
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def _project_wheel() -> str:
+    """The project as a wheel, so that cluster workers import `offline_sweeps` exactly as here."""
+    import subprocess
+    import sys
+    import tempfile
+    root = Path(__file__).resolve().parents[1]
+    folder = Path(tempfile.mkdtemp(prefix="offline-sweeps-wheel-"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(folder), str(root)],
+                   check=True)
+    return str(next(folder.glob("*.whl")))
+
+
+def _tuner_parts(study: Study):
+    from ray import tune
+    trainable = tune.with_resources(StudyTrainable, {k: v for k, v in study.resources.items() if v})
+    scheduler = None
+    if study.scheduler["name"] == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+        scheduler = ASHAScheduler(grace_period=study.scheduler["grace_period"],
+                                  reduction_factor=study.scheduler["reduction_factor"])
+    return trainable, scheduler
+
+
+def run_study(study: Study, address: str | None = None, use_wandb: bool = True, num_cpus: int | None = None,
+              log: Callable[[str], None] = print):
+    """Run every trial of `study`; returns Tune's ResultGrid. The study YAML is kept beside the results."""
+    from ray import tune
+    ensure_datasets(study, log)
+    folder = experiment_dir(study)
+    trials = study.trials()
+    if isinstance(folder, Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / STUDY_FILE).write_text(yaml.safe_dump(study.source, sort_keys=False))
+    members = sum(len(t["members"]) for t in trials)
+    log(f"Study {study.name}: {len(trials)} trial(s), {members} member run(s) -> {folder}")
+    init_ray(address, num_cpus)
+    trainable, scheduler = _tuner_parts(study)
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(trials)},
+        tune_config=tune.TuneConfig(metric=study.metric, mode=study.mode, scheduler=scheduler,
+                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+        run_config=tune.RunConfig(
+            name=study.name, storage_path=str(Path(folder).parent) if isinstance(folder, Path) else study.storage,
+            checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=study.checkpoint_every, num_to_keep=2,
+                                                    checkpoint_at_end=True),
+            failure_config=tune.FailureConfig(max_failures=study.max_failures),
+            callbacks=wandb_callbacks(study, use_wandb), verbose=1))
+    return tuner.fit()
+
+
+def resume_study(folder: str | Path, address: str | None = None, use_wandb: bool = True,
+                 num_cpus: int | None = None):
+    """Continue an interrupted study where it stopped: finished trials stay, unfinished and errored ones
+    restart from their last checkpoints."""
+    from ray import tune
+    folder = Path(folder).expanduser().resolve()
+    if not (folder / STUDY_FILE).is_file() or not tune.Tuner.can_restore(str(folder)):
+        raise StudyError(f"{folder} holds no study to resume (no {STUDY_FILE} and Tune state); give the folder "
+                         f"`launch.py sweep` printed, <storage>/<study name>")
+    study = load_study(folder / STUDY_FILE)
+    init_ray(address, num_cpus)
+    trainable, _ = _tuner_parts(study)
+    tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    return tuner.fit()
+
+
+def unfinished_trials(results) -> list[str]:
+    """Trials that ended neither done nor in error: what a SIGINT leaves (Tune reports them as terminated)."""
+    unfinished = []
+    for result in results:
+        if result.error is None and not (result.metrics or {}).get("done", False):
+            unfinished.append(Path(result.path).name)
+    return unfinished
+
+
+def _trial_name(trial) -> str:
+    config = trial.config["trial"]
+    point = config["study"]["point"]
+    parts = [config["algorithm"]] + [f"{k.split('.')[-1]}={_short(v)}" for k, v in point.items()]
+    return re.sub(r"[^A-Za-z0-9_.=,-]", "_", f"{trial.trial_id}_" + ",".join(parts))[:120]
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def train_from_file(path: str | Path, output: str | Path | None = None, log: Callable[[str], None] = print) -> dict:
+    """`launch.py train --config`: run one exported (or hand-written) TrainConfig YAML to its budget, no Tune.
+
+    Writes every iteration's metrics as JSON lines to `<output>/result.json`; returns the last metrics.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StudyError(f"config file {path} does not exist")
+    values = yaml.safe_load(path.read_text())
+    if not isinstance(values, dict):
+        raise StudyError(f"{path} must hold a mapping of training keys")
+    values.pop("study", None)
+    run = TrainRun(TrainConfig.from_dict(values))
+    output = Path(output or Path("results") / "train" / path.stem).expanduser().resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    iterations = math.ceil(run.config.total_updates / run.config.eval_every)
+    log(f"Training {run.config.algorithm} on {run.config.dataset}: {run.members} member(s), {iterations} iteration(s)")
+    started = time.perf_counter()
+    with open(output / "result.json", "w") as results:
+        while True:
+            metrics = run.train_iteration()
+            results.write(json.dumps(_jsonable(metrics)) + "\n")
+            results.flush()
+            log(f"  updates {metrics['updates']:>8}  {_headline(metrics)}  ({time.perf_counter() - started:.0f} s)")
+            if metrics["done"]:
+                return metrics
+
+
+def _headline(metrics: dict) -> str:
+    keys = ("eval/normalized_return", "eval/return", "eval/q_overestimation")
+    return "  ".join(f"{k.split('/')[-1]} {metrics[k]:9.2f}" for k in keys if k in metrics)
+
+
+def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}

@@ -1,0 +1,85 @@
+"""Weights & Biases logging of a study: one W&B run per member, grouped by study, from the driver.
+
+Tune's own WandbLoggerCallback logs a trial as one run from a logging actor that Tune kills as soon as
+`wandb.finish()` returns, which can cut an offline run's records short, and it cannot split a packed
+trial into its members. This callback runs in the driver instead: for every trial it opens one run
+per member (its config: algorithm, dataset, the member's knobs and seed, the trial's training config),
+logs that member's metrics each iteration, and finishes the runs when the trial ends. Offline runs
+land in `<trial folder>/wandb/` and upload later with `wandb sync`.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from ray import tune
+
+from .run import trial_train_config
+
+
+def wandb_mode() -> str:
+    """WANDB_MODE when set; else online when an API key is configured, offline otherwise."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    netrc = Path.home() / ".netrc"
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or (
+        netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
+    return "online" if has_key else "offline"
+
+
+class MemberWandbCallback(tune.Callback):
+    def __init__(self, project: str, group: str, entity: str | None = None, mode: str | None = None):
+        self.project, self.group, self.entity = project, group, entity
+        self.mode = mode or wandb_mode()
+        self.runs: dict[str, list] = {}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        import wandb
+        config = trial.config["trial"]
+        members = trial_train_config(config)["members"]
+        if trial.trial_id not in self.runs:
+            folder = Path(trial.local_path or ".")
+            folder.mkdir(parents=True, exist_ok=True)
+            self.runs[trial.trial_id] = [
+                wandb.init(project=self.project, group=self.group, entity=self.entity, mode=self.mode,
+                           dir=str(folder), reinit="create_new", job_type=config["algorithm"],
+                           name=f"{trial.trial_id}-m{k}" if len(members) > 1 else trial.trial_id,
+                           config={"algorithm": config["algorithm"], "dataset": config["dataset"],
+                                   **{k2: v for k2, v in member.items()}, "member": k, "trial": trial.trial_id,
+                                   "point": config["study"]["point"], "train": trial_train_config(config)})
+                for k, member in enumerate(members)]
+        for k, run in enumerate(self.runs[trial.trial_id]):
+            run.log(member_metrics(result, k, len(members)), step=int(result["training_iteration"]))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish(trial.trial_id, exit_code=0)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial.trial_id, exit_code=1)
+
+    def on_experiment_end(self, trials, **info):
+        for trial_id in list(self.runs):
+            self._finish(trial_id, exit_code=0)
+
+    def _finish(self, trial_id: str, exit_code: int) -> None:
+        for run in self.runs.pop(trial_id, []):
+            run.finish(exit_code=exit_code)
+
+
+_MEMBER = re.compile(r"member_(\d+)/(.+)")
+
+
+def member_metrics(result: dict, k: int, members: int) -> dict:
+    """Member k's numeric metrics with the `member_k/` prefix removed (all metrics when P = 1)."""
+    metrics = {}
+    for key, value in result.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        match = _MEMBER.fullmatch(key)
+        if match:
+            if int(match.group(1)) == k:
+                metrics[match.group(2)] = value
+        elif members == 1 or key in ("updates", "updates_per_second", "training_iteration", "time_total_s"):
+            metrics[key] = value
+    return metrics

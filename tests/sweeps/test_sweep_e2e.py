@@ -1,0 +1,85 @@
+"""A tiny study end to end on the embedded Ray: results for every member, report, export, re-run, W&B."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from offline_sweeps.sweeps.report import collect, export_best, write_report
+from offline_sweeps.sweeps.run import experiment_dir, run_study, train_from_file
+from offline_sweeps.sweeps.study import parse_study
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def wandb_record_holds(run_dir: Path, needles: list[bytes], timeout: float = 30.0) -> bool:
+    """W&B's writer process flushes an offline run's records a little after Tune returns: poll for them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        record = b"".join(path.read_bytes() for path in run_dir.glob("*.wandb"))
+        if all(needle in record for needle in needles):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+
+
+def tiny_study(name: str, dataset: str, storage: Path, pack: list[str]):
+    return parse_study({
+        "name": name, "algorithm": "iql", "datasets": [dataset], "seeds": [0, 1], "pack": pack,
+        "search": {"expectile": {"grid": [0.6, 0.9]}},
+        "train": {"eval_every": 20, "eval_episodes": 2, "total_updates": 40, "reward_scale": 0.1,
+                  "algo": {"hidden": [16, 16], "batch_size": 32}},
+        "resources": {"cpu": 1}, "storage": str(storage), "wandb": {"enabled": True, "project": "test"}})
+
+
+@pytest.mark.parametrize("pack", [["seed"], []], ids=["packed", "unpacked"])
+def test_tiny_study_end_to_end(pendulum_datasets, tmp_path, monkeypatch, local_ray, pack):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(tmp_path)
+    study = tiny_study(f"tiny-{'packed' if pack else 'unpacked'}", pendulum_datasets["medium"], tmp_path / "results",
+                       pack)
+    results = run_study(study, log=lambda _: None)
+    assert results.num_errors == 0
+    assert len(results) == (2 if pack else 4)
+    folder = experiment_dir(study)
+
+    _, runs = collect(folder)
+    assert sorted((r.knobs["expectile"], r.seed) for r in runs) == [(0.6, 0), (0.6, 1), (0.9, 0), (0.9, 1)]
+    assert all(r.iterations == 2 and r.last == r.last for r in runs)      # two evaluations, finite metric
+
+    paths = write_report(folder)
+    table = paths["markdown"].read_text()
+    assert "| iql |" in table and "0.6" in table and "0.9" in table and "last_ci95" in table
+    assert paths["plot"].stat().st_size > 10_000
+    assert len(paths["csv"].read_text().splitlines()) == 3                  # header + one row per expectile
+
+    exported = export_best(folder)
+    assert len(exported) == 1
+    config = yaml.safe_load(exported[0].read_text())
+    assert config["members"] == [{"seed": 0}, {"seed": 1}] and config["algo"]["expectile"] in (0.6, 0.9)
+    best = max((r for r in runs if r.knobs["expectile"] == config["algo"]["expectile"]), key=lambda r: r.seed)
+    rerun = train_from_file(exported[0], tmp_path / "rerun", log=lambda _: None)
+    for k, seed in enumerate((0, 1)):
+        member = next(r for r in runs if r.knobs["expectile"] == config["algo"]["expectile"] and r.seed == seed)
+        assert rerun[f"member_{k}/eval/normalized_return"] == pytest.approx(member.last, abs=1e-3)
+    assert best.trial_config["total_updates"] == rerun["updates"] == 40
+
+    runs_dirs = sorted(Path(folder).glob("*/wandb/offline-run-*"))
+    assert len(runs_dirs) == 4                                              # one W&B run per member
+    for run_dir in runs_dirs:
+        assert wandb_record_holds(run_dir, [b"eval/normalized_return", b"expectile", b"seed"]), run_dir
+    assert json.loads((tmp_path / "rerun" / "result.json").read_text().splitlines()[-1])["done"] is True
