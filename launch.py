@@ -10,6 +10,7 @@
     python launch.py dataset info pendulum/medium-v0
     python launch.py bench buffer
     python launch.py bench algorithms --members 1,8 --threads 2
+    python launch.py bench tune
 
 `python launch.py SUBCOMMAND --help` explains each subcommand.
 """
@@ -140,6 +141,7 @@ def dataset_delete(args: argparse.Namespace) -> None:
 
 
 def bench(args: argparse.Namespace) -> None:
+    import numpy as np
     import torch
     torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -150,6 +152,16 @@ def bench(args: argparse.Namespace) -> None:
         for members in args.members:
             rate = minibatches_per_second(device, members, args.batch_size)
             print(f"  P={members:<3} {rate:10.0f} [P, B] minibatches/s  ({rate * members:10.0f} member-minibatches/s)")
+        return
+    if args.target == "tune":
+        from offline_sweeps.sweeps.benchmark import trial_overhead
+        timing = trial_overhead(args.trials, log=lambda _: None)
+        print(f"Ray Tune per-trial overhead: {args.trials} one-update trials one after another on the embedded Ray, "
+              f"from a trial's end to the next one's first training step:")
+        for name, values in (("next trials", timing["overhead"]), ("first trial", timing["first"]),
+                             ("setup alone", timing["setup"])):
+            print(f"  {name:<16} median {np.median(values):6.2f} s   min {values.min():6.2f}   max {values.max():6.2f}")
+        print(f"  whole sweep      {timing['wall'][0]:6.1f} s (Ray start, dataset check, {args.trials} trials)")
         return
     from offline_sweeps.algorithms.benchmark import report
     print(f"Updates on {device}, {args.threads} thread(s), default nets (256x256, batch 256)"
@@ -222,7 +234,7 @@ def parser() -> argparse.ArgumentParser:
     delete.set_defaults(run=dataset_delete)
 
     benchmark = commands.add_parser("bench", help="measure throughput (prints figures; not a test)")
-    benchmark.add_argument("target", choices=("buffer", "algorithms"),
+    benchmark.add_argument("target", choices=("buffer", "algorithms", "tune"),
                            help="buffer: minibatch sampling; algorithms: member-updates/s of each algorithm")
     benchmark.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     benchmark.add_argument("--members", type=_ints, default=(1, 8), help="population sizes P, e.g. 1,8,32")
@@ -233,6 +245,7 @@ def parser() -> argparse.ArgumentParser:
                            help="hopper (obs 11, act 3) and/or halfcheetah (obs 17, act 6)")
     benchmark.add_argument("--seconds", type=float, default=5.0, help="measuring time per figure")
     benchmark.add_argument("--bf16", action="store_true", help="CQL scores its sampled actions in bfloat16")
+    benchmark.add_argument("--trials", type=int, default=8, help="tune: how many one-update trials")
     benchmark.set_defaults(run=bench)
     return root
 

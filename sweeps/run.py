@@ -30,7 +30,14 @@ class StudyTrainable(OfflineTrainable):
     """OfflineTrainable fed by a study trial: `config["trial"]` is a TrainConfig dict plus `study` metadata."""
 
     def setup(self, config: dict) -> None:
+        import ray
+        started = time.perf_counter()
         super().setup(trial_train_config(config["trial"]))
+        self.setup_seconds = time.perf_counter() - started     # dataset load, env check, buffer, networks
+        self.node_id = ray.get_runtime_context().get_node_id()
+
+    def step(self) -> dict:
+        return {**super().step(), "node_id": self.node_id, "setup_seconds": self.setup_seconds}
 
     def reset_config(self, new_config: dict) -> bool:
         self.setup(new_config)
@@ -89,21 +96,27 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env={"py_modules": [_project_wheel()]})
+        ray.init(address=address, runtime_env={"py_modules": [str(stage_package())]})
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
 
 
-def _project_wheel() -> str:
-    """The project as a wheel, so that cluster workers import `offline_sweeps` exactly as here."""
-    import subprocess
-    import sys
+def stage_package() -> Path:
+    """This code as one importable `offline_sweeps/` folder, for Ray's runtime_env `py_modules`.
+
+    The repository keeps datasets/, algorithms/ and sweeps/ at its top and installs them as
+    `offline_sweeps.*`; a plain working_dir upload would not import under that name. A folder in
+    py_modules is zipped, sent once to every node and put on the workers' path, with no pip run there
+    (a wheel would be pip-installed with all its dependencies on every node): the nodes' own environment
+    provides torch, Ray and the rest.
+    """
+    import shutil
     import tempfile
     root = Path(__file__).resolve().parents[1]
-    folder = Path(tempfile.mkdtemp(prefix="offline-sweeps-wheel-"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(folder), str(root)],
-                   check=True)
-    return str(next(folder.glob("*.whl")))
+    package = Path(tempfile.mkdtemp(prefix="offline-sweeps-code-")) / "offline_sweeps"
+    for name in ("datasets", "algorithms", "sweeps"):
+        shutil.copytree(root / name, package / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return package
 
 
 def _tuner_parts(study: Study):
@@ -118,8 +131,9 @@ def _tuner_parts(study: Study):
 
 
 def run_study(study: Study, address: str | None = None, use_wandb: bool = True, num_cpus: int | None = None,
-              log: Callable[[str], None] = print):
-    """Run every trial of `study`; returns Tune's ResultGrid. The study YAML is kept beside the results."""
+              log: Callable[[str], None] = print, callbacks: tuple = ()):
+    """Run every trial of `study`; returns Tune's ResultGrid. The study YAML is kept beside the results.
+    `callbacks` are extra `tune.Callback`s (the W&B one is added from the study's settings)."""
     from ray import tune
     ensure_datasets(study, log)
     folder = experiment_dir(study)
@@ -130,19 +144,32 @@ def run_study(study: Study, address: str | None = None, use_wandb: bool = True, 
     members = sum(len(t["members"]) for t in trials)
     log(f"Study {study.name}: {len(trials)} trial(s), {members} member run(s) -> {folder}")
     init_ray(address, num_cpus)
+    if address or os.environ.get("RAY_ADDRESS"):
+        check_cluster_storage(study, log)
     trainable, scheduler = _tuner_parts(study)
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(trials)},
         tune_config=tune.TuneConfig(metric=study.metric, mode=study.mode, scheduler=scheduler,
-                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+                                    reuse_actors=True),
         run_config=tune.RunConfig(
             name=study.name, storage_path=str(Path(folder).parent) if isinstance(folder, Path) else study.storage,
             checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=study.checkpoint_every, num_to_keep=2,
                                                     checkpoint_at_end=True),
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
-            callbacks=wandb_callbacks(study, use_wandb), verbose=1))
+            callbacks=[*wandb_callbacks(study, use_wandb), *callbacks], verbose=1))
     return tuner.fit()
+
+
+def check_cluster_storage(study: Study, log: Callable[[str], None]) -> None:
+    """On a multi-node cluster every node writes checkpoints to the storage path: a local path works only
+    when it is shared (NFS) and mounted at the same place everywhere, which no check here can see."""
+    import ray
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1 and "://" not in study.storage:
+        log(f"Note: storage {experiment_dir(study)} is a local path and the cluster has {len(nodes)} nodes; it "
+            f"must be shared storage mounted at that path on every node (NFS), else set storage: s3://... or gs://...")
 
 
 def resume_study(folder: str | Path, address: str | None = None, use_wandb: bool = True,

@@ -63,3 +63,13 @@ def test_bench_algorithms_prints_member_updates():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "bc    hopper" in result.stdout and "P=2:" in result.stdout and "packing x" in result.stdout
+
+
+@pytest.mark.slow
+def test_bench_tune_times_trials_on_the_quickstart_dataset(pendulum_datasets):
+    root = Path(pendulum_datasets["medium"]).parents[1]         # holds pendulum/medium-v0, the quickstart's id
+    result = subprocess.run([sys.executable, str(LAUNCH), "bench", "tune", "--trials", "3"], capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "MINARI_DATASETS_PATH": str(root)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = {line.split("median")[0].strip(): line for line in result.stdout.splitlines() if "median" in line}
+    assert set(lines) == {"next trials", "first trial", "setup alone"}

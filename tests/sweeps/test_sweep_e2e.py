@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -11,18 +10,8 @@ import yaml
 
 from offline_sweeps.sweeps.report import collect, export_best, write_report
 from offline_sweeps.sweeps.run import experiment_dir, run_study, train_from_file
-from offline_sweeps.sweeps.study import parse_study
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def wandb_record_holds(run_dir: Path, needles: list[bytes], timeout: float = 30.0) -> bool:
@@ -37,21 +26,12 @@ def wandb_record_holds(run_dir: Path, needles: list[bytes], timeout: float = 30.
         time.sleep(0.5)
 
 
-def tiny_study(name: str, dataset: str, storage: Path, pack: list[str]):
-    return parse_study({
-        "name": name, "algorithm": "iql", "datasets": [dataset], "seeds": [0, 1], "pack": pack,
-        "search": {"expectile": {"grid": [0.6, 0.9]}},
-        "train": {"eval_every": 20, "eval_episodes": 2, "total_updates": 40, "reward_scale": 0.1,
-                  "algo": {"hidden": [16, 16], "batch_size": 32}},
-        "resources": {"cpu": 1}, "storage": str(storage), "wandb": {"enabled": True, "project": "test"}})
-
-
 @pytest.mark.parametrize("pack", [["seed"], []], ids=["packed", "unpacked"])
-def test_tiny_study_end_to_end(pendulum_datasets, tmp_path, monkeypatch, local_ray, pack):
+def test_tiny_study_end_to_end(pendulum_datasets, tmp_path, monkeypatch, local_ray, tiny_study, pack):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.chdir(tmp_path)
-    study = tiny_study(f"tiny-{'packed' if pack else 'unpacked'}", pendulum_datasets["medium"], tmp_path / "results",
-                       pack)
+    _, study = tiny_study(f"tiny-{'packed' if pack else 'unpacked'}", pendulum_datasets["medium"],
+                          tmp_path / "results", pack, wandb={"enabled": True, "project": "test"})
     results = run_study(study, log=lambda _: None)
     assert results.num_errors == 0
     assert len(results) == (2 if pack else 4)
