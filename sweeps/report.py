@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .run import STUDY_FILE, trial_train_config
+from .run import STUDY_FILE, apply_sampled, trial_train_config
 from .study import StudyError, load_study
 
 # Two-sided 95% Student-t quantiles by degrees of freedom: the CI over a handful of seeds is wide.
@@ -52,7 +52,7 @@ def collect(folder: str | Path) -> tuple[object, list[MemberRun]]:
         results_file = params_file.with_name("result.json")
         if not results_file.is_file() or results_file.stat().st_size == 0:
             continue
-        trial = json.loads(params_file.read_text())["trial"]
+        trial = apply_sampled(json.loads(params_file.read_text()))
         results = [json.loads(line) for line in results_file.read_text().splitlines() if line.strip()]
         config = trial_train_config(trial)
         packed = len(config["members"]) > 1

@@ -8,6 +8,7 @@ so reports never depend on W&B.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -32,7 +33,7 @@ class StudyTrainable(OfflineTrainable):
     def setup(self, config: dict) -> None:
         import ray
         started = time.perf_counter()
-        super().setup(trial_train_config(config["trial"]))
+        super().setup(trial_train_config(apply_sampled(config)))
         self.setup_seconds = time.perf_counter() - started     # dataset load, env check, buffer, networks
         self.node_id = ray.get_runtime_context().get_node_id()
 
@@ -46,6 +47,34 @@ class StudyTrainable(OfflineTrainable):
 
 def trial_train_config(trial: dict) -> dict:
     return {k: v for k, v in trial.items() if k != "study"}
+
+
+def apply_sampled(config: dict) -> dict:
+    """A Tune trial's `trial` dict with the values a searcher (Optuna) chose, `config["sampled"]`, filled in:
+    training keys into the config, algorithm keys into every member, all of them into the study point."""
+    trial = copy.deepcopy(config["trial"])
+    for key, value in (config.get("sampled") or {}).items():
+        if key.startswith("train."):
+            trial[key[len("train."):]] = value
+        else:
+            for member in trial["members"]:
+                member[key] = value
+        trial["study"]["point"][key] = value
+    return trial
+
+
+def sampled_space(study: Study) -> dict:
+    """Tune's search space for the axes Optuna chooses."""
+    from ray import tune
+    space = {}
+    for axis in study.sampled_axes():
+        if axis.kind == "choice":
+            space[axis.key] = tune.choice(list(axis.values))
+        elif axis.kind == "uniform":
+            space[axis.key] = tune.uniform(axis.low, axis.high)
+        else:
+            space[axis.key] = tune.loguniform(axis.low, axis.high)
+    return space
 
 
 def experiment_dir(study: Study) -> Path | str:
@@ -147,10 +176,16 @@ def run_study(study: Study, address: str | None = None, use_wandb: bool = True, 
     if address or os.environ.get("RAY_ADDRESS"):
         check_cluster_storage(study, log)
     trainable, scheduler = _tuner_parts(study)
+    if study.searcher == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+        param_space = {"trial": trials[0], "sampled": sampled_space(study)}
+        search = {"search_alg": OptunaSearch(seed=study.search_seed), "num_samples": study.parts[0].num_samples}
+    else:
+        param_space, search = {"trial": tune.grid_search(trials)}, {}
     tuner = tune.Tuner(
         trainable,
-        param_space={"trial": tune.grid_search(trials)},
-        tune_config=tune.TuneConfig(metric=study.metric, mode=study.mode, scheduler=scheduler,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(metric=study.metric, mode=study.mode, scheduler=scheduler, **search,
                                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
                                     reuse_actors=True),
         run_config=tune.RunConfig(
@@ -198,7 +233,7 @@ def unfinished_trials(results) -> list[str]:
 
 
 def _trial_name(trial) -> str:
-    config = trial.config["trial"]
+    config = apply_sampled(trial.config)
     point = config["study"]["point"]
     parts = [config["algorithm"]] + [f"{k.split('.')[-1]}={_short(v)}" for k, v in point.items()]
     return re.sub(r"[^A-Za-z0-9_.=,-]", "_", f"{trial.trial_id}_" + ",".join(parts))[:120]

@@ -15,6 +15,8 @@ uniform / loguniform axes are made per grid point, from `search_seed`, so a stud
 trials every time. Trials that differ only in packed axes become one trial whose members are those
 values; packed axes must be grid axes (or seeds) and fields the algorithm lets members differ in.
 `parts:` runs several algorithms in one study (each part overrides the top-level keys).
+`searcher: optuna` hands the random axes to Optuna instead (`num_samples` trials, each proposed from the
+results so far; grid axes and seeds are then packed into every trial).
 """
 from __future__ import annotations
 
@@ -41,8 +43,9 @@ SPACE_KINDS = ("grid", "choice", "uniform", "loguniform")
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} - {"algorithm", "dataset", "members"}
 PART_KEYS = {"algorithm", "datasets", "train", "search", "seeds", "pack", "num_samples"}
 TOP_KEYS = PART_KEYS | {"name", "description", "parts", "search_seed", "build", "resources", "scheduler", "metric",
-                        "mode", "optimize", "wandb", "storage", "max_failures", "checkpoint_every"}
+                        "mode", "optimize", "wandb", "storage", "max_failures", "checkpoint_every", "searcher"}
 SCHEDULERS = ("none", "asha")
+SEARCHERS = ("default", "optuna")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,15 +88,23 @@ class Study:
     storage: str = "results"
     max_failures: int = 2
     checkpoint_every: int = 1            # iterations between checkpoints
+    searcher: str = "default"            # default: the expansion below; optuna: Optuna picks the random axes
     source: dict = dataclasses.field(default_factory=dict)   # the merged YAML, as written to the study folder
 
+    def sampled_axes(self) -> list[Axis]:
+        """With `searcher: optuna`, the axes Optuna chooses trial by trial (the choice/uniform/loguniform ones)."""
+        return [axis for axis in self.parts[0].axes if not axis.is_grid] if self.searcher == "optuna" else []
+
     def trials(self) -> list[dict]:
-        """Every Tune trial as a complete TrainConfig dict plus `study` metadata (its axis values)."""
+        """Every Tune trial as a complete TrainConfig dict plus `study` metadata (its axis values).
+
+        With `searcher: optuna` there is one trial: the template whose sampled axes Optuna fills in.
+        """
         rng = np.random.default_rng(self.search_seed)
         trials = []
         for part_index, part in enumerate(self.parts):
             for dataset in part.datasets:
-                trials.extend(_part_trials(part, part_index, dataset, rng))
+                trials.extend(_part_trials(part, part_index, dataset, rng, self.searcher == "optuna"))
         return trials
 
 
@@ -149,8 +160,32 @@ def parse_study(values: dict[str, Any]) -> Study:
     study.checkpoint_every = _integer(values, "checkpoint_every", 1, minimum=1)
     if study.build is not None and not isinstance(study.build, dict):
         raise StudyError("build: must be a mapping of dataset-builder settings (env, transitions, ...)")
+    study.searcher = _one_of(values.get("searcher", "default"), SEARCHERS, "searcher")
+    if study.searcher == "optuna":
+        _check_optuna(study)
     study.trials()   # expanding validates packing against each algorithm
     return study
+
+
+def _check_optuna(study: Study) -> None:
+    """Optuna proposes one trial at a time from the results so far: it takes the random axes of one
+    algorithm on one dataset; grid axes and several seeds ride along packed inside each trial."""
+    part = study.parts[0]
+    if len(study.parts) > 1 or len(part.datasets) > 1:
+        raise StudyError("searcher: optuna searches one algorithm on one dataset; split the study, or use "
+                         "searcher: default")
+    if not any(not axis.is_grid for axis in part.axes):
+        raise StudyError("searcher: optuna needs a choice, uniform or loguniform axis in search:")
+    unpacked = [axis.key for axis in part.axes if axis.is_grid and axis.key not in part.pack]
+    if len(part.seeds) > 1 and "seed" not in part.pack:
+        unpacked.append("seed")
+    if unpacked:
+        raise StudyError(f"pack: with searcher: optuna, grid axes and seeds are packed into each trial; add "
+                         f"{', '.join(unpacked)} to pack:")
+    try:
+        import optuna  # noqa: F401
+    except ImportError as error:
+        raise StudyError("searcher: optuna is not installed; pip install optuna (or use searcher: default)") from error
 
 
 def _parse_part(values: dict, where: str) -> Part:
@@ -212,12 +247,13 @@ def _parse_axis(key: str, space: Any, algo_fields: set[str], config_name: str, w
     return Axis(key, kind, low=float(spec[0]), high=float(spec[1]))
 
 
-def _part_trials(part: Part, part_index: int, dataset: str, rng: np.random.Generator) -> list[dict]:
+def _part_trials(part: Part, part_index: int, dataset: str, rng: np.random.Generator,
+                 optuna: bool = False) -> list[dict]:
     grid_axes = [axis for axis in part.axes if axis.is_grid]
     random_axes = [axis for axis in part.axes if not axis.is_grid]
     points = []
     for combination in itertools.product(*[axis.values for axis in grid_axes]):
-        for sample in range(part.num_samples if random_axes else 1):
+        for sample in range(part.num_samples if random_axes and not optuna else 1):
             # One draw per configuration, shared by its seeds; `sample` keeps equal draws apart.
             drawn = {axis.key: _draw(axis, rng) for axis in random_axes}
             for seed in part.seeds:

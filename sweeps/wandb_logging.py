@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ray import tune
 
-from .run import trial_train_config
+from .run import apply_sampled, trial_train_config
 
 
 def wandb_mode() -> str:
@@ -36,7 +36,7 @@ class MemberWandbCallback(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         import wandb
-        config = trial.config["trial"]
+        config = apply_sampled(trial.config)
         members = trial_train_config(config)["members"]
         if trial.trial_id not in self.runs:
             folder = Path(trial.local_path or ".")

@@ -63,6 +63,10 @@ def test_parts_run_several_algorithms():
     ({"scheduler": {"name": "pbt"}}, r"^scheduler.name: 'pbt' must be one of none, asha"),
     ({"resources": {"cpu": 0}}, r"^resources.cpu: 0 must be positive"),
     ({"name": "a/b"}, r"^name: "),
+    ({"searcher": "hyperopt"}, r"^searcher: 'hyperopt' must be one of default, optuna"),
+    ({"searcher": "optuna"}, r"^searcher: optuna needs a choice, uniform or loguniform axis"),
+    ({"searcher": "optuna", "search": {"expectile": {"uniform": [0.5, 0.9]}}},
+     r"^pack: with searcher: optuna, grid axes and seeds are packed into each trial; add seed to pack:"),
 ])
 def test_bad_studies_name_the_key(change, message):
     with pytest.raises(StudyError, match=message):
@@ -87,3 +91,11 @@ def test_yaml_overrides_and_errors(tmp_path):
 def test_shipped_studies_are_valid(path):
     study = load_study(path)
     assert study.trials()
+
+
+def test_optuna_study_is_one_template_trial_with_the_sampled_axes_left_to_optuna():
+    pytest.importorskip("optuna")
+    study = parse_study({**BASE, "searcher": "optuna", "pack": ["seed"], "num_samples": 4,
+                         "search": {"expectile": {"uniform": [0.5, 0.9]}, "hidden": {"choice": [[16], [32]]}}})
+    assert len(study.trials()) == 1 and len(study.trials()[0]["members"]) == 3
+    assert {axis.key for axis in study.sampled_axes()} == {"expectile", "hidden"}
