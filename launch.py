@@ -44,7 +44,15 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in _csv(text))
 
 
-def _finish_study(results, folder) -> int:
+def _log_report(folder, paths, use_wandb: bool) -> None:
+    from offline_sweeps.sweeps.run import STUDY_FILE
+    from offline_sweeps.sweeps.study import load_study
+    if use_wandb and load_study(Path(folder) / STUDY_FILE).wandb["enabled"]:
+        from offline_sweeps.sweeps.wandb_logging import log_report
+        print(f"report logged to W&B: {log_report(folder, paths)}")
+
+
+def _finish_study(results, folder, use_wandb: bool = True) -> int:
     from offline_sweeps.sweeps.report import export_best, write_report
     from offline_sweeps.sweeps.run import unfinished_trials
     errors, unfinished = results.num_errors, unfinished_trials(results)
@@ -54,6 +62,7 @@ def _finish_study(results, folder) -> int:
         paths = write_report(folder)
         print(f"report: {paths['markdown']}\n        {paths['plot']}")
         print(paths["markdown"].read_text().split("\n\n", 3)[-1])
+        _log_report(folder, paths, use_wandb)
         for path in export_best(folder):
             print(f"best config: {path}  (re-run: python launch.py train --config {path})")
     if errors:
@@ -71,14 +80,14 @@ def sweep(args: argparse.Namespace) -> int:
     from offline_sweeps.sweeps.study import load_study
     study = load_study(args.study, args.overrides)
     results = run_study(study, args.address, use_wandb=not args.no_wandb, num_cpus=args.num_cpus)
-    return _finish_study(results, experiment_dir(study))
+    return _finish_study(results, experiment_dir(study), not args.no_wandb)
 
 
 def resume(args: argparse.Namespace) -> int:
     from pathlib import Path as _Path
     from offline_sweeps.sweeps.run import resume_study
     results = resume_study(args.folder, args.address, use_wandb=not args.no_wandb, num_cpus=args.num_cpus)
-    return _finish_study(results, _Path(args.folder).expanduser().resolve())
+    return _finish_study(results, _Path(args.folder).expanduser().resolve(), not args.no_wandb)
 
 
 def report(args: argparse.Namespace) -> None:
@@ -86,6 +95,7 @@ def report(args: argparse.Namespace) -> None:
     paths = write_report(args.folder)
     print(paths["markdown"].read_text())
     print(f"written: {paths['markdown']}, {paths['csv']}, {paths['plot']}")
+    _log_report(args.folder, paths, not args.no_wandb)
 
 
 def export(args: argparse.Namespace) -> None:
@@ -189,6 +199,7 @@ def parser() -> argparse.ArgumentParser:
     resume_parser.set_defaults(run=resume)
     reporting = commands.add_parser("report", help="sensitivity table (Markdown, CSV) and plot of a study")
     reporting.add_argument("folder", help="the study folder, <storage>/<study name>")
+    reporting.add_argument("--no-wandb", action="store_true", help="do not log the report to Weights & Biases")
     reporting.set_defaults(run=report)
     exporting = commands.add_parser("export", help="best config per (algorithm, dataset) as a re-runnable YAML")
     exporting.add_argument("folder", help="the study folder, <storage>/<study name>")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+from ray import tune
 
 from ..algorithms.trainable import OfflineTrainable
 from ..algorithms.trainer import TrainConfig, TrainRun
@@ -148,6 +149,36 @@ def stage_package() -> Path:
     return package
 
 
+class ProgressLines(tune.Callback):
+    """Live progress as one line per trial result (Tune's own tables are off): the trial's point, how far
+    it is, the study metric (mean, and the members' range for a population), Q overestimation and speed."""
+
+    def __init__(self, metric: str, log: Callable[[str], None] = print):
+        self.metric, self.log, self.started = metric, log, time.monotonic()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        config = apply_sampled(trial.config)
+        point = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in config["study"]["point"].items()
+                          if k != "sample")
+        total = math.ceil(config["total_updates"] / config["eval_every"])
+        members = [v for k, v in result.items() if k.startswith("member_") and k.endswith("/" + self.metric)
+                   and isinstance(v, (int, float)) and math.isfinite(v)]
+        spread = f" [{min(members):.1f}, {max(members):.1f}]" if len(members) > 1 else ""
+        done = sum(t.status in ("TERMINATED", "ERROR") or (t is trial and bool(result.get("done"))) for t in trials)
+        self.log(f"[{time.monotonic() - self.started:6.0f} s] {config['algorithm']} {point:<24} "
+                 f"iter {result['training_iteration']}/{total}  {self.metric} {_fixed(result.get(self.metric))}"
+                 f"{spread}  q_overestimation {_fixed(result.get('eval/q_overestimation'))}  "
+                 f"{result.get('updates_per_second', 0):.0f} updates/s  ({done}/{len(trials)} trials done)")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.log(f"[{time.monotonic() - self.started:6.0f} s] trial {trial.trial_id} failed; Tune retries it "
+                 f"from its last checkpoint while max_failures allows")
+
+
+def _fixed(value) -> str:
+    return f"{value:8.2f}" if isinstance(value, (int, float)) else "       -"
+
+
 def _tuner_parts(study: Study):
     from ray import tune
     trainable = tune.with_resources(StudyTrainable, {k: v for k, v in study.resources.items() if v})
@@ -193,7 +224,8 @@ def run_study(study: Study, address: str | None = None, use_wandb: bool = True, 
             checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=study.checkpoint_every, num_to_keep=2,
                                                     checkpoint_at_end=True),
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
-            callbacks=[*wandb_callbacks(study, use_wandb), *callbacks], verbose=1))
+            callbacks=[ProgressLines(study.metric, log), *wandb_callbacks(study, use_wandb), *callbacks],
+            verbose=0))
     return tuner.fit()
 
 

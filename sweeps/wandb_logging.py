@@ -83,3 +83,25 @@ def member_metrics(result: dict, k: int, members: int) -> dict:
         elif members == 1 or key in ("updates", "updates_per_second", "training_iteration", "time_total_s"):
             metrics[key] = value
     return metrics
+
+
+def log_report(folder: Path, paths: dict[str, Path]) -> Path:
+    """The study's sensitivity table and plot as one W&B run (job_type `report`) in the study's group;
+    returns the run's local folder."""
+    import csv
+
+    import wandb
+
+    from .study import load_study
+    from .run import STUDY_FILE
+    study = load_study(Path(folder) / STUDY_FILE)
+    with open(paths["csv"], newline="") as handle:
+        rows = list(csv.reader(handle))
+    run = wandb.init(project=study.wandb["project"], group=study.wandb["group"] or study.name,
+                     entity=study.wandb.get("entity"), mode=wandb_mode(), dir=str(paths["csv"].parent),
+                     job_type="report", name=f"{study.name}-report", reinit="create_new",
+                     config={"study": study.name, "metric": study.metric, "optimize": study.optimize})
+    run.log({"sensitivity/table": wandb.Table(columns=rows[0], data=rows[1:]),
+             "sensitivity/plot": wandb.Image(str(paths["plot"]))})
+    run.finish()
+    return Path(run.dir).parent

@@ -10,6 +10,7 @@ import yaml
 
 from offline_sweeps.sweeps.report import collect, export_best, write_report
 from offline_sweeps.sweeps.run import experiment_dir, run_study, train_from_file
+from offline_sweeps.sweeps.wandb_logging import log_report
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +47,8 @@ def test_tiny_study_end_to_end(pendulum_datasets, tmp_path, monkeypatch, local_r
     assert "| iql |" in table and "0.6" in table and "0.9" in table and "last_ci95" in table
     assert paths["plot"].stat().st_size > 10_000
     assert len(paths["csv"].read_text().splitlines()) == 3                  # header + one row per expectile
+    report_run = log_report(folder, paths)                                  # the report in W&B too
+    assert wandb_record_holds(report_run, [b"sensitivity/table", b"sensitivity/plot"]), report_run
 
     exported = export_best(folder)
     assert len(exported) == 1
@@ -58,7 +61,7 @@ def test_tiny_study_end_to_end(pendulum_datasets, tmp_path, monkeypatch, local_r
         assert rerun[f"member_{k}/eval/normalized_return"] == pytest.approx(member.last, abs=1e-3)
     assert best.trial_config["total_updates"] == rerun["updates"] == 40
 
-    runs_dirs = sorted(Path(folder).glob("*/wandb/offline-run-*"))
+    runs_dirs = sorted(Path(folder).glob("*_iql*/wandb/offline-run-*"))
     assert len(runs_dirs) == 4                                              # one W&B run per member
     for run_dir in runs_dirs:
         assert wandb_record_holds(run_dir, [b"eval/normalized_return", b"expectile", b"seed"]), run_dir
