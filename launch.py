@@ -26,12 +26,31 @@ from pathlib import Path
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
+
+
+def _import_from_source_tree() -> None:
+    """Make `offline_sweeps.*` importable from this checkout when it is not pip-installed (a Ray job's
+    working dir on a cluster head, say): the subpackages are the folders beside this file, the mapping
+    pyproject.toml gives setuptools."""
+    import types
+    package = types.ModuleType("offline_sweeps")
+    package.__path__ = [str(_HERE)]
+    sys.modules["offline_sweeps"] = package
+    import offline_sweeps.datasets  # noqa: F401
+
+
 try:
-    from offline_sweeps import datasets as ds
-    from offline_sweeps.algorithms.base import ConfigError
-    from offline_sweeps.sweeps.study import StudyError
-except ImportError as error:  # pragma: no cover - exercised by hand on a fresh clone
-    sys.exit(f"error: the project is not installed ({error}); run `pip install -e .` in {_HERE}")
+    import offline_sweeps.datasets  # noqa: F401
+except ImportError:
+    for _name in [m for m in sys.modules if m == "offline_sweeps" or m.startswith("offline_sweeps.")]:
+        del sys.modules[_name]
+    try:
+        _import_from_source_tree()
+    except ImportError as error:  # a dependency is missing, not the project
+        sys.exit(f"error: {error}; install the project and its dependencies with `pip install -e .` in {_HERE}")
+from offline_sweeps import datasets as ds  # noqa: E402
+from offline_sweeps.algorithms.base import ConfigError  # noqa: E402
+from offline_sweeps.sweeps.study import StudyError  # noqa: E402
 
 USER_ERRORS = (ds.DatasetError, ConfigError, StudyError)
 

@@ -73,3 +73,21 @@ def test_bench_tune_times_trials_on_the_quickstart_dataset(pendulum_datasets):
     assert result.returncode == 0, result.stderr[-2000:]
     lines = {line.split("median")[0].strip(): line for line in result.stdout.splitlines() if "median" in line}
     assert set(lines) == {"next trials", "first trial", "setup alone"}
+
+
+def test_runs_from_a_checkout_that_is_not_installed(tmp_path):
+    """A Ray job's working dir on a cluster head is a bare copy of the repository: launch.py must import
+    the packages from the files beside it. Hide the editable install and run it from a copy."""
+    import shutil
+    root = LAUNCH.parent
+    for name in ("datasets", "algorithms", "sweeps"):
+        shutil.copytree(root / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(LAUNCH, tmp_path / "launch.py")
+    script = ("import sys, runpy\n"
+              "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]\n"
+              "sys.argv = ['launch.py', 'sweep', 'sweeps/quickstart.yaml', 'seeds=[]']\n"
+              "runpy.run_path('launch.py', run_name='__main__')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]             # it got as far as validating the study
+    assert result.stderr.strip() == "error: seeds: give a non-empty list of integers"
