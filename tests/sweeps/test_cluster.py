@@ -26,15 +26,18 @@ def test_trials_are_placed_on_worker_nodes_and_the_study_completes(pendulum_data
                                                                    tiny_study):
     cluster, workers = cluster
     _, study = tiny_study("on-cluster", pendulum_datasets["medium"], tmp_path / "results",
-                          resources={"cpu": 1, "custom": {"sweeper": 1}})
+                          resources={"cpu": 1, "custom": {"sweeper": 1}}, train={"total_updates": 200})
     notes = []
     results = run_study(study, address=cluster.address, use_wandb=False, log=notes.append)
     assert results.num_errors == 0 and len(results) == 4
     nodes = {result.metrics["node_id"] for result in results}
-    assert nodes == {worker.node_id for worker in workers}       # both workers used, the head never
+    assert nodes <= {worker.node_id for worker in workers}       # the head never runs a trial
+    # Four trials of several seconds each, two slots: the second worker's actor is up well before the
+    # first worker could have run them all (Tune reuses actors, so a slow start could leave it idle).
+    assert len(nodes) == 2
     assert any("shared storage" in note for note in notes)       # a local storage path is flagged
     _, runs = collect(experiment_dir(study))
-    assert len(runs) == 4 and all(run.iterations == 2 for run in runs)
+    assert len(runs) == 4 and all(run.iterations == 10 for run in runs)
 
     import ray
 
