@@ -37,9 +37,14 @@ def test_dataset_make_list_info_delete(minari_root):
     (("dataset", "make", "--env", "Pendulum-v1", "--kinds", "median"), "unknown dataset kind"),
     (("dataset", "info", "nowhere/missing-v0", "--no-download"), "dataset make"),
     (("dataset", "delete", "nowhere/missing-v0"), "dataset list"),
+    (("sweep", "sweeps/quickstart.yaml", "search.expectil.grid=[0.5]"), "search.expectil: 'expectil' is not a field"),
+    (("sweep", "sweeps/quickstart.yaml", "search.expectile.grid=[0.5,1.5]"), "expectile=1.5 must be in (0, 1)"),
+    (("sweep", "sweeps/quickstart.yaml", "pack=[expectile,hidden]"), "pack: 'hidden' is neither"),
+    (("resume", "nowhere/study"), "holds no study to resume"),
+    (("train", "--config", "nowhere.yaml"), "config file nowhere.yaml does not exist"),
 ])
 def test_bad_input_gets_one_line_error(args, message):
-    result = launch(*args)
+    result = launch(*args, cwd=LAUNCH.parent)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and message in result.stderr
     assert result.stderr.count("\n") == 1
