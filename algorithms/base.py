@@ -21,8 +21,26 @@ class ConfigError(ValueError):
     """A bad algorithm config; the message names the field and what is allowed."""
 
 
+class CheckedConfig:
+    """Validation shared by every config dataclass: `check` names the bad field and what is allowed,
+    `from_dict` rejects unknown keys and lists the allowed ones."""
+    KIND: ClassVar[str] = ""             # how error messages name the config; default: the class name
+
+    def check(self, ok: bool, name: str, allowed: str) -> None:
+        if not ok:
+            raise ConfigError(f"{type(self).__name__}.{name}={getattr(self, name)!r} must be {allowed}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown {cls.KIND or cls.__name__} key(s) {unknown}; allowed: {', '.join(sorted(names))}")
+        return cls(**values)
+
+
 @dataclasses.dataclass
-class LearnerConfig:
+class LearnerConfig(CheckedConfig):
     """Fields every algorithm has; each algorithm's config extends it with its own knobs."""
     seed: int = 0
     hidden: tuple[int, ...] = (256, 256)
@@ -37,17 +55,17 @@ class LearnerConfig:
         self.check(0.0 <= self.gamma < 1.0, "gamma", "in [0, 1)")
         self.check(self.divergence_bound > 0, "divergence_bound", "positive")
 
-    def check(self, ok: bool, name: str, allowed: str) -> None:
-        if not ok:
-            raise ConfigError(f"{type(self).__name__}.{name}={getattr(self, name)!r} must be {allowed}")
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]):
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ConfigError(f"unknown {cls.__name__} key(s) {unknown}; allowed: {', '.join(sorted(names))}")
-        return cls(**values)
+@dataclasses.dataclass
+class DataContext:
+    """What the trainer hands a learner once, before training (`Learner.attach_data`)."""
+    dataset: Any                      # the OfflineDataset (raw arrays, env id, episode starts)
+    buffer: Any                       # its TransitionBuffer: normalized observations, scaled rewards
+    env_id: str | None = None         # the evaluation env
+    reward_scale: float = 1.0         # buffer reward = env reward * reward_scale + reward_bias
+    reward_bias: float = 0.0
+    model: dict = dataclasses.field(default_factory=dict)   # DynamicsConfig fields (model-based learners)
+    model_dir: str | None = None      # dynamics cache folder; None: dynamics.default_model_dir()
 
 
 class Learner(nn.Module):
@@ -55,10 +73,12 @@ class Learner(nn.Module):
 
     Subclasses build their networks in `__init__` (then call `self.finish_init()`), and implement
     `update(batch) -> {metric: [P] tensor}`, `act(obs [P, N, obs]) -> [P, N, act]` (deterministic),
-    and, for critics, `q_value(obs, actions) -> [P, N]`.
+    and, for critics, `q_value(obs, actions) -> [P, N]`. Learners that need more than minibatches of the
+    dataset (model-based ones) override the hooks `attach_data`, `sample_batch` and `evaluation_metrics`.
     """
     Config: ClassVar[type[LearnerConfig]] = LearnerConfig
     PACKABLE: ClassVar[tuple[str, ...]] = ("seed",)
+    USES_MODEL: ClassVar[bool] = False        # trains or loads a dynamics model in `attach_data`
 
     def __init__(self, configs: Sequence[LearnerConfig], obs_dim: int, act_dim: int,
                  action_low: torch.Tensor, action_high: torch.Tensor, device: torch.device | str = "cpu"):
@@ -101,6 +121,18 @@ class Learner(nn.Module):
     def uniform(self, *shape: int) -> torch.Tensor:
         """`[P, *shape]` uniform noise in [0, 1), member p's from its own generator."""
         return torch.stack([torch.rand(shape, generator=g, device=self.device) for g in self.generators])
+
+    # --- hooks the trainer calls ---------------------------------------------------------------------
+    def attach_data(self, context: DataContext) -> None:
+        """Called once by the trainer after construction (and before `restore`); model-free learners need nothing."""
+
+    def sample_batch(self, buffer) -> Any:
+        """The next `[P, B, ...]` minibatch; member p's rows drawn by its own generator."""
+        return buffer.sample(self.config.batch_size, self.members, self.generators)
+
+    def evaluation_metrics(self, episodes: int, seed: int) -> dict[str, Any]:
+        """Extra `[P]` metrics reported with each evaluation (model-based learners: model and rollout figures)."""
+        return {}
 
     def update(self, batch) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -2,16 +2,22 @@
 
 Run through `python launch.py bench algorithms`; a measurement, not a test. Compare it with
 `../shared/bench/plain_torch_reference.py` run in the same minute (ratios, not absolute figures).
+`model_based_report` measures what MOPO and COMBO add: the dynamics ensemble's training time, model
+rollout steps per second, and updates per second on mixed real and model minibatches.
 """
 from __future__ import annotations
 
 import time
 
+import gymnasium as gym
 import numpy as np
 import torch
 
 from ..datasets.buffer import TransitionBuffer
+from ..datasets.loading import OfflineDataset
 from . import ALGORITHMS
+from .base import DataContext
+from .dynamics import DynamicsConfig, DynamicsEnsemble, train_ensemble
 
 PROBLEMS = {"hopper": (11, 3), "halfcheetah": (17, 6)}
 
@@ -32,11 +38,18 @@ def updates_per_second(algorithm: str, members: int, obs_dim: int, act_dim: int,
     learner_class = ALGORITHMS[algorithm]
     configs = [learner_class.Config(seed=k, **(overrides or {})) for k in range(members)]
     learner = learner_class(configs, obs_dim, act_dim, -torch.ones(act_dim), torch.ones(act_dim), device)
-    buffer = synthetic_buffer(obs_dim, act_dim, device)
+    if learner_class.USES_MODEL:
+        # Rollout refreshes are amortized into the figure, at the config's rollout_every.
+        dataset = synthetic_dataset(obs_dim, act_dim)
+        buffer = TransitionBuffer.from_dataset(dataset, device)
+        ensemble = train_ensemble(dataset, DynamicsConfig(max_epochs=1), device)
+        learner.attach_model(ensemble, DataContext(dataset, buffer))
+    else:
+        buffer = synthetic_buffer(obs_dim, act_dim, device)
 
     def run(n: int) -> None:
         for _ in range(n):
-            metrics = learner.guarded_update(buffer.sample(learner.config.batch_size, members, learner.generators))
+            metrics = learner.guarded_update(learner.sample_batch(buffer))
         metrics["diverged"].sum().item()      # wait for the device
 
     run(3)
@@ -50,7 +63,7 @@ def updates_per_second(algorithm: str, members: int, obs_dim: int, act_dim: int,
 def report(algorithms=None, members=(1, 8), problems=("hopper", "halfcheetah"), device: str = "cpu",
            seconds: float = 5.0, bf16: bool = False, print_=print) -> dict:
     results = {}
-    for name in algorithms or ALGORITHMS:
+    for name in algorithms or [name for name, learner in ALGORITHMS.items() if not learner.USES_MODEL]:
         overrides = {"bf16_sampled_q": True} if bf16 and name == "cql" else None
         for problem in problems:
             obs_dim, act_dim = PROBLEMS[problem]
@@ -59,4 +72,88 @@ def report(algorithms=None, members=(1, 8), problems=("hopper", "halfcheetah"), 
             cells = "  ".join(f"P={P}: {rate * P:7.1f}" for P, rate in rates.items())
             speedup = rates[members[-1]] * members[-1] / rates[members[0]] / members[0] if len(members) > 1 else 1
             print_(f"{name:<5} {problem:<11} member-updates/s  {cells}   packing x{speedup:4.2f}")
+    return results
+
+
+# --- model-based: dynamics training, model rollouts, updates on mixed minibatches ---------------------------------
+def synthetic_dataset(obs_dim: int, act_dim: int, transitions: int = 100_000) -> OfflineDataset:
+    """Random states and actions under smooth made-up dynamics (something for an ensemble to fit), 1000-step episodes."""
+    rng = np.random.default_rng(0)
+    obs = rng.standard_normal((transitions, obs_dim), dtype=np.float32)
+    actions = rng.uniform(-1, 1, (transitions, act_dim)).astype(np.float32)
+    mixing = rng.standard_normal((act_dim, obs_dim)).astype(np.float32) * 0.1
+    next_obs = 0.95 * obs + np.tanh(actions @ mixing) + 0.01 * rng.standard_normal(obs.shape, dtype=np.float32)
+    starts = np.arange(0, transitions, 1000)
+    return OfflineDataset("synthetic", obs, actions, np.sin(obs).sum(1), next_obs, np.zeros(transitions, bool),
+                          np.zeros(transitions, bool), starts, np.full(len(starts), 1000), np.zeros(len(starts)),
+                          gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32),
+                          gym.spaces.Box(-1, 1, (act_dim,), np.float32))
+
+
+def model_based_learner(algorithm: str, members: int, dataset: OfflineDataset, ensemble: DynamicsEnsemble,
+                        device: str, **overrides):
+    """A population of `members` seeds with `ensemble` attached, and the dataset's buffer."""
+    learner_class = ALGORITHMS[algorithm]
+    configs = [learner_class.Config(seed=k, **overrides) for k in range(members)]
+    learner = learner_class(configs, dataset.obs_dim, dataset.act_dim, -torch.ones(dataset.act_dim),
+                            torch.ones(dataset.act_dim), device)
+    buffer = TransitionBuffer.from_dataset(dataset, device)
+    learner.attach_model(ensemble, DataContext(dataset, buffer))
+    return learner, buffer
+
+
+def model_based_report(algorithms=("mopo", "combo"), members=(1, 8), problems=("hopper", "halfcheetah"),
+                       device: str = "cpu", seconds: float = 5.0, model_epochs: int = 3, transitions: int = 100_000,
+                       rollout_batch_size: int = 10_000, rollout_length: int = 5, print_=print) -> dict:
+    """Per problem: seconds per epoch of the default ensemble (7 x 4x200) on `transitions` synthetic transitions,
+    model steps per second of rollouts (`rollout_batch_size` start states per member, `rollout_length` steps) and
+    member-updates per second of each algorithm on mixed minibatches (rollouts excluded; add
+    P * rollout_batch_size * rollout_length / steps_per_second every `rollout_every` updates for the total).
+    Returns {(problem, "ensemble"): seconds per epoch, (problem, "rollout"): {P: steps/s},
+    (algorithm, problem): {P: member-updates/s}}."""
+    results: dict = {}
+    rollout_settings = dict(rollout_batch_size=rollout_batch_size, rollout_length=rollout_length,
+                            model_retain_rollouts=1)
+    for problem in problems:
+        obs_dim, act_dim = PROBLEMS[problem]
+        dataset = synthetic_dataset(obs_dim, act_dim, transitions)
+        started = time.perf_counter()
+        ensemble = train_ensemble(dataset, DynamicsConfig(max_epochs=model_epochs, patience=model_epochs), device)
+        per_epoch = (time.perf_counter() - started) / ensemble.report["epochs"]
+        results[(problem, "ensemble")] = per_epoch
+        print_(f"dynamics {problem:<11} ensemble 7 x {ensemble.config.hidden}: {per_epoch:6.1f} s/epoch on "
+               f"{dataset.num_transitions} transitions")
+        rates = {}
+        for P in members:
+            learner, buffer = model_based_learner("mopo", P, dataset, ensemble, device, **rollout_settings)
+            learner.refresh_rollouts(buffer)                              # warm-up
+            count, started = 0, time.perf_counter()
+            while count == 0 or time.perf_counter() - started < seconds:
+                learner.refresh_rollouts(buffer)
+                learner.rollout_stats.sum().item()
+                count += 1
+            rates[P] = count * P * rollout_batch_size * rollout_length / (time.perf_counter() - started)
+        results[(problem, "rollout")] = rates
+        print_(f"rollouts {problem:<11} model steps/s     " + "  ".join(f"P={P}: {r:9.0f}" for P, r in rates.items()))
+        for name in algorithms:
+            rates = {}
+            for P in members:
+                # rollout_every beyond the measurement: one refresh fills the buffers, then updates only.
+                learner, buffer = model_based_learner(name, P, dataset, ensemble, device, **rollout_settings,
+                                                      rollout_every=10 ** 9)
+
+                def run(n: int) -> None:
+                    for _ in range(n):
+                        metrics = learner.guarded_update(learner.sample_batch(buffer))
+                    metrics["diverged"].sum().item()
+
+                run(3)
+                count, started = 0, time.perf_counter()
+                while time.perf_counter() - started < seconds:
+                    run(5)
+                    count += 5
+                rates[P] = count * P / (time.perf_counter() - started)
+            results[(name, problem)] = rates
+            cells = "  ".join(f"P={P}: {rate:7.1f}" for P, rate in rates.items())
+            print_(f"{name:<8} {problem:<11} member-updates/s  {cells}")
     return results

@@ -3,6 +3,11 @@
 `TrainRun.train_iteration()` does `eval_every` updates, then evaluates every member, and returns a flat
 metrics dict; `state()`/`restore()` capture everything needed to continue exactly. The Ray Tune
 Trainable (trainable.py) is a thin shell around it.
+
+The learner's hooks let model-based algorithms in without special cases here: `attach_data` (MOPO and
+COMBO load or train their dynamics ensemble, `model:` settings, cached under `model_dir`), `sample_batch`
+(they refresh rollouts and mix model data into the minibatch) and `evaluation_metrics` (model/*, rollout/*
+and eval/model_return next to the env's eval/*).
 """
 from __future__ import annotations
 
@@ -17,12 +22,14 @@ import torch
 from ..datasets import DatasetError, TransitionBuffer, check_env_compatible, iql_reward_scale, load, make_env
 from ..datasets.loading import normalized_score
 from . import ALGORITHMS
-from .base import ConfigError
+from .base import CheckedConfig, ConfigError, DataContext
+from .dynamics import DynamicsConfig
 from .evaluation import evaluate_population
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class TrainConfig(CheckedConfig):
+    KIND = "training"
     algorithm: str
     dataset: str
     env: str | None = None                 # evaluation env; default: the one the dataset names
@@ -39,6 +46,8 @@ class TrainConfig:
     device: str = "auto"                   # "auto": cuda when available
     threads: int = 0                       # torch threads; 0: OMP_NUM_THREADS (Ray sets it from num_cpus), else 1
     download: bool = True
+    model: dict = dataclasses.field(default_factory=dict)    # DynamicsConfig fields (mopo, combo)
+    model_dir: str | None = None           # dynamics cache; None: $OFFLINE_SWEEPS_MODEL_DIR or ~/.cache/offline_sweeps/models
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
@@ -52,14 +61,10 @@ class TrainConfig:
             raise ConfigError(f"reward_normalization={self.reward_normalization!r}: choose 'none' or 'iql'")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ConfigError(f"device={self.device!r}: choose auto, cpu or cuda[:N]")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ConfigError(f"unknown training key(s) {unknown}; allowed: {', '.join(sorted(names))}")
-        return cls(**values)
+        if self.model and not ALGORITHMS[self.algorithm].USES_MODEL:
+            raise ConfigError(f"model: settings are for model-based algorithms "
+                              f"({', '.join(n for n, c in ALGORITHMS.items() if c.USES_MODEL)}), not {self.algorithm}")
+        DynamicsConfig.from_dict(dict(self.model))
 
     def member_configs(self) -> list:
         learner_class = ALGORITHMS[self.algorithm]
@@ -88,6 +93,8 @@ class TrainRun:
         self.learner = ALGORITHMS[config.algorithm](configs, self.dataset.obs_dim, self.dataset.act_dim,
                                                     torch.as_tensor(space.low), torch.as_tensor(space.high),
                                                     self.device)
+        self.learner.attach_data(DataContext(self.dataset, self.buffer, self.env_id, scale, bias, dict(config.model),
+                                             config.model_dir))
         self.updates = 0
         self.iterations = 0
         self.best: dict[str, np.ndarray] = {}
@@ -102,13 +109,15 @@ class TrainRun:
         started = time.perf_counter()
         train: dict[str, torch.Tensor] = {}
         for _ in range(cfg.eval_every):
-            batch = self.buffer.sample(learner.config.batch_size, learner.members, learner.generators)
-            train = learner.guarded_update(batch)
+            train = learner.guarded_update(learner.sample_batch(self.buffer))
         self.updates += cfg.eval_every
         train_seconds = time.perf_counter() - started
         evaluation = evaluate_population(learner, self.env_id, cfg.eval_episodes, cfg.eval_seed + self.iterations,
                                          learner.config.gamma, self.buffer.normalize, self.reward_scale,
                                          self.reward_bias)
+        alive = ~learner.diverged.cpu().numpy()
+        for key, value in learner.evaluation_metrics(cfg.eval_episodes, cfg.eval_seed + self.iterations).items():
+            evaluation[key] = np.where(alive, value, np.nan)
         self.iterations += 1
         per_member = {key: value.detach().cpu().numpy().astype(np.float64) for key, value in train.items()}
         per_member.update(evaluation)

@@ -133,3 +133,84 @@ class TransitionBuffer:
         self._rows[: rows.shape[0]] = rows
         self.size, self._next = rows.shape[0], int(state["next"])
         self.obs_mean, self.obs_std = state["obs_mean"].to(self.device), state["obs_std"].to(self.device)
+
+
+def transition_rows(observations: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
+                    next_observations: torch.Tensor, terminals: torch.Tensor, timeouts: torch.Tensor) -> torch.Tensor:
+    """Transitions with any leading shape `[...]` as `[..., width]` rows in TransitionBuffer's layout
+    (observations, actions, reward, next observations, terminal, timeout); nothing is normalized here."""
+    return torch.cat([observations, actions, rewards.unsqueeze(-1), next_observations,
+                      terminals.float().unsqueeze(-1), timeouts.float().unsqueeze(-1)], -1)
+
+
+class PackedRolloutBuffer:
+    """One ring of model-generated transitions per member: `[P, capacity, width]` rows in TransitionBuffer's
+    layout, each member with its own size and write position, so member p's model data never mix with
+    member q's. Inserts and samples are vectorized over members and rows.
+    """
+
+    def __init__(self, members: int, capacity: int, obs_dim: int, act_dim: int, device: torch.device | str = "cpu"):
+        if capacity < 1:
+            raise ValueError(f"buffer capacity must be positive, got {capacity}")
+        self.members, self.capacity, self.obs_dim, self.act_dim = members, capacity, obs_dim, act_dim
+        self.device = torch.device(device)
+        self.width = 2 * obs_dim + act_dim + 3
+        self._rows = torch.zeros(members, capacity, self.width, device=self.device)
+        self.size = torch.zeros(members, dtype=torch.long, device=self.device)
+        self._next = torch.zeros(members, dtype=torch.long, device=self.device)
+        self._layout = TransitionBuffer(1, obs_dim, act_dim, "cpu")      # only its column slices are used
+
+    def add(self, rows: torch.Tensor, valid: torch.Tensor) -> None:
+        """Insert member p's rows `rows[p][valid[p]]` (`rows` `[P, N, width]`, `valid` `[P, N]` bool) into ring p,
+        in order; when more than `capacity` are valid, the last `capacity` are kept."""
+        if rows.shape[0] != self.members or rows.shape[-1] != self.width:
+            raise ValueError(f"rows of shape {tuple(rows.shape)} do not fit [P={self.members}, N, {self.width}]")
+        valid = valid.to(torch.bool)
+        count = valid.sum(1)                                               # [P]
+        skipped = (count - self.capacity).clamp(min=0)                     # oldest valid rows that would be overwritten
+        rank = valid.long().cumsum(1) - 1 - skipped[:, None]               # position among the kept rows
+        keep = valid & (rank >= 0)
+        position = (self._next[:, None] + rank) % self.capacity
+        member = torch.arange(self.members, device=self.device)[:, None].expand_as(keep)
+        self._rows[member[keep], position[keep]] = rows[keep]
+        kept = count - skipped
+        self._next = (self._next + kept) % self.capacity
+        self.size = (self.size + kept).clamp(max=self.capacity)
+
+    def sample_rows(self, batch_size: int, generators: list[torch.Generator]) -> torch.Tensor:
+        """`[P, B, width]`: member p's B rows drawn uniformly (with replacement) from its own ring by
+        `generators[p]`. The rings must not be empty."""
+        if len(generators) != self.members:
+            raise ValueError(f"{len(generators)} generators for {self.members} members")
+        uniform = torch.stack([torch.rand(batch_size, generator=g, device=self.device) for g in generators])
+        # floor(u * size) keeps the draw on the device (no host sync for the sizes).
+        index = torch.minimum((uniform * self.size[:, None]).long(), (self.size[:, None] - 1).clamp(min=0))
+        return self._rows.gather(1, index.unsqueeze(-1).expand(-1, -1, self.width))
+
+    def sample_mixed(self, real: TransitionBuffer, real_ratio: float, batch_size: int,
+                     generators: list[torch.Generator]) -> Batch:
+        """MBPO/MOPO/COMBO's mixed minibatch: `round(real_ratio * B)` rows from the real data first, then the
+        rest from each member's own model data, concatenated on B; member p draws both with `generators[p]`."""
+        if not 0.0 <= real_ratio <= 1.0:
+            raise ValueError(f"mixing ratio must lie in [0, 1], got {real_ratio}")
+        own = int(round(real_ratio * batch_size))
+        parts = []
+        if own > 0:
+            parts.append(real._rows.index_select(0, real.sample_indices(own, self.members, generators).reshape(-1))
+                         .view(self.members, own, -1))
+        if batch_size - own > 0:
+            parts.append(self.sample_rows(batch_size - own, generators))
+        return self._layout._split(torch.cat(parts, dim=1))
+
+    def state_dict(self) -> dict:
+        filled = int(self.size.max())
+        return {"rows": self._rows[:, :filled].cpu(), "size": self.size.cpu(), "next": self._next.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        rows = state["rows"].to(self.device)
+        if rows.shape[0] != self.members or rows.shape[1] > self.capacity or rows.shape[2] != self.width:
+            raise ValueError(f"stored rollouts of shape {tuple(rows.shape)} do not fit this buffer "
+                             f"[{self.members}, {self.capacity}, {self.width}]")
+        self._rows.zero_()
+        self._rows[:, :rows.shape[1]] = rows
+        self.size, self._next = state["size"].to(self.device), state["next"].to(self.device)

@@ -1,0 +1,79 @@
+"""COMBO (Yu, Kumar, Rafailov, Rajeswaran, Levine & Finn, 2021, "COMBO: Conservative Offline Model-Based
+Policy Optimization"): CQL's conservative critic with the push-down taken on model rollouts.
+
+- critic (eq. 2): beta * ( E_{s ~ rollouts, a ~ mu(.|s)} [Q(s, a)] - E_{(s, a) ~ D} [Q(s, a)] )
+  + 1/2 E_{(s, a, s') ~ d_f} [ (Q(s, a) - B^pi Q(s, a))^2 ], with d_f = f * D + (1 - f) * rollouts
+  (`real_ratio` f = 0.5). As in the authors' code (built on CQL's), the first expectation is CQL(H)'s
+  importance-sampled log-sum-exp over N uniform, N pi(.|s) and N pi(.|s') actions, taken at the *model*
+  states of the minibatch; the second is Q at the *dataset* (s, a) of the minibatch: `combo_regularizer`.
+- the policy is SAC's (sac.py), and rollouts are MBPO's (model_based.py) with the unpenalized model reward.
+
+beta (`conservative_weight`, per member) is the knob; the paper uses beta in {0.5, 1, 5}.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .brac import q_at_samples
+from .model_based import ModelBasedConfig, ModelBasedSAC
+from .sac import critic_loss
+
+
+def combo_regularizer(q_model_sampled: torch.Tensor, q_data: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Per member and critic, `[P, E]`: mean over model states of T * logsumexp_j(Q(s, a_j) / T), minus the mean
+    of Q over dataset (s, a). `q_model_sampled` is `[P, E, B_model, M]` (already importance-corrected) and
+    `q_data` `[P, E, B_real]`; minimizing it pushes Q down on model data and up on real data."""
+    return (temperature * torch.logsumexp(q_model_sampled / temperature, dim=-1)).mean(-1) - q_data.mean(-1)
+
+
+@dataclass
+class COMBOConfig(ModelBasedConfig):
+    real_ratio: float = 0.5
+    conservative_weight: float = 1.0     # beta
+    num_sampled_actions: int = 10        # N of each kind: uniform, pi(.|s), pi(.|s')
+    cql_temperature: float = 1.0
+    bf16_sampled_q: bool = False         # score the 3N sampled actions with bfloat16 matmuls (fp32 TD term)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check(0.0 < self.real_ratio < 1.0, "real_ratio", "in (0, 1): COMBO needs real and model data in each batch")
+        self.check(self.conservative_weight >= 0, "conservative_weight", ">= 0")
+        self.check(self.num_sampled_actions >= 1, "num_sampled_actions", "at least 1")
+        self.check(self.cql_temperature > 0, "cql_temperature", "positive")
+        batch_real = round(self.real_ratio * self.batch_size)
+        self.check(0 < batch_real < self.batch_size, "real_ratio",
+                   f"such that real_ratio * batch_size (={self.batch_size}) rounds to between 1 and batch_size - 1")
+
+
+class COMBO(ModelBasedSAC):
+    Config = COMBOConfig
+    PACKABLE = ("seed", "conservative_weight", "actor_lr", "critic_lr")
+
+    def __init__(self, configs, obs_dim, act_dim, action_low=-1.0, action_high=1.0, device="cpu"):
+        super().__init__(configs, obs_dim, act_dim, action_low, action_high, device)
+        self.beta = self.knob("conservative_weight")
+        self.real_rows = int(round(self.config.real_ratio * self.config.batch_size))   # sample_mixed puts them first
+        self.uniform_log_density = -torch.log(self.action_high - self.action_low).sum()
+
+    def critic_objective(self, batch, target):
+        P, B = batch.rewards.shape
+        cfg, real = self.config, self.real_rows
+        N, model_rows = cfg.num_sampled_actions, B - real
+        model_obs, model_next = batch.observations[:, real:], batch.next_observations[:, real:]
+        with torch.no_grad():
+            uniform = self.action_low + self.uniform(model_rows, N, self.act_dim) * (self.action_high - self.action_low)
+            pi_s, log_pi_s = self.policy.sample(model_obs, self.normal(model_rows, N, self.act_dim))
+            pi_next, log_pi_next = self.policy.sample(model_next, self.normal(model_rows, N, self.act_dim))
+        sampled = torch.cat([uniform, pi_s, pi_next], dim=2)
+        if cfg.bf16_sampled_q:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                q_sampled = q_at_samples(self.critic, model_obs, sampled).float()
+        else:
+            q_sampled = q_at_samples(self.critic, model_obs, sampled)
+        q_data = self.critic(batch.observations, batch.actions)                          # [P, E, B]
+        log_density = torch.cat([self.uniform_log_density.expand(P, model_rows, N), log_pi_s, log_pi_next], dim=2)
+        gap = combo_regularizer(q_sampled - log_density[:, None], q_data[..., :real], cfg.cql_temperature)
+        loss = critic_loss(q_data, target) + (self.beta[:, None] * gap).sum()
+        return loss, q_data, {"train/combo_gap": gap.detach().mean(-1)}
