@@ -11,6 +11,9 @@
     python launch.py bench buffer
     python launch.py bench algorithms --members 1,8 --threads 2
     python launch.py bench tune
+    python launch.py bench model-based --members 1,8
+    python launch.py model train pendulum/medium-v0 --seed 0
+    python launch.py model list
 
 `python launch.py SUBCOMMAND --help` explains each subcommand.
 """
@@ -50,9 +53,10 @@ except ImportError:
         sys.exit(f"error: {error}; install the project and its dependencies with `pip install -e .` in {_HERE}")
 from offline_sweeps import datasets as ds  # noqa: E402
 from offline_sweeps.algorithms.base import ConfigError  # noqa: E402
+from offline_sweeps.algorithms.dynamics import DynamicsError  # noqa: E402
 from offline_sweeps.sweeps.study import StudyError  # noqa: E402
 
-USER_ERRORS = (ds.DatasetError, ConfigError, StudyError)
+USER_ERRORS = (ds.DatasetError, ConfigError, StudyError, DynamicsError)
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -169,6 +173,45 @@ def dataset_delete(args: argparse.Namespace) -> None:
     print(f"deleted {args.dataset_id}")
 
 
+def model_train(args: argparse.Namespace) -> None:
+    import torch
+    from offline_sweeps.algorithms.dynamics import DynamicsConfig, load_or_train
+    torch.set_num_threads(args.threads)
+    settings = {"seed": args.seed, "ensemble": args.ensemble, "elites": args.elites, "max_epochs": args.max_epochs}
+    if args.hidden:
+        settings["hidden"] = args.hidden
+    config = DynamicsConfig(**settings)
+    dataset = ds.load(args.dataset_id, download=not args.no_download)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ensemble = load_or_train(dataset, config, args.model_dir, device)
+    _print_model_report(ensemble.report, dataset.obs_dim)
+
+
+def _print_model_report(report: dict, obs_dim: int) -> None:
+    origin = "loaded from the cache" if report.get("cached") else f"trained in {report['seconds']:.1f} s"
+    print(f"dynamics ensemble {report['key'][:16]} ({origin}): {report['path']}")
+    print(f"  epochs {report['epochs']}, {report['train_transitions']} train / {report['holdout_transitions']} held-out transitions")
+    print(f"  elites {report['elites']}: held-out NLL {report['elite_holdout_nll']:.4f}, "
+          f"MSE {report['elite_holdout_mse']:.5f} (normalized targets)")
+    print("  held-out NLL per member: " + ", ".join(f"{v:.3f}" for v in report["holdout_nll"]))
+    names = [f"d_obs[{i}]" for i in range(obs_dim)] + ["reward"]
+    print("  held-out MSE per output (raw units, elite mean): "
+          + ", ".join(f"{n} {v:.3g}" for n, v in zip(names, report["holdout_mse_per_dim"])))
+
+
+def model_list(args: argparse.Namespace) -> None:
+    from offline_sweeps.algorithms.dynamics import default_model_dir
+    root = Path(args.model_dir) if args.model_dir else default_model_dir()
+    entries = sorted(path for path in root.glob("*/report.json")) if root.is_dir() else []
+    print(f"{len(entries)} cached dynamics ensemble(s) in {root}")
+    for path in entries:
+        entry = json.loads(path.read_text())
+        report, config = entry["report"], entry["config"]
+        print(f"  {path.parent.name[:16]}  {entry.get('dataset_id')}  seed {config['seed']}  "
+              f"{config['ensemble']} x {config['hidden']}  elites {report['elites']}  "
+              f"held-out NLL {report['elite_holdout_nll']:.4f}  {report['epochs']} epochs, {report['seconds']:.0f} s")
+
+
 def bench(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
@@ -191,6 +234,12 @@ def bench(args: argparse.Namespace) -> None:
                              ("setup alone", timing["setup"])):
             print(f"  {name:<16} median {np.median(values):6.2f} s   min {values.min():6.2f}   max {values.max():6.2f}")
         print(f"  whole sweep      {timing['wall'][0]:6.1f} s (Ray start, dataset check, {args.trials} trials)")
+        return
+    if args.target == "model-based":
+        from offline_sweeps.algorithms.benchmark import model_based_report
+        print(f"Model-based on {device}, {args.threads} thread(s): dynamics ensemble (7 x 4x200) training, "
+              f"rollouts, and MOPO/COMBO updates (default nets, batch 256)")
+        model_based_report(args.algorithms or ("mopo", "combo"), args.members, args.problems, device, args.seconds)
         return
     from offline_sweeps.algorithms.benchmark import report
     print(f"Updates on {device}, {args.threads} thread(s), default nets (256x256, batch 256)"
@@ -263,8 +312,30 @@ def parser() -> argparse.ArgumentParser:
     delete.add_argument("dataset_id")
     delete.set_defaults(run=dataset_delete)
 
+    model = commands.add_parser("model", help="train or list the cached dynamics ensembles of MOPO/COMBO")
+    model_commands = model.add_subparsers(dest="model_command", required=True)
+    model_make = model_commands.add_parser(
+        "train", help="train (or load from the cache) the ensemble for a dataset and print its held-out fit",
+        description="Trains the dynamics ensemble MOPO and COMBO use for DATASET, or loads it from the cache, "
+                    "which is keyed by the dataset's contents and every setting below, so a sweep finds it.")
+    model_make.add_argument("dataset_id")
+    model_make.add_argument("--seed", type=int, default=0)
+    model_make.add_argument("--ensemble", type=int, default=7, help="members E")
+    model_make.add_argument("--elites", type=int, default=5)
+    model_make.add_argument("--hidden", type=_ints, help="layer sizes, default 200,200,200,200")
+    model_make.add_argument("--max-epochs", type=int, default=1000)
+    model_make.add_argument("--model-dir", help="cache folder (default $OFFLINE_SWEEPS_MODEL_DIR or "
+                                                "~/.cache/offline_sweeps/models)")
+    model_make.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    model_make.add_argument("--threads", type=int, default=1)
+    model_make.add_argument("--no-download", action="store_true", help="only look at local datasets")
+    model_make.set_defaults(run=model_train)
+    model_listing = model_commands.add_parser("list", help="list the cached ensembles and their held-out fit")
+    model_listing.add_argument("--model-dir", help="cache folder (default as for train)")
+    model_listing.set_defaults(run=model_list)
+
     benchmark = commands.add_parser("bench", help="measure throughput (prints figures; not a test)")
-    benchmark.add_argument("target", choices=("buffer", "algorithms", "tune"),
+    benchmark.add_argument("target", choices=("buffer", "algorithms", "model-based", "tune"),
                            help="buffer: minibatch sampling; algorithms: member-updates/s of each algorithm")
     benchmark.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     benchmark.add_argument("--members", type=_ints, default=(1, 8), help="population sizes P, e.g. 1,8,32")

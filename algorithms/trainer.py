@@ -132,6 +132,9 @@ class TrainRun:
         metrics.update({"updates": self.updates, "updates_per_second": cfg.eval_every / train_seconds,
                         "members_diverged": int(learner.diverged.sum()),
                         "done": self.updates >= cfg.total_updates or bool(learner.diverged.all())})
+        world = getattr(learner, "world", None)
+        if world is not None:      # model-based: was this run's dynamics ensemble trained here or found cached?
+            metrics["model/loaded_from_cache"] = float(bool(world.ensemble.report.get("cached")))
         return metrics
 
     def state(self) -> dict[str, Any]:

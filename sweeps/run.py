@@ -20,6 +20,7 @@ from typing import Any, Callable
 import yaml
 from ray import tune
 
+from ..algorithms import ALGORITHMS
 from ..algorithms.trainable import OfflineTrainable
 from ..algorithms.trainer import TrainConfig, TrainRun
 from ..datasets import BuildConfig, build, local_dataset_ids
@@ -197,7 +198,7 @@ def run_study(study: Study, address: str | None = None, use_wandb: bool = True, 
     from ray import tune
     ensure_datasets(study, log)
     folder = experiment_dir(study)
-    trials = study.trials()
+    trials = with_model_cache(study.trials(), folder)
     if isinstance(folder, Path):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / STUDY_FILE).write_text(yaml.safe_dump(study.source, sort_keys=False))
@@ -227,6 +228,19 @@ def run_study(study: Study, address: str | None = None, use_wandb: bool = True, 
             callbacks=[ProgressLines(study.metric, log), *wandb_callbacks(study, use_wandb), *callbacks],
             verbose=0))
     return tuner.fit()
+
+
+def with_model_cache(trials: list[dict], folder: Path | str) -> list[dict]:
+    """Model-based trials keep their dynamics ensembles in `<storage>/dynamics-cache` unless the study names
+    a `train.model_dir`: an ensemble depends on the dataset, the model settings and their seed, not on the
+    swept lambda or beta, so every trial after the first loads it. With s3:// or gs:// storage the cache
+    stays on each node ($OFFLINE_SWEEPS_MODEL_DIR, or ~/.cache); point that at shared storage."""
+    if not isinstance(folder, Path):
+        return trials
+    for trial in trials:
+        if ALGORITHMS[trial["algorithm"]].USES_MODEL and not trial.get("model_dir"):
+            trial["model_dir"] = str(folder.parent / "dynamics-cache")
+    return trials
 
 
 def check_cluster_storage(study: Study, log: Callable[[str], None]) -> None:

@@ -96,3 +96,14 @@ def test_runs_from_a_checkout_that_is_not_installed(tmp_path):
                             cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]             # it got as far as validating the study
     assert result.stderr.strip() == "error: seeds: give a non-empty list of integers"
+
+
+def test_model_train_then_list_reads_the_cache(pendulum_datasets, tmp_path):
+    args = ("model", "train", pendulum_datasets["medium"], "--hidden", "16,16", "--ensemble", "3", "--elites", "2",
+            "--max-epochs", "2", "--model-dir", str(tmp_path))
+    first, second = launch(*args), launch(*args)
+    assert first.returncode == 0, first.stderr
+    assert "trained in" in first.stdout and "elites [" in first.stdout and "reward" in first.stdout
+    assert "loaded from the cache" in second.stdout
+    listing = launch("model", "list", "--model-dir", str(tmp_path))
+    assert "1 cached dynamics ensemble(s)" in listing.stdout and "3 x [16, 16]" in listing.stdout

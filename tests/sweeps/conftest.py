@@ -29,7 +29,7 @@ def tiny_study():
             "train": {"eval_every": 20, "eval_episodes": 2, "total_updates": 40, "reward_scale": 0.1,
                       "algo": {"hidden": [16, 16], "batch_size": 32}},
             "resources": {"cpu": 1}, "storage": str(storage), "wandb": {"enabled": False}}
-        for key, value in overrides.items():
-            values[key] = {**values[key], **value} if isinstance(value, dict) and key in values else value
+        for key, value in overrides.items():       # train and wandb settings merge; anything else replaces
+            values[key] = {**values[key], **value} if key in ("train", "wandb") else value
         return values, parse_study(values)
     return make
