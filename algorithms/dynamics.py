@@ -28,6 +28,9 @@ For any other env: when its dataset holds no terminal transition, rollouts never
 no termination to model); otherwise `termination_fn` raises an error that says to register a rule with
 `register_termination`.
 
+Bounds: `observation_bounds` says where model states may go (the env's observation space by default, or the
+data's range with a margin); `sample_step` and `rollout` clamp next states into them when given.
+
 `load_or_train` caches the trained model under a content hash of (the transition arrays, the
 DynamicsConfig with its seed, FORMAT_VERSION): a directory with `model.pt` (state dict, loaded with
 `weights_only=True`) and `report.json`, written under a temporary name and renamed when complete, under a
@@ -45,6 +48,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
+import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
@@ -191,6 +195,45 @@ def termination_fn(env_id: str | None, dataset=None) -> TerminationFn:
                         f"one with offline_sweeps.algorithms.dynamics.register_termination({name!r}, fn)")
 
 
+# --- where model states may go -----------------------------------------------------------------------------
+class ObservationBounds(NamedTuple):
+    """Raw observation bounds `[obs]` each (entries may be infinite); model steps clamp next states into them."""
+    low: torch.Tensor
+    high: torch.Tensor
+
+
+CLIP_MODES = ("env", "data", "none")
+
+
+def observation_bounds(dataset, mode: str = "env", margin: float = 0.1, device: torch.device | str = "cpu"
+                       ) -> ObservationBounds | None:
+    """Where model rollouts may put the state, like the termination rules a piece of known env structure.
+
+    "env": the env's observation space (a Box) as the dataset records it; Pendulum's is cos, sin in [-1, 1] and
+    angular velocity in [-8, 8] (the env clips the velocity; an unclamped model lets it run away in states no
+    transition covers). Infinite entries (MuJoCo's) leave that dimension free, so None when all are.
+    "data": the range of the dataset's observations and next observations, widened by `margin` times its width
+    on each side, and inside the env's bounds. "none": None (no clamping)."""
+    if mode not in CLIP_MODES:
+        raise DynamicsError(f"observation clipping {mode!r}: choose one of {', '.join(CLIP_MODES)}")
+    if mode == "none":
+        return None
+    obs_dim = np.asarray(dataset.observations).shape[1]
+    space = getattr(dataset, "observation_space", None)
+    if isinstance(space, gym.spaces.Box) and space.shape == (obs_dim,):
+        low, high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
+    else:
+        low, high = np.full(obs_dim, -np.inf), np.full(obs_dim, np.inf)
+    if mode == "data":
+        seen = np.concatenate([dataset.observations, dataset.next_observations]).astype(np.float64)
+        width = seen.max(0) - seen.min(0)
+        low, high = np.maximum(low, seen.min(0) - margin * width), np.minimum(high, seen.max(0) + margin * width)
+    elif not (np.isfinite(low).any() or np.isfinite(high).any()):
+        return None
+    return ObservationBounds(torch.as_tensor(low, dtype=torch.float32, device=device),
+                             torch.as_tensor(high, dtype=torch.float32, device=device))
+
+
 # --- the ensemble ---------------------------------------------------------------------------------------
 class DynamicsEnsemble(nn.Module):
     """E Gaussian MLPs predicting (s' - s, r) from (s, a), in raw (unnormalized) units at the interface.
@@ -251,11 +294,12 @@ class DynamicsEnsemble(nn.Module):
 
     @torch.no_grad()
     def sample_step(self, obs: torch.Tensor, actions: torch.Tensor, generators: Sequence[torch.Generator],
-                    uncertainty: str = "max_std") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                    uncertainty: str = "max_std", bounds: ObservationBounds | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One model step for `[P, N, obs]` / `[P, N, act]` (row p drawing from `generators[p]`): each sample
-        takes a random elite and samples its Gaussian, as MOPO does. Returns next observations `[P, N, obs]`,
-        rewards, the uncertainty (`UNCERTAINTIES[uncertainty]` over the elites; MOPO's u by default) and
-        termination flags, each `[P, N]`."""
+        takes a random elite and samples its Gaussian, as MOPO does. Returns next observations `[P, N, obs]`
+        (clamped to `bounds` when given, see `observation_bounds`), rewards, the uncertainty
+        (`UNCERTAINTIES[uncertainty]` over the elites; MOPO's u by default) and termination flags, each `[P, N]`."""
         P, N, _ = obs.shape
         mean, std = self.predict(obs, actions)                        # [K, P, N, out]
         K, out = mean.shape[0], mean.shape[-1]
@@ -264,6 +308,8 @@ class DynamicsEnsemble(nn.Module):
         pick = choice[None, :, :, None].expand(1, P, N, out)
         sample = mean.gather(0, pick)[0] + std.gather(0, pick)[0] * noise
         next_obs = obs + sample[..., :self.obs_dim]
+        if bounds is not None:
+            next_obs = torch.maximum(torch.minimum(next_obs, bounds.high), bounds.low)
         return (next_obs, sample[..., -1], UNCERTAINTIES[uncertainty](mean, std),
                 self.termination(obs, actions, next_obs))
 
@@ -282,15 +328,17 @@ class Rollout(NamedTuple):
 
 @torch.no_grad()
 def rollout(ensemble: DynamicsEnsemble, policy: Callable[[torch.Tensor], torch.Tensor], start_obs: torch.Tensor,
-            horizon: int, generators: Sequence[torch.Generator], uncertainty: str = "max_std") -> Rollout:
+            horizon: int, generators: Sequence[torch.Generator], uncertainty: str = "max_std",
+            bounds: ObservationBounds | None = None) -> Rollout:
     """Branched rollouts (MBPO/MOPO): `policy` maps raw `[P, N, obs]` to `[P, N, act]`; `start_obs` is raw
-    `[P, N, obs]`. A trajectory stops at its first terminal step; all P x N run as one batch."""
+    `[P, N, obs]`; model states are clamped to `bounds` when given. A trajectory stops at its first terminal
+    step; all P x N run as one batch."""
     obs = start_obs
     alive = torch.ones(obs.shape[:-1], dtype=torch.bool, device=obs.device)
     steps: list[tuple[torch.Tensor, ...]] = []
     for _ in range(horizon):
         actions = policy(obs)
-        next_obs, rewards, u, terminals = ensemble.sample_step(obs, actions, generators, uncertainty)
+        next_obs, rewards, u, terminals = ensemble.sample_step(obs, actions, generators, uncertainty, bounds)
         steps.append((obs, actions, rewards, next_obs, terminals, u, alive))
         alive = alive & ~terminals
         obs = next_obs

@@ -9,6 +9,12 @@ COMBO (Yu et al., 2021, algorithm 1) run it offline:
 - every update: a minibatch of `real_ratio * B` dataset transitions followed by `(1 - real_ratio) * B`
   model transitions, drawn by the member's generator.
 
+Model states are clamped into `observation_bounds(dataset, clip_observations)` (dynamics.py) at every model
+step, in the rollouts and in `eval/model_return`: by default the env's observation space, known structure like
+the termination rules (Pendulum: velocity in [-8, 8], which the env enforces and an unclamped model does not:
+over 200 simulated steps its velocity ran away to hundreds of rad/s, so that on Pendulum medium data
+`eval/model_return` sat 800-3200 *below* `eval/return`; clamped, within about 150 of it).
+
 The model works in raw units: start states are un-normalized, the policy sees normalized observations,
 and rollout rewards `rollout_reward(r, u)` (MOPO subtracts its penalty there) are put on the buffer's
 reward scale before they are stored. Each member's rollouts use its own generator (start states, actions,
@@ -25,7 +31,8 @@ import torch
 
 from ..datasets.buffer import PackedRolloutBuffer, transition_rows
 from .base import DataContext
-from .dynamics import UNCERTAINTIES, DynamicsEnsemble, DynamicsError, load_or_train, rollout
+from .dynamics import (CLIP_MODES, UNCERTAINTIES, DynamicsEnsemble, DynamicsError, ObservationBounds, load_or_train,
+                       observation_bounds, rollout)
 from .sac import SAC, SACConfig
 
 
@@ -37,6 +44,8 @@ class ModelBasedConfig(SACConfig):
     model_retain_rollouts: int = 5       # refreshes the model buffer holds (MBPO's model_retain_epochs)
     real_ratio: float = 0.05
     uncertainty: str = "max_std"         # "max_std" (MOPO: max_i ||sigma_i||) or "disagreement" (of the means)
+    clip_observations: str = "env"       # model states clamped to: the env's observation space, "data" range, "none"
+    clip_margin: float = 0.1             # "data": the dataset's range widened by this fraction of its width per side
 
     def __post_init__(self):
         super().__post_init__()
@@ -44,6 +53,8 @@ class ModelBasedConfig(SACConfig):
             self.check(getattr(self, name) >= 1, name, "at least 1")
         self.check(0.0 <= self.real_ratio <= 1.0, "real_ratio", "in [0, 1]")
         self.check(self.uncertainty in UNCERTAINTIES, "uncertainty", f"one of {', '.join(UNCERTAINTIES)}")
+        self.check(self.clip_observations in CLIP_MODES, "clip_observations", f"one of {', '.join(CLIP_MODES)}")
+        self.check(self.clip_margin >= 0, "clip_margin", ">= 0")
 
     @property
     def model_buffer_capacity(self) -> int:
@@ -58,8 +69,10 @@ class AttachedModel:
     obs_std: torch.Tensor
     reward_scale: float
     reward_bias: float
-    episode_start_observations: torch.Tensor     # raw `[episodes, obs]`, where `eval/model_return` starts
+    episode_start_observations: torch.Tensor     # raw `[episodes, obs]`: `eval/model_return`'s starts without an env
     max_episode_steps: int
+    bounds: ObservationBounds | None = None      # where model states are clamped (config.clip_observations)
+    env_id: str | None = None                    # `eval/model_return` starts where the env evaluation does
 
     def normalize(self, observations: torch.Tensor) -> torch.Tensor:
         return (observations - self.obs_mean) / self.obs_std
@@ -103,8 +116,10 @@ class ModelBasedSAC(SAC):
                                 f"has {ensemble.report.get('key')}: restore with the same dataset and model: settings")
         steps = gym.spec(context.env_id).max_episode_steps if context.env_id is not None else None
         starts = torch.as_tensor(dataset.observations[dataset.episode_starts], device=self.device)
+        bounds = observation_bounds(dataset, self.config.clip_observations, self.config.clip_margin, self.device)
         self.world = AttachedModel(ensemble, buffer.obs_mean, buffer.obs_std, context.reward_scale,
-                                   context.reward_bias, starts, int(steps or int(np.max(dataset.episode_lengths))))
+                                   context.reward_bias, starts, int(steps or int(np.max(dataset.episode_lengths))),
+                                   bounds, context.env_id)
 
     def sample_batch(self, buffer):
         if self.world is None:
@@ -126,7 +141,8 @@ class ModelBasedSAC(SAC):
         cfg, world = self.config, self.world
         starts = buffer.gather(buffer.sample_indices(cfg.rollout_batch_size, self.members, self.generators))
         rolled = rollout(world.ensemble, lambda obs: self.sample_actions(world.normalize(obs))[0],
-                         world.raw(starts.observations), cfg.rollout_length, self.generators, cfg.uncertainty)
+                         world.raw(starts.observations), cfg.rollout_length, self.generators, cfg.uncertainty,
+                         world.bounds)
         # [h, P, N, ...] -> [P, h * N, ...]: each member's transitions in one row of the packed buffer.
         obs, actions, rewards, next_obs, terminals, uncertainty, valid = (
             x.transpose(0, 1).flatten(1, 2) for x in rolled)
@@ -138,21 +154,36 @@ class ModelBasedSAC(SAC):
                                               masked_mean(uncertainty, valid)]))
 
     # --- evaluation ------------------------------------------------------------------------------------
+    def model_start_states(self, episodes: int, seed: int) -> torch.Tensor:
+        """Raw `[episodes, obs]` start states of `eval/model_return`: those of the env evaluation with the same
+        `seed` (its episode e resets with seed + e), so model and real returns differ only by the dynamics;
+        without an env, `episodes` dataset episode starts chosen by `seed`."""
+        world = self.world
+        if world.env_id is not None:
+            env = gym.make(world.env_id)
+            try:
+                starts = [env.reset(seed=seed + e)[0] for e in range(episodes)]
+            finally:
+                env.close()
+            return torch.as_tensor(np.stack(starts), dtype=torch.float32, device=self.device)
+        pick = torch.randint(len(world.episode_start_observations), (episodes,),
+                             generator=torch.Generator().manual_seed(seed))
+        return world.episode_start_observations[pick.to(self.device)]
+
     @torch.no_grad()
     def model_return(self, episodes: int, seed: int) -> torch.Tensor:
         """`[P]`: the undiscounted return (env reward, no penalty) of each member's deterministic policy over a
-        full-length episode simulated in the model from `episodes` dataset start states (chosen by `seed`,
-        the same for every member, as is the model's randomness). Far above `eval/return`: the policy
-        exploits the model's errors."""
+        full-length episode simulated in the model (states clamped as in the rollouts) from the start states
+        of the env evaluation (`model_start_states`; the model's randomness is drawn by `seed`, the same for
+        every member). Far above `eval/return`: the policy exploits the model's errors."""
         world = self.world
-        pick = torch.randint(len(world.episode_start_observations), (episodes,),
-                             generator=torch.Generator().manual_seed(seed))
-        obs = world.episode_start_observations[pick.to(self.device)].expand(self.members, episodes, -1)
+        obs = self.model_start_states(episodes, seed).expand(self.members, episodes, -1)
         generators = [torch.Generator(device=self.device).manual_seed(seed) for _ in range(self.members)]
         total = torch.zeros(self.members, episodes, device=self.device)
         alive = torch.ones(self.members, episodes, dtype=torch.bool, device=self.device)
         for _ in range(world.max_episode_steps):
-            next_obs, rewards, _, terminals = world.ensemble.sample_step(obs, self.act(world.normalize(obs)), generators)
+            next_obs, rewards, _, terminals = world.ensemble.sample_step(obs, self.act(world.normalize(obs)), generators,
+                                                                         bounds=world.bounds)
             total += torch.where(alive, rewards, torch.zeros_like(rewards))
             alive &= ~terminals
             obs = next_obs

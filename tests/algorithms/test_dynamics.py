@@ -18,9 +18,9 @@ import torch
 
 from offline_sweeps.algorithms.base import ConfigError
 from offline_sweeps.algorithms.dynamics import (
-    DynamicsConfig, DynamicsEnsemble, DynamicsError, disagreement, gaussian_nll, hopper_terminates, load_or_train,
-    max_std_norm, never_terminates, register_termination, rollout, soft_bound_logvar, split_holdout, termination_fn,
-    train_ensemble, walker2d_terminates, TERMINATION_FNS)
+    DynamicsConfig, DynamicsEnsemble, DynamicsError, ObservationBounds, disagreement, gaussian_nll, hopper_terminates,
+    load_or_train, max_std_norm, never_terminates, observation_bounds, register_termination, rollout, soft_bound_logvar,
+    split_holdout, termination_fn, train_ensemble, walker2d_terminates, TERMINATION_FNS)
 from offline_sweeps.datasets import OfflineDataset
 
 # x' = A x + B u + noise, r = c . x: a system whose truth the test knows.
@@ -100,6 +100,40 @@ def test_disagreement_is_higher_far_off_the_data(linear_model):
     on_means, _ = linear_model.predict(x, u)
     off_means, _ = linear_model.predict(5 * x.sign() + x, u)          # states 4-6 away; the data span [-1, 1]
     assert disagreement(off_means).mean() > 5 * disagreement(on_means).mean()
+
+
+def test_observation_bounds_follow_the_env_space_or_the_data_range():
+    data = linear_dataset(n=200)                                      # unbounded space, data in about [-1.5, 1.5]
+    assert observation_bounds(data, "env") is None and observation_bounds(data, "none") is None
+    seen = np.concatenate([data.observations, data.next_observations])
+    width = seen.max(0) - seen.min(0)
+    low, high = observation_bounds(data, "data", margin=0.1)
+    np.testing.assert_allclose(low.numpy(), seen.min(0) - 0.1 * width, rtol=1e-6)
+    np.testing.assert_allclose(high.numpy(), seen.max(0) + 0.1 * width, rtol=1e-6)
+    # Pendulum's space: cos, sin in [-1, 1], velocity in [-8, 8]; "data" stays inside it.
+    data = dataclasses.replace(data, observation_space=gym.spaces.Box(np.array([-1, -1, -8], np.float32),
+                                                                      np.array([1, 1, 8], np.float32)))
+    low, high = observation_bounds(data, "env")
+    assert low.tolist() == [-1, -1, -8] and high.tolist() == [1, 1, 8]
+    low, high = observation_bounds(data, "data", margin=1.0)       # data +- its width: past +-1, inside +-8
+    np.testing.assert_allclose(low.numpy(), [-1, -1, seen.min(0)[2] - width[2]], rtol=1e-6)
+    np.testing.assert_allclose(high.numpy(), [1, 1, seen.max(0)[2] + width[2]], rtol=1e-6)
+    with pytest.raises(DynamicsError, match="choose one of env, data, none"):
+        observation_bounds(data, "space")
+
+
+def test_model_steps_are_clamped_into_the_bounds(linear_model):
+    bounds = ObservationBounds(torch.tensor([-1.0, -0.5, -math.inf]), torch.tensor([1.0, 0.5, math.inf]))
+    start = torch.tensor([[[3.0, -3.0, 4.0], [0.1, 0.2, -4.0]]])               # [P=1, N=2, obs]
+    generators = [torch.Generator().manual_seed(0)]
+    free, _, _, _ = linear_model.sample_step(start, torch.zeros(1, 2, 2), [torch.Generator().manual_seed(0)])
+    clamped, _, _, _ = linear_model.sample_step(start, torch.zeros(1, 2, 2), generators, bounds=bounds)
+    torch.testing.assert_close(clamped, torch.maximum(torch.minimum(free, bounds.high), bounds.low))
+    assert free[0, 0, 0] > 1.0 and clamped[0, 0, 0] == 1.0 and clamped[0, 0, 1] == -0.5   # x' = 0.9 x: still out
+    rolled = rollout(linear_model, lambda obs: torch.ones(*obs.shape[:-1], 2), 5 * start, 4,
+                     [torch.Generator().manual_seed(1)], bounds=bounds)
+    assert (rolled.next_observations[..., :2].abs() <= torch.tensor([1.0, 0.5])).all()
+    assert rolled.next_observations[..., 2].abs().max() > 1.0                    # an infinite bound leaves it free
 
 
 def test_elites_are_the_members_with_the_lowest_holdout_mse(linear_model):

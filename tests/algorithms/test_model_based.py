@@ -2,6 +2,7 @@
 runs, checkpoints continue exactly, the trainer's model metrics, and (slow) learning on Pendulum data."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import gymnasium as gym
@@ -91,6 +92,46 @@ def test_mopo_stores_reward_minus_lambda_times_the_stated_uncertainty():
         nearest = (stored[member, :, None] - torch.tensor(expected)).abs().min(-1).values
         assert nearest.max() < 1e-3, (member, stored[member, :8])
         assert ((stored[member] - expected[0]).abs() < 1e-3).any() and ((stored[member] - expected[1]).abs() < 1e-3).any()
+
+
+def pendulum_like_world(velocity_step: float) -> tuple[DynamicsEnsemble, DataContext]:
+    """Pendulum-shaped data (cos, sin, velocity; Pendulum-v1's bounded observation space) and a handmade model
+    whose every step adds `velocity_step` to the velocity, reward 0, sigma 1e-4."""
+    data = linear_dataset(obs_dim=3, act_dim=1, n=200)
+    data = dataclasses.replace(data, env_id="Pendulum-v1", observation_space=gym.make("Pendulum-v1").observation_space,
+                               action_space=gym.spaces.Box(-2, 2, (1,), np.float32))
+    model = DynamicsEnsemble(DynamicsConfig(ensemble=1, elites=1, hidden=(4,)), obs_dim=3, act_dim=1)
+    with torch.no_grad():
+        for parameter in model.net.parameters():
+            parameter.zero_()
+        model.net.layers[-1].bias[0, 0] = torch.tensor([0.0, 0.0, velocity_step, 0.0] + [math.log(1e-4 ** 2)] * 4)
+        model.max_logvar.fill_(30.0)
+        model.min_logvar.fill_(-30.0)
+    return model, DataContext(data, TransitionBuffer.from_dataset(data, normalize_observations=True), "Pendulum-v1")
+
+
+@pytest.mark.parametrize("clip, top", [("env", 8.0), ("data", None), ("none", math.inf)])
+def test_model_states_stay_inside_the_bounds_in_rollouts_and_model_return(clip, top):
+    """A model that pushes the velocity up by 5 per step: with the env's bounds it stops at Pendulum's 8, with
+    the data's at the data range plus 10% of its width, unclamped it runs away."""
+    model, context = pendulum_like_world(5.0)
+    mopo = learner("mopo", [{"seed": 0}], act_dim=1, rollout_length=3, clip_observations=clip)
+    mopo.attach_model(model, context)
+    seen = np.concatenate([context.dataset.observations, context.dataset.next_observations])[:, 2]
+    if top is None:
+        top = seen.max() + 0.1 * (seen.max() - seen.min())
+    mopo.refresh_rollouts(context.buffer)
+    stored = mopo.model_buffer.sample_mixed(context.buffer, 0.0, 200, mopo.generators).next_observations
+    velocity = mopo.world.raw(stored)[..., 2]
+    if math.isinf(top):
+        assert velocity.max() > 12.0
+    else:
+        assert velocity.max() <= top + 1e-3 and velocity.max() > top - 1e-3
+    # eval/model_return: sum of the model's reward (0) -> 0, and the start states are the env evaluation's.
+    assert mopo.model_return(2, seed=7).tolist() == pytest.approx([0.0], abs=1e-2)
+    env = gym.make("Pendulum-v1")
+    expected = np.stack([env.reset(seed=7 + e)[0] for e in range(3)])
+    np.testing.assert_allclose(mopo.model_start_states(3, 7).numpy(), expected, rtol=1e-6)
 
 
 # --- COMBO's regularizer ------------------------------------------------------------------------------------
@@ -217,6 +258,8 @@ def test_members_may_differ_in_their_knob_but_not_in_the_rollout_scheme():
         learner("combo", [{"real_ratio": 1.0}])
     with pytest.raises(ConfigError, match=r"uncertainty='variance' must be one of max_std, disagreement"):
         learner("mopo", [{"uncertainty": "variance"}])
+    with pytest.raises(ConfigError, match=r"clip_observations='box' must be one of env, data, none"):
+        learner("mopo", [{"clip_observations": "box"}])
     assert ALGORITHMS["combo"].Config().real_ratio == 0.5 and ALGORITHMS["mopo"].Config().real_ratio == 0.05
 
 
@@ -297,7 +340,19 @@ def behaviour_score(dataset: str) -> float:
 def test_mopo_and_combo_learn_and_lambda_zero_exploits_the_model(pendulum_datasets, tmp_path):
     """On medium data (behaviour normalized about 26), MOPO (lambda = 1) and COMBO (beta = 1) beat the behaviour
     policy by 20 points within 4000 updates, two seeds packed each. On the narrow expert data, MOPO with lambda = 0
-    (offline MBPO) exploits its model: the policy's return simulated in the model sits hundreds above its real one."""
+    (offline MBPO) exploits its model: the policy's return simulated in the model (from the evaluation's own start
+    states, states clamped to the env's bounds) sits about 1000 above its real one (-190/-280 vs -1220/-1340).
+
+    Not asserted, because it does not hold at this budget: that a positive lambda closes that gap. Measured with
+    these settings, two seeds each, gap = model_return - return: max_std lambda 1: 1124/1116, lambda 5: 1068/1121;
+    disagreement lambda 10: 1082/1087, 30: 965/1028, 100: 927/760, 300: 952/876; a converged model (200 epochs) 693/664
+    at lambda 0 and 671/555, 693/784 at lambda 1, 10; h = 1 with real_ratio 0.5 no better. The one-step error at
+    dataset states is small even for the policy's and for uniform actions (0.005-0.02 in the state), and the
+    uncertainty along the model rollouts stays at its level on the data (disagreement 0.05-0.08, max_std 0.16-0.18),
+    so the penalty is nearly a constant shift. In the env the policy overshoots the swing-up into spinning at about
+    7 rad/s, states where both measures are 6-10x their data level (max_std 1.05, disagreement 0.51), but the model's
+    own trajectories never go there, so no penalty can see them. On medium data (clamped) lambda = 0 shows no
+    exploitation to close (gaps -17/162)."""
     def train(dataset: str, algorithm: str, members: list[dict], **algo) -> dict:
         run = TrainRun(TrainConfig(
             algorithm=algorithm, dataset=dataset, members=members, eval_every=4000, eval_episodes=10, threads=1,
