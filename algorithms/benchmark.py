@@ -36,7 +36,10 @@ def updates_per_second(algorithm: str, members: int, obs_dim: int, act_dim: int,
                        seconds: float = 5.0, overrides: dict | None = None) -> float:
     """Population updates per second (multiply by `members` for member-updates)."""
     learner_class = ALGORITHMS[algorithm]
-    configs = [learner_class.Config(seed=k, **(overrides or {})) for k in range(members)]
+    overrides = dict(overrides or {})
+    if "behavior_pretrain_steps" in learner_class.Config.__dataclass_fields__:
+        overrides.setdefault("behavior_pretrain_steps", 0)     # time BRAC/BEAR's main phase, not the BC warm-up
+    configs = [learner_class.Config(seed=k, **overrides) for k in range(members)]
     learner = learner_class(configs, obs_dim, act_dim, -torch.ones(act_dim), torch.ones(act_dim), device)
     if learner_class.USES_MODEL:
         # Rollout refreshes are amortized into the figure, at the config's rollout_every.
