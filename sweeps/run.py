@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import ray
 import yaml
 from ray import tune
 
@@ -33,7 +34,6 @@ class StudyTrainable(OfflineTrainable):
     """OfflineTrainable fed by a study trial: `config["trial"]` is a TrainConfig dict plus `study` metadata."""
 
     def setup(self, config: dict) -> None:
-        import ray
         started = time.perf_counter()
         super().setup(trial_train_config(apply_sampled(config)))
         self.setup_seconds = time.perf_counter() - started     # dataset load, env check, buffer, networks
@@ -67,7 +67,6 @@ def apply_sampled(config: dict) -> dict:
 
 def sampled_space(study: Study) -> dict:
     """Tune's search space for the axes Optuna chooses."""
-    from ray import tune
     space = {}
     for axis in study.sampled_axes():
         if axis.kind == "choice":
@@ -121,7 +120,6 @@ def wandb_callbacks(study: Study, enabled: bool) -> list:
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     """Join `address` (or RAY_ADDRESS), shipping this code to the workers; else start an embedded local Ray."""
-    import ray
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return
@@ -181,7 +179,6 @@ def _fixed(value) -> str:
 
 
 def _tuner_parts(study: Study):
-    from ray import tune
     trainable = tune.with_resources(StudyTrainable, {k: v for k, v in study.resources.items() if v})
     scheduler = None
     if study.scheduler["name"] == "asha":
@@ -195,7 +192,6 @@ def run_study(study: Study, address: str | None = None, use_wandb: bool = True, 
               log: Callable[[str], None] = print, callbacks: tuple = ()):
     """Run every trial of `study`; returns Tune's ResultGrid. The study YAML is kept beside the results.
     `callbacks` are extra `tune.Callback`s (the W&B one is added from the study's settings)."""
-    from ray import tune
     ensure_datasets(study, log)
     folder = experiment_dir(study)
     trials = with_model_cache(study.trials(), folder)
@@ -246,7 +242,6 @@ def with_model_cache(trials: list[dict], folder: Path | str) -> list[dict]:
 def check_cluster_storage(study: Study, log: Callable[[str], None]) -> None:
     """On a multi-node cluster every node writes checkpoints to the storage path: a local path works only
     when it is shared (NFS) and mounted at the same place everywhere, which no check here can see."""
-    import ray
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) > 1 and "://" not in study.storage:
         log(f"Note: storage {experiment_dir(study)} is a local path and the cluster has {len(nodes)} nodes; it "
@@ -257,7 +252,6 @@ def resume_study(folder: str | Path, address: str | None = None, use_wandb: bool
                  num_cpus: int | None = None):
     """Continue an interrupted study where it stopped: finished trials stay, unfinished and errored ones
     restart from their last checkpoints."""
-    from ray import tune
     folder = Path(folder).expanduser().resolve()
     if not (folder / STUDY_FILE).is_file() or not tune.Tuner.can_restore(str(folder)):
         raise StudyError(f"{folder} holds no study to resume (no {STUDY_FILE} and Tune state); give the folder "
