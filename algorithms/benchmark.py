@@ -13,6 +13,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from ..datasets.benchmark import calls_per_second
 from ..datasets.buffer import TransitionBuffer
 from ..datasets.loading import OfflineDataset
 from . import ALGORITHMS
@@ -50,17 +51,17 @@ def updates_per_second(algorithm: str, members: int, obs_dim: int, act_dim: int,
     else:
         buffer = synthetic_buffer(obs_dim, act_dim, device)
 
+    return learner_updates_per_second(learner, buffer, seconds)
+
+
+def learner_updates_per_second(learner, buffer, seconds: float) -> float:
+    """Updates per second of a built learner on minibatches from `buffer` (its own `sample_batch`)."""
     def run(n: int) -> None:
         for _ in range(n):
             metrics = learner.guarded_update(learner.sample_batch(buffer))
         metrics["diverged"].sum().item()      # wait for the device
 
-    run(3)
-    count, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        run(5)
-        count += 5
-    return count / (time.perf_counter() - started)
+    return calls_per_second(run, chunk=5, seconds=seconds, warmup=3)
 
 
 def report(algorithms=None, members=(1, 8), problems=("hopper", "halfcheetah"), device: str = "cpu",
@@ -129,13 +130,13 @@ def model_based_report(algorithms=("mopo", "combo"), members=(1, 8), problems=("
         rates = {}
         for P in members:
             learner, buffer = model_based_learner("mopo", P, dataset, ensemble, device, **rollout_settings)
-            learner.refresh_rollouts(buffer)                              # warm-up
-            count, started = 0, time.perf_counter()
-            while count == 0 or time.perf_counter() - started < seconds:
-                learner.refresh_rollouts(buffer)
+            def refresh(n: int) -> None:
+                for _ in range(n):
+                    learner.refresh_rollouts(buffer)
                 learner.rollout_stats.sum().item()
-                count += 1
-            rates[P] = count * P * rollout_batch_size * rollout_length / (time.perf_counter() - started)
+
+            refreshes = calls_per_second(refresh, chunk=1, seconds=seconds, warmup=1)
+            rates[P] = refreshes * P * rollout_batch_size * rollout_length
         results[(problem, "rollout")] = rates
         print_(f"rollouts {problem:<11} model steps/s     " + "  ".join(f"P={P}: {r:9.0f}" for P, r in rates.items()))
         for name in algorithms:
@@ -144,18 +145,7 @@ def model_based_report(algorithms=("mopo", "combo"), members=(1, 8), problems=("
                 # rollout_every beyond the measurement: one refresh fills the buffers, then updates only.
                 learner, buffer = model_based_learner(name, P, dataset, ensemble, device, **rollout_settings,
                                                       rollout_every=10 ** 9)
-
-                def run(n: int) -> None:
-                    for _ in range(n):
-                        metrics = learner.guarded_update(learner.sample_batch(buffer))
-                    metrics["diverged"].sum().item()
-
-                run(3)
-                count, started = 0, time.perf_counter()
-                while time.perf_counter() - started < seconds:
-                    run(5)
-                    count += 5
-                rates[P] = count * P / (time.perf_counter() - started)
+                rates[P] = learner_updates_per_second(learner, buffer, seconds) * P
             results[(name, problem)] = rates
             cells = "  ".join(f"P={P}: {rate:7.1f}" for P, rate in rates.items())
             print_(f"{name:<8} {problem:<11} member-updates/s  {cells}")

@@ -5,11 +5,23 @@ Run through `python launch.py bench buffer`; a measurement, not a test.
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 import torch
 
 from .buffer import TransitionBuffer
+
+
+def calls_per_second(run: Callable[[int], None], chunk: int, seconds: float, warmup: int) -> float:
+    """Calls per second of the work `run(n)` does n times (it must wait for the device before returning):
+    `warmup` calls first, then chunks of `chunk` calls until `seconds` have passed (at least one chunk)."""
+    run(warmup)
+    count, started = 0, time.perf_counter()
+    while count == 0 or time.perf_counter() - started < seconds:
+        run(chunk)
+        count += chunk
+    return count / (time.perf_counter() - started)
 
 
 def minibatches_per_second(device: str = "cpu", members: int = 1, batch_size: int = 256, transitions: int = 1_000_000,
@@ -27,9 +39,4 @@ def minibatches_per_second(device: str = "cpu", members: int = 1, batch_size: in
             batch = buffer.sample(batch_size, members, generator)
         batch.observations.sum().item()  # wait for the device before stopping the clock
 
-    run(20)
-    count, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        run(100)
-        count += 100
-    return count / (time.perf_counter() - started)
+    return calls_per_second(run, chunk=100, seconds=seconds, warmup=20)
