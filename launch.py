@@ -70,9 +70,10 @@ def _ints(text: str) -> tuple[int, ...]:
 def _log_report(folder, paths, use_wandb: bool) -> None:
     from offline_sweeps.sweeps.run import STUDY_FILE
     from offline_sweeps.sweeps.study import load_study
-    if use_wandb and load_study(Path(folder) / STUDY_FILE).wandb["enabled"]:
+    study = load_study(Path(folder) / STUDY_FILE)
+    if use_wandb and study.wandb["enabled"]:
         from offline_sweeps.sweeps.wandb_logging import log_report
-        print(f"report logged to W&B: {log_report(folder, paths)}")
+        print(f"report logged to W&B: {log_report(study, paths)}")
 
 
 def _finish_study(results, folder, use_wandb: bool = True) -> int:

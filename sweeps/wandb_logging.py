@@ -85,16 +85,13 @@ def member_metrics(result: dict, k: int, members: int) -> dict:
     return metrics
 
 
-def log_report(folder: Path, paths: dict[str, Path]) -> Path:
-    """The study's sensitivity table and plot as one W&B run (job_type `report`) in the study's group;
-    returns the run's local folder."""
+def log_report(study, paths: dict[str, Path]) -> Path:
+    """The study's sensitivity table and plot (`write_report`'s paths) as one W&B run (job_type `report`) in
+    the study's group; returns the run's local folder."""
     import csv
 
     import wandb
 
-    from .study import load_study
-    from .run import STUDY_FILE
-    study = load_study(Path(folder) / STUDY_FILE)
     with open(paths["csv"], newline="") as handle:
         rows = list(csv.reader(handle))
     run = wandb.init(project=study.wandb["project"], group=study.wandb["group"] or study.name,
