@@ -54,6 +54,7 @@ except ImportError:
 from offline_sweeps import datasets as ds  # noqa: E402
 from offline_sweeps.algorithms.base import ConfigError  # noqa: E402
 from offline_sweeps.algorithms.dynamics import DynamicsError  # noqa: E402
+from offline_sweeps.algorithms.networks import SAMPLED_Q_PRECISIONS  # noqa: E402
 from offline_sweeps.sweeps.study import StudyError  # noqa: E402
 
 USER_ERRORS = (ds.DatasetError, ConfigError, StudyError, DynamicsError)
@@ -240,12 +241,13 @@ def bench(args: argparse.Namespace) -> None:
         from offline_sweeps.algorithms.benchmark import model_based_report
         print(f"Model-based on {device}, {args.threads} thread(s): dynamics ensemble (7 x 4x200) training, "
               f"rollouts, and MOPO/COMBO updates (default nets, batch 256)")
-        model_based_report(args.algorithms or ("mopo", "combo"), args.members, args.problems, device, args.seconds)
+        model_based_report(args.algorithms or ("mopo", "combo"), args.members, args.problems, device, args.seconds,
+                           sampled_q_precision=args.sampled_q_precision)
         return
     from offline_sweeps.algorithms.benchmark import report
-    print(f"Updates on {device}, {args.threads} thread(s), default nets (256x256, batch 256)"
-          + (", CQL with bf16 sampled actions" if args.bf16 else ""))
-    report(args.algorithms, args.members, args.problems, device, args.seconds, bf16=args.bf16)
+    print(f"Updates on {device}, {args.threads} thread(s), default nets (256x256, batch 256), "
+          f"CQL's sampled actions in {args.sampled_q_precision} precision")
+    report(args.algorithms, args.members, args.problems, device, args.seconds, args.sampled_q_precision)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -346,7 +348,8 @@ def parser() -> argparse.ArgumentParser:
     benchmark.add_argument("--problems", type=_csv, default=("hopper", "halfcheetah"),
                            help="hopper (obs 11, act 3) and/or halfcheetah (obs 17, act 6)")
     benchmark.add_argument("--seconds", type=float, default=5.0, help="measuring time per figure")
-    benchmark.add_argument("--bf16", action="store_true", help="CQL scores its sampled actions in bfloat16")
+    benchmark.add_argument("--sampled-q-precision", choices=SAMPLED_Q_PRECISIONS, default="auto",
+                           help="CQL and COMBO's sampled_q_precision (auto: bfloat16 where the device has it natively)")
     benchmark.add_argument("--trials", type=int, default=8, help="tune: how many one-update trials")
     benchmark.set_defaults(run=bench)
     return root

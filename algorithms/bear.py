@@ -26,8 +26,8 @@ from typing import Callable
 import torch
 
 from .base import Learner, LearnerConfig
-from .brac import BehaviorPretraining, check_behavior_fields, q_at_samples
-from .networks import PackedCritic, TanhGaussianPolicy, polyak_update
+from .brac import BehaviorPretraining, check_behavior_fields
+from .networks import PackedCritic, TanhGaussianPolicy, polyak_update, q_at_samples
 from .optim import PackedAdam
 from .sac import critic_loss
 

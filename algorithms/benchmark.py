@@ -65,10 +65,10 @@ def learner_updates_per_second(learner, buffer, seconds: float) -> float:
 
 
 def report(algorithms=None, members=(1, 8), problems=("hopper", "halfcheetah"), device: str = "cpu",
-           seconds: float = 5.0, bf16: bool = False, print_=print) -> dict:
+           seconds: float = 5.0, sampled_q_precision: str = "auto", print_=print) -> dict:
     results = {}
     for name in algorithms or [name for name, learner in ALGORITHMS.items() if not learner.USES_MODEL]:
-        overrides = {"bf16_sampled_q": True} if bf16 and name == "cql" else None
+        overrides = {"sampled_q_precision": sampled_q_precision} if name == "cql" else None
         for problem in problems:
             obs_dim, act_dim = PROBLEMS[problem]
             rates = {P: updates_per_second(name, P, obs_dim, act_dim, device, seconds, overrides) for P in members}
@@ -108,7 +108,8 @@ def model_based_learner(algorithm: str, members: int, dataset: OfflineDataset, e
 
 def model_based_report(algorithms=("mopo", "combo"), members=(1, 8), problems=("hopper", "halfcheetah"),
                        device: str = "cpu", seconds: float = 5.0, model_epochs: int = 3, transitions: int = 100_000,
-                       rollout_batch_size: int = 10_000, rollout_length: int = 5, print_=print) -> dict:
+                       rollout_batch_size: int = 10_000, rollout_length: int = 5, sampled_q_precision: str = "auto",
+                       print_=print) -> dict:
     """Per problem: seconds per epoch of the default ensemble (7 x 4x200) on `transitions` synthetic transitions,
     model steps per second of rollouts (`rollout_batch_size` start states per member, `rollout_length` steps) and
     member-updates per second of each algorithm on mixed minibatches (rollouts excluded; add
@@ -143,8 +144,9 @@ def model_based_report(algorithms=("mopo", "combo"), members=(1, 8), problems=("
             rates = {}
             for P in members:
                 # rollout_every beyond the measurement: one refresh fills the buffers, then updates only.
+                precision = {"sampled_q_precision": sampled_q_precision} if name == "combo" else {}
                 learner, buffer = model_based_learner(name, P, dataset, ensemble, device, **rollout_settings,
-                                                      rollout_every=10 ** 9)
+                                                      **precision, rollout_every=10 ** 9)
                 rates[P] = learner_updates_per_second(learner, buffer, seconds) * P
             results[(name, problem)] = rates
             cells = "  ".join(f"P={P}: {rate:7.1f}" for P, rate in rates.items())

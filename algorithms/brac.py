@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from .bc import negative_log_likelihood
-from .networks import TanhGaussianPolicy, init_members, polyak_update, squashed_gaussian_log_prob
+from .networks import TanhGaussianPolicy, init_members, polyak_update, q_at_samples, squashed_gaussian_log_prob
 from .optim import PackedAdam
 from .sac import SAC, SACConfig, actor_loss, soft_bellman_target, temperature_loss
 
@@ -56,13 +56,6 @@ def clip_inside(actions: torch.Tensor, low: torch.Tensor, high: torch.Tensor, ep
     """`actions` clamped to [low + m, high - m], m = eps * (high - low) / 2."""
     margin = eps * (high - low) / 2
     return torch.maximum(torch.minimum(actions, high - margin), low + margin)
-
-
-def q_at_samples(critic, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """Q of each critic for N actions per state: `[P, B, obs]` and `[P, B, N, act]` -> `[P, E, B, N]`."""
-    P, B, N, act_dim = actions.shape
-    repeated = observations.unsqueeze(2).expand(P, B, N, observations.shape[-1]).reshape(P, B * N, -1)
-    return critic(repeated, actions.reshape(P, B * N, act_dim)).view(P, critic.ensemble, B, N)
 
 
 def check_behavior_fields(config) -> None:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .brac import q_at_samples
 from .model_based import ModelBasedConfig, ModelBasedSAC
+from .networks import SAMPLED_Q_PRECISIONS, q_at_samples, sampled_q_dtype
 from .sac import critic_loss
 
 
@@ -34,7 +34,7 @@ class COMBOConfig(ModelBasedConfig):
     conservative_weight: float = 1.0     # beta
     num_sampled_actions: int = 10        # N of each kind: uniform, pi(.|s), pi(.|s')
     cql_temperature: float = 1.0
-    bf16_sampled_q: bool = False         # score the 3N sampled actions with bfloat16 matmuls (fp32 TD term)
+    sampled_q_precision: str = "auto"    # hidden matmuls of the 3N sampled actions: auto, bfloat16 or float32
 
     def __post_init__(self):
         super().__post_init__()
@@ -42,6 +42,7 @@ class COMBOConfig(ModelBasedConfig):
         self.check(self.conservative_weight >= 0, "conservative_weight", ">= 0")
         self.check(self.num_sampled_actions >= 1, "num_sampled_actions", "at least 1")
         self.check(self.cql_temperature > 0, "cql_temperature", "positive")
+        self.check(self.sampled_q_precision in SAMPLED_Q_PRECISIONS, "sampled_q_precision", " or ".join(SAMPLED_Q_PRECISIONS))
         batch_real = round(self.real_ratio * self.batch_size)
         self.check(0 < batch_real < self.batch_size, "real_ratio",
                    f"such that real_ratio * batch_size (={self.batch_size}) rounds to between 1 and batch_size - 1")
@@ -56,6 +57,7 @@ class COMBO(ModelBasedSAC):
         self.beta = self.knob("conservative_weight")
         self.real_rows = int(round(self.config.real_ratio * self.config.batch_size))   # sample_mixed puts them first
         self.uniform_log_density = -torch.log(self.action_high - self.action_low).sum()
+        self.sampled_q_dtype = sampled_q_dtype(self.config.sampled_q_precision, self.device)
 
     def critic_objective(self, batch, target):
         P, B = batch.rewards.shape
@@ -67,11 +69,7 @@ class COMBO(ModelBasedSAC):
             pi_s, log_pi_s = self.policy.sample(model_obs, self.normal(model_rows, N, self.act_dim))
             pi_next, log_pi_next = self.policy.sample(model_next, self.normal(model_rows, N, self.act_dim))
         sampled = torch.cat([uniform, pi_s, pi_next], dim=2)
-        if cfg.bf16_sampled_q:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                q_sampled = q_at_samples(self.critic, model_obs, sampled).float()
-        else:
-            q_sampled = q_at_samples(self.critic, model_obs, sampled)
+        q_sampled = q_at_samples(self.critic, model_obs, sampled, self.sampled_q_dtype)
         q_data = self.critic(batch.observations, batch.actions)                          # [P, E, B]
         log_density = torch.cat([self.uniform_log_density.expand(P, model_rows, N), log_pi_s, log_pi_next], dim=2)
         gap = combo_regularizer(q_sampled - log_density[:, None], q_data[..., :real], cfg.cql_temperature)

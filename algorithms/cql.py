@@ -15,11 +15,11 @@ computed, so that a member's random draws do not depend on its neighbours' alpha
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
+from .networks import SAMPLED_Q_PRECISIONS, q_at_samples, sampled_q_dtype
 from .optim import PackedAdam
 from .sac import SAC, SACConfig, critic_loss
 
@@ -40,7 +40,7 @@ class CQLConfig(SACConfig):
     lagrange: bool = False
     target_action_gap: float = 5.0       # with lagrange: the gap the learned alpha' aims at
     lagrange_lr: float = 3e-4
-    bf16_sampled_q: bool = False         # score the 3N sampled actions with bfloat16 matmuls (fp32 TD term)
+    sampled_q_precision: str = "auto"    # hidden matmuls of the 3N sampled actions: auto, bfloat16 or float32
 
     def __post_init__(self):
         super().__post_init__()
@@ -48,6 +48,7 @@ class CQLConfig(SACConfig):
         self.check(self.num_sampled_actions >= 1, "num_sampled_actions", "at least 1")
         self.check(self.cql_temperature > 0, "cql_temperature", "positive")
         self.check(self.lagrange_lr > 0, "lagrange_lr", "positive")
+        self.check(self.sampled_q_precision in SAMPLED_Q_PRECISIONS, "sampled_q_precision", " or ".join(SAMPLED_Q_PRECISIONS))
 
 
 class CQL(SAC):
@@ -63,12 +64,7 @@ class CQL(SAC):
             self.lagrange_optimizer = PackedAdam([self.log_alpha_prime], lr=self.config.lagrange_lr)
         span = self.action_high - self.action_low
         self.uniform_log_density = -torch.log(span).sum()
-
-    def _critic_at(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Q of each critic for M actions per state: `[P, B, obs]` and `[P, B, M, act]` -> `[P, E, B, M]`."""
-        P, B, M, _ = actions.shape
-        repeated = observations.unsqueeze(2).expand(P, B, M, self.obs_dim).reshape(P, B * M, self.obs_dim)
-        return self.critic(repeated, actions.reshape(P, B * M, self.act_dim)).view(P, self.critic.ensemble, B, M)
+        self.sampled_q_dtype = sampled_q_dtype(self.config.sampled_q_precision, self.device)
 
     def critic_objective(self, batch, target):
         P, B = batch.rewards.shape
@@ -78,15 +74,14 @@ class CQL(SAC):
             pi_s, log_pi_s = self.policy.sample(batch.observations, self.normal(B, N, self.act_dim))
             pi_next, log_pi_next = self.policy.sample(batch.next_observations, self.normal(B, N, self.act_dim))
         sampled = [uniform, pi_s, pi_next]
-        if self.config.bf16_sampled_q:
-            # The 3N sampled actions are 97% of the critic's work; bfloat16 matmuls run them about 4x faster
-            # on CPUs and GPUs that have them, while the TD term on the data actions stays in fp32.
-            with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                q_sampled = self._critic_at(batch.observations, torch.cat(sampled, dim=2)).float()
+        if self.sampled_q_dtype is not None:
+            # The 3N sampled actions are 97% of the critic's work: their hidden layers run in bfloat16, while
+            # the output layer and the TD term on the data actions stay float32.
+            q_sampled = q_at_samples(self.critic, batch.observations, torch.cat(sampled, dim=2), self.sampled_q_dtype)
             q_data = self.critic(batch.observations, batch.actions)
         else:
             # Every sampled action and the data action of both critics in one batched call.
-            q_all = self._critic_at(batch.observations, torch.cat([*sampled, batch.actions.unsqueeze(2)], dim=2))
+            q_all = q_at_samples(self.critic, batch.observations, torch.cat([*sampled, batch.actions.unsqueeze(2)], dim=2))
             q_sampled, q_data = q_all[..., :-1], q_all[..., -1]
         log_density = torch.cat([self.uniform_log_density.expand(P, B, N), log_pi_s, log_pi_next], dim=2)
         q_sampled = q_sampled - log_density[:, None]

@@ -57,8 +57,17 @@ class PackedMLP(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.members = members
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+    def forward(self, x: torch.Tensor, hidden_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """With `hidden_dtype` (e.g. torch.bfloat16) the hidden layers' matmuls run in that precision under
+        autocast while the output layer and the result stay float32: the cheap last layer then sums the hidden
+        units' rounding errors in full precision instead of rounding the output itself."""
+        if hidden_dtype is None:
+            return self.layers(x)
+        *hidden, output = self.layers
+        with torch.autocast(x.device.type, dtype=hidden_dtype):
+            for layer in hidden:
+                x = layer(x)
+        return output(x.float())
 
 
 class TanhGaussianPolicy(nn.Module):
@@ -154,11 +163,44 @@ class PackedCritic(nn.Module):
         self.members, self.ensemble = members, ensemble
         self.net = PackedMLP(members * ensemble, obs_dim + act_dim, 1, hidden)
 
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor, hidden_dtype: torch.dtype | None = None) -> torch.Tensor:
         P, E = self.members, self.ensemble
         x = torch.cat([obs, actions], dim=-1)                    # [P, B, obs+act]
         x = x.unsqueeze(1).expand(P, E, *x.shape[1:]).reshape(P * E, *x.shape[1:])
-        return self.net(x).view(P, E, -1)
+        return self.net(x, hidden_dtype).view(P, E, -1)
+
+
+def q_at_samples(critic: PackedCritic, observations: torch.Tensor, actions: torch.Tensor,
+                 hidden_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Q of each critic for N actions per state: `[P, B, obs]` and `[P, B, N, act]` -> `[P, E, B, N]`."""
+    P, B, N, act_dim = actions.shape
+    repeated = observations.unsqueeze(2).expand(P, B, N, observations.shape[-1]).reshape(P, B * N, -1)
+    return critic(repeated, actions.reshape(P, B * N, act_dim), hidden_dtype).view(P, critic.ensemble, B, N)
+
+
+SAMPLED_Q_PRECISIONS = ("auto", "bfloat16", "float32")
+
+
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether `device` multiplies bfloat16 matrices in hardware: CUDA GPUs from Ampere on, CPUs with
+    AVX512-BF16 or AMX-BF16. Elsewhere bfloat16 matmuls are emulated and slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        capabilities = torch.cpu.get_capabilities()
+        return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+    return False
+
+
+def sampled_q_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The hidden-layer dtype for scoring many sampled actions (`PackedMLP.forward`): bfloat16 or None (float32).
+
+    "auto" picks bfloat16 where the device has it natively. Measured on a default CQL critic: the bfloat16 error
+    in the regularizer's gradient is about 3% of its norm, against 27% between two draws of the sampled actions.
+    """
+    if precision == "float32" or (precision == "auto" and not has_native_bf16(device)):
+        return None
+    return torch.bfloat16
 
 
 def init_members(module: nn.Module, generators: list[torch.Generator]) -> None:

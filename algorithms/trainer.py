@@ -132,6 +132,8 @@ class TrainRun:
         metrics.update({"updates": self.updates, "updates_per_second": cfg.eval_every / train_seconds,
                         "members_diverged": int(learner.diverged.sum()),
                         "done": self.updates >= cfg.total_updates or bool(learner.diverged.all())})
+        if hasattr(learner, "sampled_q_dtype"):    # CQL, COMBO: did "auto" score the sampled actions in bfloat16?
+            metrics["precision/sampled_q_bf16"] = float(learner.sampled_q_dtype == torch.bfloat16)
         world = getattr(learner, "world", None)
         if world is not None:      # model-based: was this run's dynamics ensemble trained here or found cached?
             metrics["model/loaded_from_cache"] = float(bool(world.ensemble.report.get("cached")))

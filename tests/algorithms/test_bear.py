@@ -11,7 +11,7 @@ import torch
 from offline_sweeps.algorithms.base import ConfigError
 from offline_sweeps.algorithms.bear import (BEAR, BEARConfig, constrained_actor_loss, lagrange_loss, mmd_gaussian,
                                             mmd_laplacian, soft_clipped_double_q)
-from offline_sweeps.algorithms.brac import q_at_samples
+from offline_sweeps.algorithms.networks import q_at_samples
 from offline_sweeps.datasets import TransitionBuffer
 from offline_sweeps.datasets.buffer import Batch
 

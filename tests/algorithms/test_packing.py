@@ -56,10 +56,13 @@ def member_slice(parameter: torch.Tensor, members: int, k: int) -> torch.Tensor:
     return parameter[k * per:(k + 1) * per]
 
 
-@pytest.mark.parametrize("name", sorted(POPULATIONS))
+@pytest.mark.parametrize("name", [*sorted(POPULATIONS), "cql-bfloat16"])
 def test_packed_member_equals_solo_run(name):
     buffer = toy_buffer()
-    population = POPULATIONS[name]
+    if name == "cql-bfloat16":      # sampled actions scored in bfloat16, native or emulated
+        name, population = "cql", [{**member, "sampled_q_precision": "bfloat16"} for member in POPULATIONS["cql"]]
+    else:
+        population = POPULATIONS[name]
     packed = make(name, population)
     train(packed, buffer, updates=6)
     packed_params = dict(packed.named_parameters())
