@@ -14,6 +14,18 @@ os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(1)
 
 
+# The suite runs on two pytest-xdist workers (pyproject.toml), one torch thread each. Tests that start an
+# embedded Ray, or launch.py commands that do, share one worker so two Ray instances never compete for the
+# two cores; the learning checks spread over both.
+RAY_MODULES = ("tests/sweeps/", "tests/test_launch.py", "tests/algorithms/test_trainer.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.startswith(RAY_MODULES):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
 @pytest.fixture(autouse=True)
 def minari_root(tmp_path, monkeypatch):
     """An empty MINARI_DATASETS_PATH per test, so tests never see the user's datasets or each other's."""
