@@ -112,9 +112,10 @@ def test_squashed_gaussian_log_prob_matches_torch_distributions():
     assert (actions[..., 0].abs() <= 2).all() and (actions[..., 1] >= -1).all() and (actions[..., 1] <= 3).all()
 
 
-def test_packed_adam_is_p_independent_adams_with_their_own_learning_rates():
+@pytest.mark.parametrize("lrs", [[1e-2, 3e-3, 1e-3], [3e-3, 3e-3, 3e-3]], ids=["per-member", "shared-fused"])
+def test_packed_adam_is_p_independent_adams_with_their_own_learning_rates(lrs):
+    """Per-member learning rates take the foreach path; one shared rate takes PyTorch's fused kernel."""
     torch.manual_seed(0)
-    lrs = [1e-2, 3e-3, 1e-3]
     packed = torch.nn.Parameter(torch.randn(3, 4, 2))
     solos = [torch.nn.Parameter(packed.detach()[p].clone()) for p in range(3)]
     packed_opt = PackedAdam([packed], lr=torch.tensor(lrs))
