@@ -372,9 +372,11 @@ def test_lambda_zero_mopo_exploits_its_model_and_a_positive_lambda_closes_the_ga
     uncertainty) closes most of that gap and lifts the real return with it. Rollouts of h = 20 steps, 12,000
     updates, three seeds per lambda packed in one population.
 
-    Measured here, seeds 0-7, gap = model_return - return: lambda 0: 839, 840, 779, 913, 963, 1039, 678, 621
-    (real returns -680 to -1100); lambda 10: 40, 142, 42, 170, 54, 121, 448, 166 (real returns -130 to -280 but
-    seed 6's -524). What it takes: at 8000 updates lambda 10 has closed only a third of the gap (630/636/535/238).
+    Measured here, seeds 0-7, gap = model_return - return: lambda 0: 815, 841, 743, 1091, 998, 1161, 782, 711
+    (real returns -775 to -1222); lambda 10: 56, 299, 58, 124, 184, 76, 543, 75 (real returns -132 to -373 but
+    seed 6's -619). What it takes: at 8000 updates lambda 10 had closed only a third of the gap (630/636/535/238,
+    measured before PackedAdam took the fused kernel, when the 12,000-update gaps were 839/840/779/913 and
+    40/142/42/170).
     With h = 5 it does not close (12,000 updates, seeds 0/1: lambda 0 1088/1306, lambda 10 787/940; on 50
     expert episodes at 4000 updates, max_std lambda up to 5 and disagreement lambda up to 300 left 760-1120):
     5-step model rollouts never reach the states where the real policy fails (it overshoots the swing-up and
