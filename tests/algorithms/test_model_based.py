@@ -377,7 +377,7 @@ def test_lambda_zero_mopo_exploits_its_model_and_a_positive_lambda_closes_the_ga
     seed 6's -619). What it takes: at 8000 updates lambda 10 had closed only a third of the gap (630/636/535/238,
     measured before PackedAdam took the fused kernel, when the 12,000-update gaps were 839/840/779/913 and
     40/142/42/170).
-    With h = 5 it does not close (12,000 updates, seeds 0/1: lambda 0 1088/1306, lambda 10 787/940; on 50
+    With h = 5 it does not close (12,000 updates, seeds 0/1: lambda 0 1184/1300, lambda 10 577/1010; on 50
     expert episodes at 4000 updates, max_std lambda up to 5 and disagreement lambda up to 300 left 760-1120):
     5-step model rollouts never reach the states where the real policy fails (it overshoots the swing-up and
     spins at about 7 rad/s, where both uncertainty measures are 6-10x their level on the data), so the penalty
