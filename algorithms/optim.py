@@ -30,6 +30,14 @@ class PackedAdam(torch.optim.Optimizer):
             return lr
         return lr.repeat_interleave(p.shape[0] // lr.shape[0]).view(-1, *([1] * (p.dim() - 1)))
 
+    def load_state_dict(self, state_dict) -> None:
+        """As torch's, then each step counter onto its parameter's device, where the fused kernel wants it
+        (torch leaves "step" where the checkpoint had it, e.g. on the CPU)."""
+        super().load_state_dict(state_dict)
+        for p, state in self.state.items():
+            if "step" in state:
+                state["step"] = state["step"].to(p.device)
+
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
@@ -43,8 +51,6 @@ class PackedAdam(torch.optim.Optimizer):
                     state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
-                elif state["step"].device != p.device:      # restored from a checkpoint made elsewhere
-                    state["step"] = state["step"].to(p.device)
             lr = group["lr"]
             if (lr == lr.reshape(-1)[0]).all() and params[0].device.type in ("cpu", "cuda"):
                 self._fused_step(group, params, grads, states, float(lr.reshape(-1)[0]))
