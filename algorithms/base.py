@@ -103,16 +103,19 @@ class Learner(nn.Module):
         self.register_buffer("action_high", torch.as_tensor(action_high, dtype=torch.float32).expand(act_dim).clone())
         self.generators = [torch.Generator(device=self.device).manual_seed(int(c.seed)) for c in self.configs]
         self.register_buffer("diverged", torch.zeros(self.members, dtype=torch.bool))
-        self._frozen: dict[str, torch.Tensor] = {}
+        self._frozen: dict[str, torch.Tensor] = {}       # diverged members' parameters, as they are kept
+        self._frozen_mask = torch.zeros_like(self.diverged)  # the members in `_frozen`
+        self._newly_diverged: torch.Tensor | None = None     # did the last update break a member? (read one late)
 
     def knob(self, name: str) -> torch.Tensor:
         """Field `name` of every member as a `[P]` float tensor on the learner's device."""
         return torch.tensor([float(getattr(c, name)) for c in self.configs], device=self.device)
 
     def finish_init(self) -> None:
-        """Seed every member's weights from its own generator and move to the device."""
-        init_members(self, self.generators)
+        """Move to the device and seed every member's weights there, from its own generator (which lives on the
+        device: a CUDA generator cannot fill a CPU tensor)."""
         self.to(self.device)
+        init_members(self, self.generators)
 
     def normal(self, *shape: int) -> torch.Tensor:
         """`[P, *shape]` standard normal noise, member p's from its own generator."""
@@ -151,48 +154,70 @@ class Learner(nn.Module):
     def guarded_update(self, batch) -> dict[str, torch.Tensor]:
         """`update`, then mark members whose metrics went non-finite or past the bound as diverged.
 
-        A diverged member is frozen: its parameters are put back to their values at detection after
-        every later update, so its reported state stays what it was when it broke. Members never
-        share gradients, so the others are untouched either way.
+        A diverged member is frozen: from the update after the one that broke it, its parameters are put
+        back to their values then after every update, so its state stops changing. Members never share
+        gradients, so the others are untouched either way.
+
+        The host learns of a divergence one update late: it reads the last update's flag after queueing this
+        update's work, so on a GPU the check never leaves the device idle. (Reading the flag at once cost 14%
+        of IQL's and 17% of CQL's updates/s at P=1 on an H100.)
         """
         metrics = self.update(batch)
         with torch.no_grad():
-            broken = torch.zeros_like(self.diverged)
-            for value in metrics.values():
-                broken |= ~torch.isfinite(value) | (value.abs() > self.config.divergence_bound)
-            newly = broken & ~self.diverged
             if self._frozen:
                 self._restore_frozen()
-            if newly.any():
-                self.diverged |= newly
-                self._frozen = {name: p.detach()[self._member_mask(p)].clone() for name, p in self.named_parameters()}
+            if self._newly_diverged is not None and bool(self._newly_diverged):
+                self._freeze_diverged()
+            values = torch.stack([value.float() for value in metrics.values()])          # [metrics, P]
+            broken = (~torch.isfinite(values) | (values.abs() > self.config.divergence_bound)).any(0)
+            self._newly_diverged = (broken & ~self.diverged).any()
+            self.diverged |= broken
         metrics["diverged"] = self.diverged.float()
         return metrics
 
-    def _member_mask(self, p: torch.Tensor) -> torch.Tensor:
-        """The diverged mask over `p`'s first axis, which holds P members or P x E ensemble slices."""
-        return self.diverged.repeat_interleave(p.shape[0] // self.members)
+    def _member_mask(self, p: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+        """`members`, a `[P]` mask, over `p`'s first axis, which holds P members or P x E ensemble slices."""
+        return members.repeat_interleave(p.shape[0] // self.members)
+
+    def _freeze_diverged(self) -> None:
+        self._frozen_mask = self.diverged.clone()
+        self._frozen = {name: p.detach()[self._member_mask(p, self._frozen_mask)].clone()
+                        for name, p in self.named_parameters()}
 
     @torch.no_grad()
     def _restore_frozen(self) -> None:
         for name, p in self.named_parameters():
-            p[self._member_mask(p)] = self._frozen[name]
+            p[self._member_mask(p, self._frozen_mask)] = self._frozen[name]
 
     # --- checkpointing ----------------------------------------------------------------------------
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {name: value for name, value in vars(self).items() if isinstance(value, torch.optim.Optimizer)}
 
     def checkpoint(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: weights, optimizer and RNG states, frozen members."""
+        """Everything needed to continue exactly: weights, optimizer and RNG states, frozen members. The tensors
+        are the live ones, not copies: write the state out (`torch.save`) before training on."""
         return {"model": self.state_dict(),
                 "optimizers": {name: opt.state_dict() for name, opt in self.optimizers().items()},
                 "generators": [g.get_state() for g in self.generators],
-                "frozen": self._frozen}
+                "generator_device": self.device.type,
+                "frozen": self._frozen, "frozen_mask": self._frozen_mask,
+                "newly_diverged": bool(self._newly_diverged is not None and self._newly_diverged)}
 
     def restore(self, state: dict[str, Any]) -> None:
+        """Load `checkpoint()`'s state, wherever its tensors lie (a checkpoint read onto the CPU restores on a GPU).
+
+        Random-number states differ between CPU and CUDA generators, so a checkpoint restores only on the
+        device type it was written on.
+        """
+        written_on = state.get("generator_device", "cpu")
+        if written_on != self.device.type:
+            raise ConfigError(f"this checkpoint was written on {written_on} and this run is on {self.device.type}: "
+                              f"resume it with device: {written_on} (random-number states do not cross device types)")
         self.load_state_dict(state["model"])
         for name, optimizer in self.optimizers().items():
             optimizer.load_state_dict(state["optimizers"][name])
         for generator, rng_state in zip(self.generators, state["generators"]):
-            generator.set_state(rng_state)
-        self._frozen = state["frozen"]
+            generator.set_state(rng_state.cpu())
+        self._frozen = {name: value.to(self.device) for name, value in state["frozen"].items()}
+        self._frozen_mask = state.get("frozen_mask", self.diverged).to(self.device).clone()
+        self._newly_diverged = torch.tensor(bool(state.get("newly_diverged", False)), device=self.device)

@@ -76,8 +76,8 @@ class BehaviorPretraining:
     def add_behavior_policy(self) -> None:
         self.behavior = TanhGaussianPolicy(self.members, self.obs_dim, self.act_dim, self.config.hidden,
                                            self.action_low, self.action_high)
-        init_members(self.behavior, self.generators)
         self.behavior.to(self.device)
+        init_members(self.behavior, self.generators)
         self.behavior_optimizer = PackedAdam(self.behavior.parameters(), lr=self.config.behavior_lr)
         self.register_buffer("updates", torch.zeros((), dtype=torch.long, device=self.device))
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from ray import tune
 
 from .trainer import TrainConfig, TrainRun
@@ -30,12 +29,11 @@ class OfflineTrainable(tune.Trainable):
         return self.run.train_iteration()
 
     def save_checkpoint(self, checkpoint_dir: str) -> str:
-        torch.save(self.run.state(), Path(checkpoint_dir) / CHECKPOINT_FILE)
+        self.run.save(Path(checkpoint_dir) / CHECKPOINT_FILE)
         return checkpoint_dir
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
-        state = torch.load(Path(checkpoint_dir) / CHECKPOINT_FILE, map_location=self.run.device, weights_only=True)
-        self.run.restore(state)
+        self.run.load(Path(checkpoint_dir) / CHECKPOINT_FILE)
 
     def reset_config(self, new_config: dict) -> bool:
         """Lets Tune reuse this actor for the next trial (reuse_actors) instead of starting a process."""

@@ -146,7 +146,15 @@ class TrainRun:
     def restore(self, state: dict[str, Any]) -> None:
         self.learner.restore(state["learner"])
         self.updates, self.iterations = int(state["updates"]), int(state["iterations"])
-        self.best = {k: v.numpy() for k, v in state["best"].items()}
+        self.best = {k: v.cpu().numpy() for k, v in state["best"].items()}
+
+    def save(self, path: str | os.PathLike) -> None:
+        torch.save(self.state(), path)
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Restore from a file `save` wrote. It is read onto the CPU (`weights_only`: a checkpoint cannot execute
+        code) and `restore` puts each tensor on this run's device, so a trial written on cuda:1 resumes on cuda:0."""
+        self.restore(torch.load(path, map_location="cpu", weights_only=True))
 
 
 def flatten_members(per_member: dict[str, np.ndarray]) -> dict[str, float]:

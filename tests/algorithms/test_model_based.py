@@ -283,8 +283,10 @@ MODEL_METRICS = ("model/holdout_nll", "model/uncertainty_mean", "rollout/reward_
                  "eval/model_return")
 
 
-def test_checkpoint_round_trip_continues_exactly(pendulum_datasets, tmp_path):
-    config = tiny(pendulum_datasets["medium"], tmp_path / "models")
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_checkpoint_round_trip_continues_exactly(pendulum_datasets, tmp_path, device):
+    config = tiny(pendulum_datasets["medium"], tmp_path / "models", device=device)
     straight = TrainRun(config)
     assert straight.learner.world.ensemble.report["cached"] is False
     expected = [straight.train_iteration() for _ in range(3)][-1]
@@ -300,9 +302,9 @@ def test_checkpoint_round_trip_continues_exactly(pendulum_datasets, tmp_path):
     assert first.learner.world.ensemble.report["cached"] is True        # trained once, reused
     first.train_iteration()
     first.train_iteration()
-    torch.save(first.state(), tmp_path / "state.pt")
+    first.save(tmp_path / "state.pt")
     resumed = TrainRun(config)
-    resumed.restore(torch.load(tmp_path / "state.pt", weights_only=True))
+    resumed.load(tmp_path / "state.pt")
     result = resumed.train_iteration()
     for key in ("eval/return", "train/q_data_mean", "train/critic_loss", "updates", *MODEL_METRICS):
         assert result[key] == pytest.approx(expected[key], rel=1e-5), key
@@ -310,9 +312,10 @@ def test_checkpoint_round_trip_continues_exactly(pendulum_datasets, tmp_path):
         torch.testing.assert_close(a, b, msg=lambda m: f"{name}: {m}")
 
     other_model = TrainRun(tiny(pendulum_datasets["medium"], tmp_path / "models",
-                                model={"hidden": (16, 16), "ensemble": 3, "elites": 2, "max_epochs": 3, "seed": 1}))
+                                model={"hidden": (16, 16), "ensemble": 3, "elites": 2, "max_epochs": 3, "seed": 1},
+                                device=device))
     with pytest.raises(DynamicsError, match="the checkpoint was trained with dynamics model"):
-        other_model.restore(torch.load(tmp_path / "state.pt", weights_only=True))
+        other_model.load(tmp_path / "state.pt")
 
 
 def test_combo_trains_through_the_trainer(pendulum_datasets, tmp_path):

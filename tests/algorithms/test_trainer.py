@@ -10,6 +10,9 @@ from offline_sweeps.algorithms.trainer import TrainConfig, TrainRun
 from offline_sweeps.datasets import DatasetError
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
 def tiny(dataset: str, algorithm: str = "iql", **overrides) -> TrainConfig:
     values = dict(algorithm=algorithm, dataset=dataset, algo={"hidden": (16, 16), "batch_size": 32},
                   members=[{"seed": 0}], eval_every=20, eval_episodes=2, threads=1)
@@ -30,17 +33,18 @@ def test_metrics_per_member_and_for_the_population(pendulum_datasets):
     assert np.isfinite(solo["eval/normalized_return"])
 
 
-def test_checkpoint_round_trip_continues_exactly(pendulum_datasets, tmp_path):
-    config = tiny(pendulum_datasets["medium"], algorithm="cql", members=[{"seed": 0}, {"seed": 5}])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_checkpoint_round_trip_continues_exactly(pendulum_datasets, tmp_path, device):
+    config = tiny(pendulum_datasets["medium"], algorithm="cql", members=[{"seed": 0}, {"seed": 5}], device=device)
     straight = TrainRun(config)
     expected = [straight.train_iteration() for _ in range(3)][-1]
 
     first = TrainRun(config)
     first.train_iteration()
     first.train_iteration()
-    torch.save(first.state(), tmp_path / "state.pt")
+    first.save(tmp_path / "state.pt")
     resumed = TrainRun(config)
-    resumed.restore(torch.load(tmp_path / "state.pt", weights_only=True))
+    resumed.load(tmp_path / "state.pt")
     result = resumed.train_iteration()
     for key in ("eval/return", "train/q_data_mean", "train/critic_loss", "eval/return_best", "updates"):
         assert result[key] == pytest.approx(expected[key], rel=1e-5), key
