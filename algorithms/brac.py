@@ -79,7 +79,8 @@ class BehaviorPretraining:
         self.behavior.to(self.device)
         init_members(self.behavior, self.generators)
         self.behavior_optimizer = PackedAdam(self.behavior.parameters(), lr=self.config.behavior_lr)
-        self.register_buffer("updates", torch.zeros((), dtype=torch.long, device=self.device))
+        # On the CPU, where the host reads it every update (on a GPU that read would wait for the device).
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long, device="cpu"))
 
     @property
     def pretraining(self) -> bool:

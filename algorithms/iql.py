@@ -81,11 +81,11 @@ class IQL(Learner):
         self.finish_init()
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.expectile, self.beta = self.knob("expectile"), self.knob("inverse_temperature")
-        self.actor_lr = self.knob("actor_lr")
+        self.actor_lr = self.knob("actor_lr").cpu()      # the schedule runs on the host, as PackedAdam keeps lr
         self.critic_optimizer = PackedAdam(self.critic.parameters(), lr=self.knob("critic_lr"))
         self.value_optimizer = PackedAdam(self.value.parameters(), lr=self.knob("value_lr"))
         self.actor_optimizer = PackedAdam(self.policy.parameters(), lr=self.actor_lr.clone())
-        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long, device="cpu"))   # read by the host
 
     def act(self, observations: torch.Tensor) -> torch.Tensor:
         return self.policy.deterministic(observations)

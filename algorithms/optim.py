@@ -3,10 +3,12 @@
 Adam (Kingma & Ba, 2015) is elementwise, so one Adam over `[P, ...]` tensors already is P independent
 optimizers; what it lacks is a learning rate per member. Here `lr` is a `[P]` tensor, applied to each
 parameter's leading (member) axis. Nothing couples members: no global gradient norm, no shared state.
+
+A step never waits for the device: the learning rates live on the host (the shared-rate test and the
+fused kernel's float need no device read), the per-member path keeps one device copy of them, and its
+bias corrections are computed on the device from the step counter.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 from torch.optim.adam import adam
@@ -14,14 +16,19 @@ from torch.optim.adam import adam
 
 class PackedAdam(torch.optim.Optimizer):
     """`lr` is a float or a `[P]` tensor; every parameter's first axis is the member axis P (or P x E
-    for an ensemble of E per member, member-major, as PackedCritic lays it out)."""
+    for an ensemble of E per member, member-major, as PackedCritic lays it out).
+
+    A group's "lr" is kept as a CPU tensor; a schedule that assigns a new one each update (IQL's cosine
+    decay) should build it on the CPU too (one given on a device is moved once, at the cost of a sync).
+    """
 
     def __init__(self, params, lr: float | torch.Tensor, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8):
-        lr = torch.as_tensor(lr, dtype=torch.float32)
+        lr = torch.as_tensor(lr, dtype=torch.float32).cpu()
         if (lr <= 0).any():
             raise ValueError(f"learning rates must be positive, got {lr.tolist()}")
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+        self._device_lr: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # group -> (host lr, its device copy)
 
     @staticmethod
     def _per_slice(lr: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -40,7 +47,7 @@ class PackedAdam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
@@ -51,11 +58,21 @@ class PackedAdam(torch.optim.Optimizer):
                     state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
+            if group["lr"].device.type != "cpu":
+                group["lr"] = group["lr"].cpu()
             lr = group["lr"]
             if (lr == lr.reshape(-1)[0]).all() and params[0].device.type in ("cpu", "cuda"):
                 self._fused_step(group, params, grads, states, float(lr.reshape(-1)[0]))
             else:
-                self._per_member_step(group, params, grads, states)
+                self._per_member_step(group, params, grads, states, self._lr_on(index, params[0].device))
+
+    def _lr_on(self, index: int, device: torch.device) -> torch.Tensor:
+        """Group `index`'s learning rates on `device`, copied (without waiting) only when the group has a new one."""
+        host = self.param_groups[index]["lr"]
+        cached = self._device_lr.get(index)
+        if cached is None or cached[0] is not host or cached[1].device != device:
+            cached = self._device_lr[index] = (host, host.to(device, non_blocking=True))
+        return cached[1]
 
     @staticmethod
     def _fused_step(group, params, grads, states, lr: float) -> None:
@@ -66,20 +83,21 @@ class PackedAdam(torch.optim.Optimizer):
              [s["step"] for s in states], fused=True, amsgrad=False, beta1=beta1, beta2=beta2,
              lr=lr, weight_decay=0.0, eps=group["eps"], maximize=False)
 
-    def _per_member_step(self, group, params, grads, states) -> None:
+    def _per_member_step(self, group, params, grads, states, lr: torch.Tensor) -> None:
+        """Adam's update with `lr` (`[P]`, on the parameters' device) applied per member slice."""
         beta1, beta2 = group["betas"]
-        for state in states:
-            state["step"] += 1
-        step = float(states[0]["step"])
+        steps = [s["step"] for s in states]
+        torch._foreach_add_(steps, 1)
+        step = steps[0]                                    # every parameter of a group steps together
         exp_avgs = [s["exp_avg"] for s in states]
         exp_avg_sqs = [s["exp_avg_sq"] for s in states]
         torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
         denominators = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_div_(denominators, math.sqrt(1 - beta2 ** step))
+        torch._foreach_div_(denominators, (1 - beta2 ** step).sqrt())
         torch._foreach_add_(denominators, group["eps"])
-        lr = group["lr"].to(params[0].device) / (1 - beta1 ** step)
+        lr = lr / (1 - beta1 ** step)
         step_sizes = [self._per_slice(lr, p) for p in params]
         updates = torch._foreach_div(exp_avgs, denominators)
         torch._foreach_mul_(updates, step_sizes)

@@ -111,6 +111,8 @@ class TrainRun:
         for _ in range(cfg.eval_every):
             train = learner.guarded_update(learner.sample_batch(self.buffer))
         self.updates += cfg.eval_every
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)     # the updates were only queued: time them done
         train_seconds = time.perf_counter() - started
         evaluation = evaluate_population(learner, self.env_id, cfg.eval_episodes, cfg.eval_seed + self.iterations,
                                          learner.config.gamma, self.buffer.normalize, self.reward_scale,
