@@ -105,6 +105,7 @@ class Learner(nn.Module):
         self.register_buffer("diverged", torch.zeros(self.members, dtype=torch.bool))
         self._frozen: dict[str, torch.Tensor] = {}       # diverged members' parameters, as they are kept
         self._frozen_mask = torch.zeros_like(self.diverged)  # the members in `_frozen`
+        self._frozen_rows: dict[str, torch.Tensor] = {}     # their rows in each parameter
         self._newly_diverged: torch.Tensor | None = None     # did the last update break a member? (read one late)
 
     def knob(self, name: str) -> torch.Tensor:
@@ -181,13 +182,20 @@ class Learner(nn.Module):
 
     def _freeze_diverged(self) -> None:
         self._frozen_mask = self.diverged.clone()
-        self._frozen = {name: p.detach()[self._member_mask(p, self._frozen_mask)].clone()
+        self._index_frozen_rows()
+        self._frozen = {name: p.detach().index_select(0, self._frozen_rows[name]).clone()
                         for name, p in self.named_parameters()}
+
+    def _index_frozen_rows(self) -> None:
+        """Each parameter's frozen rows as an index tensor, found once per divergence (a boolean mask would
+        make every later restore wait for the device to count its rows)."""
+        self._frozen_rows = {name: self._member_mask(p, self._frozen_mask).nonzero().flatten()
+                             for name, p in self.named_parameters()}
 
     @torch.no_grad()
     def _restore_frozen(self) -> None:
         for name, p in self.named_parameters():
-            p[self._member_mask(p, self._frozen_mask)] = self._frozen[name]
+            p.index_copy_(0, self._frozen_rows[name], self._frozen[name])
 
     # --- checkpointing ----------------------------------------------------------------------------
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -220,4 +228,5 @@ class Learner(nn.Module):
             generator.set_state(rng_state.cpu())
         self._frozen = {name: value.to(self.device) for name, value in state["frozen"].items()}
         self._frozen_mask = state.get("frozen_mask", self.diverged).to(self.device).clone()
+        self._index_frozen_rows()
         self._newly_diverged = torch.tensor(bool(state.get("newly_diverged", False)), device=self.device)
