@@ -176,10 +176,6 @@ class Learner(nn.Module):
         metrics["diverged"] = self.diverged.float()
         return metrics
 
-    def _member_mask(self, p: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
-        """`members`, a `[P]` mask, over `p`'s first axis, which holds P members or P x E ensemble slices."""
-        return members.repeat_interleave(p.shape[0] // self.members)
-
     def _freeze_diverged(self) -> None:
         self._frozen_mask = self.diverged.clone()
         self._index_frozen_rows()
@@ -187,9 +183,10 @@ class Learner(nn.Module):
                         for name, p in self.named_parameters()}
 
     def _index_frozen_rows(self) -> None:
-        """Each parameter's frozen rows as an index tensor, found once per divergence (a boolean mask would
-        make every later restore wait for the device to count its rows)."""
-        self._frozen_rows = {name: self._member_mask(p, self._frozen_mask).nonzero().flatten()
+        """Each parameter's frozen rows (its first axis holds P members or P x E ensemble slices) as an index
+        tensor, found once per divergence: a boolean mask would make every later restore wait for the device
+        to count its rows."""
+        self._frozen_rows = {name: self._frozen_mask.repeat_interleave(p.shape[0] // self.members).nonzero().flatten()
                              for name, p in self.named_parameters()}
 
     @torch.no_grad()
