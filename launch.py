@@ -219,6 +219,9 @@ def bench(args: argparse.Namespace) -> None:
     import torch
     torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu" and not args.default_malloc:
+        from offline_sweeps.algorithms.host_memory import keep_freed_memory
+        keep_freed_memory()         # as a CPU training run does
     if args.target == "buffer":
         from offline_sweeps.datasets.benchmark import minibatches_per_second
         print(f"TransitionBuffer sampling on {device}, {args.threads} thread(s), batch {args.batch_size}, "
@@ -351,6 +354,8 @@ def parser() -> argparse.ArgumentParser:
     benchmark.add_argument("--sampled-q-precision", choices=SAMPLED_Q_PRECISIONS, default="auto",
                            help="CQL and COMBO's sampled_q_precision (auto: bfloat16 where the device has it natively)")
     benchmark.add_argument("--trials", type=int, default=8, help="tune: how many one-update trials")
+    benchmark.add_argument("--default-malloc", action="store_true",
+                           help="keep glibc's default of unmapping large freed blocks (training runs keep them)")
     benchmark.set_defaults(run=bench)
     return root
 

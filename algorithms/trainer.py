@@ -25,6 +25,7 @@ from . import ALGORITHMS
 from .base import CheckedConfig, ConfigError, DataContext
 from .dynamics import DynamicsConfig
 from .evaluation import evaluate_population
+from .host_memory import keep_freed_memory
 
 
 @dataclasses.dataclass
@@ -77,6 +78,8 @@ class TrainRun:
         torch.set_num_threads(config.threads or int(os.environ.get("OMP_NUM_THREADS", "1")))
         device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         configs = config.member_configs()          # validate before any expensive work
         self.dataset = load(config.dataset, download=config.download)
         self.env_id = config.env or self.dataset.env_id

@@ -7,11 +7,13 @@ import os
 import pytest
 import torch
 
+from offline_sweeps.algorithms.host_memory import keep_freed_memory
 from offline_sweeps.datasets import BuildConfig, build
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(1)
+keep_freed_memory()      # as every CPU training process does (TrainRun)
 
 
 # The suite runs on two pytest-xdist workers (pyproject.toml), one torch thread each. Tests that start an

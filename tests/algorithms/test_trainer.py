@@ -58,6 +58,13 @@ def test_run_stops_at_its_budget(pendulum_datasets):
     assert run.train_iteration()["done"] is True
 
 
+def test_a_cpu_run_keeps_freed_memory_for_its_next_update(pendulum_datasets, monkeypatch):
+    calls = []
+    monkeypatch.setattr("offline_sweeps.algorithms.trainer.keep_freed_memory", lambda: calls.append(True))
+    TrainRun(tiny(pendulum_datasets["medium"], algorithm="bc", device="cpu"))
+    assert calls == [True]
+
+
 @pytest.mark.parametrize("overrides, error, message", [
     ({"algorithm": "dqn"}, ConfigError, "algorithm='dqn' is unknown; choose from"),
     ({"members": []}, ConfigError, "members must be a non-empty list"),
