@@ -3,11 +3,11 @@
 glibc's malloc hands every block above its mmap threshold (128 KiB, rising with use to at most 32 MiB) to
 the kernel when it is freed. A CPU update allocates the same large activations every step (CQL's 3N
 sampled actions of both critics are 16 MB per hidden layer at P = 1, 130 MB at P = 8), so each step maps
-them again and the kernel zeroes every page on its first touch. Measured on the 2-core machine of the
-design notes, HalfCheetah-sized, 2 threads, member-updates/s with this setting against glibc's default
-(median of three alternating runs): CQL 10.7 vs 8.5 at P = 1 and 11.4 vs 7.7 at P = 8; BEAR 41.7 vs 25.8
-and BRAC 47.1 vs 36.6 at P = 8; IQL and BC barely move. jemalloc or tcmalloc (LD_PRELOAD) do the same job
-where the machine has them; this needs nothing installed.
+them again and the kernel zeroes every page on its first touch. Measured on this project's 2-core machine,
+HalfCheetah-sized, 2 threads, member-updates/s with glibc's default and with this setting (medians of three
+runs alternating in one process): CQL 8.6 -> 9.8 at P = 1 and 7.2 -> 10.2 at P = 8, BEAR 21 -> 33 and
+20 -> 31, BRAC 32 -> 38 and 38 -> 48, BC 245 -> 302 and 359 -> 472; IQL and AWAC within the noise.
+jemalloc or tcmalloc (LD_PRELOAD) do the same job where the machine has them; this needs nothing installed.
 """
 from __future__ import annotations
 
