@@ -21,7 +21,8 @@ M_MMAP_MAX = -4
 
 def keep_freed_memory() -> bool:
     """Serve every allocation from the process heap and never give its free top back to the kernel, for the
-    rest of this process. The process's peak memory is unchanged; it is just not returned until exit.
+    rest of this process. Freed memory is reused but not returned until exit, and the peak grows a little from
+    fragmentation (CQL at P = 8 on 2 threads: 1.19 GB resident against 0.96 GB with glibc's default).
     Returns whether it took effect (glibc only: elsewhere, e.g. macOS or musl, it does nothing)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
