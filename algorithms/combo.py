@@ -55,7 +55,6 @@ class COMBO(ModelBasedSAC):
     def __init__(self, configs, obs_dim, act_dim, action_low=-1.0, action_high=1.0, device="cpu"):
         super().__init__(configs, obs_dim, act_dim, action_low, action_high, device)
         self.beta = self.knob("conservative_weight")
-        self.real_rows = int(round(self.config.real_ratio * self.config.batch_size))   # sample_mixed puts them first
         self.uniform_log_density = -torch.log(self.action_high - self.action_low).sum()
         self.sampled_q_dtype = sampled_q_dtype(self.config.sampled_q_precision, self.device)
 

@@ -97,6 +97,7 @@ class ModelBasedSAC(SAC):
         super().__init__(configs, obs_dim, act_dim, action_low, action_high, device)
         cfg = self.config
         self.model_buffer = PackedRolloutBuffer(self.members, cfg.model_buffer_capacity, obs_dim, act_dim, self.device)
+        self.real_rows = int(round(cfg.real_ratio * cfg.batch_size))     # sample_mixed puts them first
         self.batches_drawn = 0
         self.world: AttachedModel | None = None
         self._restored_key: str | None = None
@@ -129,6 +130,17 @@ class ModelBasedSAC(SAC):
             self.refresh_rollouts(buffer)
         self.batches_drawn += 1
         return self.model_buffer.sample_mixed(buffer, self.config.real_ratio, self.config.batch_size, self.generators)
+
+    def q_metrics(self, q: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`train/q_data_mean` over the minibatch's dataset rows only, and `train/q_model_mean` over its model
+        rows (each where the batch has any): a mean over both would be mostly model states at MOPO's real_ratio."""
+        real = self.real_rows
+        metrics = {}
+        if real > 0:
+            metrics["train/q_data_mean"] = q[..., :real].mean(dim=(1, 2))
+        if real < q.shape[-1]:
+            metrics["train/q_model_mean"] = q[..., real:].mean(dim=(1, 2))
+        return metrics
 
     def rollout_reward(self, rewards: torch.Tensor, uncertainty: torch.Tensor) -> torch.Tensor:
         """The reward stored for model transitions, raw units, `[P, ...]`: the model's, unchanged."""

@@ -101,6 +101,10 @@ class SAC(Learner):
         q = self.critic(batch.observations, batch.actions)
         return critic_loss(q, target), q, {}
 
+    def q_metrics(self, q: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-member `[P]` figures of the critics' Q `[P, E, B]` at the minibatch's (s, a)."""
+        return {"train/q_data_mean": q.mean(dim=(1, 2))}
+
     def update(self, batch) -> dict[str, torch.Tensor]:
         """One gradient step on critics, actor and temperature; returns per-member `[P]` metrics."""
         alpha = self.log_alpha.detach().exp()
@@ -126,7 +130,7 @@ class SAC(Learner):
 
         polyak_update(self.critic_target, self.critic, self.config.polyak)
         q = q.detach()
-        return {"train/q_data_mean": q.mean(dim=(1, 2)),
+        return {**self.q_metrics(q),
                 "train/critic_loss": (q - target[:, None]).pow(2).mean(dim=(1, 2)),
                 "train/actor_loss": (alpha[:, None] * log_prob - q_pi).detach().mean(-1),
                 "train/entropy": -log_prob.detach().mean(-1),

@@ -249,6 +249,24 @@ def test_packed_member_equals_solo_run(name, linear_world):
         torch.testing.assert_close(packed_rollouts["rows"][k, :size], solo_rollouts["rows"][0, :size], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("real_ratio", [0.25, 0.0])
+def test_q_data_mean_is_taken_on_the_dataset_rows_and_q_model_mean_on_the_model_rows(real_ratio, linear_world):
+    ensemble, context = linear_world
+    mopo = learner("mopo", [{"real_ratio": real_ratio}, {"real_ratio": real_ratio, "seed": 1}])
+    mopo.attach_model(ensemble, context)
+    batch = mopo.sample_batch(context.buffer)
+    real = int(real_ratio * 32)
+    with torch.no_grad():
+        q = mopo.critic(batch.observations, batch.actions)           # before the update changes the critic
+    metrics = mopo.guarded_update(batch)
+    torch.testing.assert_close(metrics["train/q_model_mean"], q[..., real:].mean(dim=(1, 2)))
+    if real:
+        torch.testing.assert_close(metrics["train/q_data_mean"], q[..., :real].mean(dim=(1, 2)))
+    else:                       # no dataset rows: no figure, rather than a NaN the divergence guard would catch
+        assert "train/q_data_mean" not in metrics
+    assert not metrics["diverged"].any()
+
+
 def test_members_may_differ_in_their_knob_but_not_in_the_rollout_scheme():
     with pytest.raises(ConfigError, match="rollout_length differs between members"):
         learner("mopo", [{"rollout_length": 1}, {"rollout_length": 5}])
