@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .cql import SampledActionsConfig, sampled_actions
 from .model_based import ModelBasedConfig, ModelBasedSAC
-from .networks import SAMPLED_Q_PRECISIONS, q_at_samples, sampled_q_dtype
+from .networks import q_at_samples, sampled_q_dtype
 from .sac import critic_loss
 
 
@@ -29,20 +30,14 @@ def combo_regularizer(q_model_sampled: torch.Tensor, q_data: torch.Tensor, tempe
 
 
 @dataclass
-class COMBOConfig(ModelBasedConfig):
+class COMBOConfig(SampledActionsConfig, ModelBasedConfig):
     real_ratio: float = 0.5
     conservative_weight: float = 1.0     # beta
-    num_sampled_actions: int = 10        # N of each kind: uniform, pi(.|s), pi(.|s')
-    cql_temperature: float = 1.0
-    sampled_q_precision: str = "auto"    # hidden matmuls of the 3N sampled actions: auto, bfloat16 or float32
 
     def __post_init__(self):
         super().__post_init__()
         self.check(0.0 < self.real_ratio < 1.0, "real_ratio", "in (0, 1): COMBO needs real and model data in each batch")
         self.check(self.conservative_weight >= 0, "conservative_weight", ">= 0")
-        self.check(self.num_sampled_actions >= 1, "num_sampled_actions", "at least 1")
-        self.check(self.cql_temperature > 0, "cql_temperature", "positive")
-        self.check(self.sampled_q_precision in SAMPLED_Q_PRECISIONS, "sampled_q_precision", " or ".join(SAMPLED_Q_PRECISIONS))
         batch_real = round(self.real_ratio * self.batch_size)
         self.check(0 < batch_real < self.batch_size, "real_ratio",
                    f"such that real_ratio * batch_size (={self.batch_size}) rounds to between 1 and batch_size - 1")
@@ -55,22 +50,14 @@ class COMBO(ModelBasedSAC):
     def __init__(self, configs, obs_dim, act_dim, action_low=-1.0, action_high=1.0, device="cpu"):
         super().__init__(configs, obs_dim, act_dim, action_low, action_high, device)
         self.beta = self.knob("conservative_weight")
-        self.uniform_log_density = -torch.log(self.action_high - self.action_low).sum()
         self.sampled_q_dtype = sampled_q_dtype(self.config.sampled_q_precision, self.device)
 
     def critic_objective(self, batch, target):
-        P, B = batch.rewards.shape
         cfg, real = self.config, self.real_rows
-        N, model_rows = cfg.num_sampled_actions, B - real
         model_obs, model_next = batch.observations[:, real:], batch.next_observations[:, real:]
-        with torch.no_grad():
-            uniform = self.action_low + self.uniform(model_rows, N, self.act_dim) * (self.action_high - self.action_low)
-            pi_s, log_pi_s = self.policy.sample(model_obs, self.normal(model_rows, N, self.act_dim))
-            pi_next, log_pi_next = self.policy.sample(model_next, self.normal(model_rows, N, self.act_dim))
-        sampled = torch.cat([uniform, pi_s, pi_next], dim=2)
+        sampled, log_density = sampled_actions(self, model_obs, model_next, cfg.num_sampled_actions)
         q_sampled = q_at_samples(self.critic, model_obs, sampled, self.sampled_q_dtype)
         q_data = self.critic(batch.observations, batch.actions)                          # [P, E, B]
-        log_density = torch.cat([self.uniform_log_density.expand(P, model_rows, N), log_pi_s, log_pi_next], dim=2)
         gap = combo_regularizer(q_sampled - log_density[:, None], q_data[..., :real], cfg.cql_temperature)
         loss = critic_loss(q_data, target) + (self.beta[:, None] * gap).sum()
         return loss, q_data, {"train/combo_gap": gap.detach().mean(-1)}

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .base import CheckedConfig
 from .networks import SAMPLED_Q_PRECISIONS, q_at_samples, sampled_q_dtype
 from .optim import PackedAdam
 from .sac import SAC, SACConfig, critic_loss
@@ -32,23 +33,47 @@ def cql_regularizer(q_sampled: torch.Tensor, q_data: torch.Tensor, temperature: 
     return (temperature * torch.logsumexp(q_sampled / temperature, dim=-1) - q_data).mean(-1)
 
 
+def sampled_actions(learner: SAC, observations: torch.Tensor, next_observations: torch.Tensor,
+                    n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The log-sum-exp's 3N actions per state (appendix F), `[P, B, 3N, act]`: N uniform in the action box, N from
+    pi(.|s) and N from pi(.|s'), drawn in that order from each member's generator; and their log-densities
+    `[P, B, 3N]` (uniform: -log |A|), which the caller subtracts from Q to importance-correct it."""
+    P, B = observations.shape[:2]
+    low, high = learner.action_low, learner.action_high
+    with torch.no_grad():
+        uniform = low + learner.uniform(B, n, learner.act_dim) * (high - low)
+        pi_s, log_pi_s = learner.policy.sample(observations, learner.normal(B, n, learner.act_dim))
+        pi_next, log_pi_next = learner.policy.sample(next_observations, learner.normal(B, n, learner.act_dim))
+    uniform_log_density = -torch.log(high - low).sum()
+    return (torch.cat([uniform, pi_s, pi_next], dim=2),
+            torch.cat([uniform_log_density.expand(P, B, n), log_pi_s, log_pi_next], dim=2))
+
+
 @dataclass
-class CQLConfig(SACConfig):
-    conservative_weight: float = 5.0     # alpha
+class SampledActionsConfig(CheckedConfig):
+    """The sampled log-sum-exp's settings, shared by CQL and COMBO (listed before a config's base class)."""
     num_sampled_actions: int = 10        # N of each kind: uniform, pi(.|s), pi(.|s')
     cql_temperature: float = 1.0
-    lagrange: bool = False
-    target_action_gap: float = 5.0       # with lagrange: the gap the learned alpha' aims at
-    lagrange_lr: float = 3e-4
     sampled_q_precision: str = "auto"    # hidden matmuls of the 3N sampled actions: auto, bfloat16 or float32
 
     def __post_init__(self):
         super().__post_init__()
-        self.check(self.conservative_weight >= 0, "conservative_weight", ">= 0 (0 is naive offline SAC)")
         self.check(self.num_sampled_actions >= 1, "num_sampled_actions", "at least 1")
         self.check(self.cql_temperature > 0, "cql_temperature", "positive")
-        self.check(self.lagrange_lr > 0, "lagrange_lr", "positive")
         self.check(self.sampled_q_precision in SAMPLED_Q_PRECISIONS, "sampled_q_precision", " or ".join(SAMPLED_Q_PRECISIONS))
+
+
+@dataclass
+class CQLConfig(SampledActionsConfig, SACConfig):
+    conservative_weight: float = 5.0     # alpha
+    lagrange: bool = False
+    target_action_gap: float = 5.0       # with lagrange: the gap the learned alpha' aims at
+    lagrange_lr: float = 3e-4
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check(self.conservative_weight >= 0, "conservative_weight", ">= 0 (0 is naive offline SAC)")
+        self.check(self.lagrange_lr > 0, "lagrange_lr", "positive")
 
 
 class CQL(SAC):
@@ -62,28 +87,20 @@ class CQL(SAC):
         if self.config.lagrange:
             self.log_alpha_prime = torch.nn.Parameter(torch.zeros(self.members, device=self.device))
             self.lagrange_optimizer = PackedAdam([self.log_alpha_prime], lr=self.config.lagrange_lr)
-        span = self.action_high - self.action_low
-        self.uniform_log_density = -torch.log(span).sum()
         self.sampled_q_dtype = sampled_q_dtype(self.config.sampled_q_precision, self.device)
 
     def critic_objective(self, batch, target):
-        P, B = batch.rewards.shape
-        N = self.config.num_sampled_actions
-        with torch.no_grad():
-            uniform = self.action_low + self.uniform(B, N, self.act_dim) * (self.action_high - self.action_low)
-            pi_s, log_pi_s = self.policy.sample(batch.observations, self.normal(B, N, self.act_dim))
-            pi_next, log_pi_next = self.policy.sample(batch.next_observations, self.normal(B, N, self.act_dim))
-        sampled = [uniform, pi_s, pi_next]
+        sampled, log_density = sampled_actions(self, batch.observations, batch.next_observations,
+                                               self.config.num_sampled_actions)
         if self.sampled_q_dtype is not None:
             # The 3N sampled actions are 97% of the critic's work: their hidden layers run in bfloat16, while
             # the output layer and the TD term on the data actions stay float32.
-            q_sampled = q_at_samples(self.critic, batch.observations, torch.cat(sampled, dim=2), self.sampled_q_dtype)
+            q_sampled = q_at_samples(self.critic, batch.observations, sampled, self.sampled_q_dtype)
             q_data = self.critic(batch.observations, batch.actions)
         else:
             # Every sampled action and the data action of both critics in one batched call.
-            q_all = q_at_samples(self.critic, batch.observations, torch.cat([*sampled, batch.actions.unsqueeze(2)], dim=2))
+            q_all = q_at_samples(self.critic, batch.observations, torch.cat([sampled, batch.actions.unsqueeze(2)], dim=2))
             q_sampled, q_data = q_all[..., :-1], q_all[..., -1]
-        log_density = torch.cat([self.uniform_log_density.expand(P, B, N), log_pi_s, log_pi_next], dim=2)
         q_sampled = q_sampled - log_density[:, None]
         gap = cql_regularizer(q_sampled, q_data, self.config.cql_temperature)           # [P, E]
         weight = self.alpha
