@@ -218,8 +218,8 @@ def run_study(study: Study, address: str | None = None, use_wandb: bool = True, 
                                     reuse_actors=True),
         run_config=tune.RunConfig(
             name=study.name, storage_path=str(Path(folder).parent) if isinstance(folder, Path) else study.storage,
-            checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=study.checkpoint_every, num_to_keep=2,
-                                                    checkpoint_at_end=True),
+            checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=study.checkpoint_every,
+                                                    num_to_keep=study.keep_checkpoints, checkpoint_at_end=True),
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
             callbacks=[ProgressLines(study.metric, log), *wandb_callbacks(study, use_wandb), *callbacks],
             verbose=0))

@@ -43,7 +43,8 @@ SPACE_KINDS = ("grid", "choice", "uniform", "loguniform")
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} - {"algorithm", "dataset", "members"}
 PART_KEYS = {"algorithm", "datasets", "train", "search", "seeds", "pack", "num_samples"}
 TOP_KEYS = PART_KEYS | {"name", "description", "parts", "search_seed", "build", "resources", "scheduler", "metric",
-                        "mode", "optimize", "wandb", "storage", "max_failures", "checkpoint_every", "searcher"}
+                        "mode", "optimize", "wandb", "storage", "max_failures", "checkpoint_every", "keep_checkpoints",
+                        "searcher"}
 SCHEDULERS = ("none", "asha")
 SEARCHERS = ("default", "optuna")
 
@@ -88,6 +89,7 @@ class Study:
     storage: str = "results"
     max_failures: int = 2
     checkpoint_every: int = 1            # iterations between checkpoints
+    keep_checkpoints: int = 2            # newest checkpoints kept per trial (Tune's num_to_keep)
     searcher: str = "default"            # default: the expansion below; optuna: Optuna picks the random axes
     source: dict = dataclasses.field(default_factory=dict)   # the merged YAML, as written to the study folder
 
@@ -158,6 +160,7 @@ def parse_study(values: dict[str, Any]) -> Study:
     study.storage = str(values.get("storage", study.storage))
     study.max_failures = _integer(values, "max_failures", 2, minimum=0)
     study.checkpoint_every = _integer(values, "checkpoint_every", 1, minimum=1)
+    study.keep_checkpoints = _integer(values, "keep_checkpoints", 2, minimum=1)
     if study.build is not None and not isinstance(study.build, dict):
         raise StudyError("build: must be a mapping of dataset-builder settings (env, transitions, ...)")
     study.searcher = _one_of(values.get("searcher", "default"), SEARCHERS, "searcher")

@@ -62,6 +62,7 @@ def test_parts_run_several_algorithms():
     ({"mode": "maximize"}, r"^mode: 'maximize' must be one of max, min"),
     ({"scheduler": {"name": "pbt"}}, r"^scheduler.name: 'pbt' must be one of none, asha"),
     ({"resources": {"cpu": 0}}, r"^resources.cpu: 0 must be positive"),
+    ({"keep_checkpoints": 0}, r"^keep_checkpoints: "),
     ({"name": "a/b"}, r"^name: "),
     ({"searcher": "hyperopt"}, r"^searcher: 'hyperopt' must be one of default, optuna"),
     ({"searcher": "optuna"}, r"^searcher: optuna needs a choice, uniform or loguniform axis"),
