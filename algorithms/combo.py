@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..datasets.buffer import mixed_rows
 from .cql import SampledActionsConfig, sampled_actions
 from .model_based import ModelBasedConfig, ModelBasedSAC
 from .networks import q_at_samples, sampled_q_dtype
@@ -38,7 +39,7 @@ class COMBOConfig(SampledActionsConfig, ModelBasedConfig):
         super().__post_init__()
         self.check(0.0 < self.real_ratio < 1.0, "real_ratio", "in (0, 1): COMBO needs real and model data in each batch")
         self.check(self.conservative_weight >= 0, "conservative_weight", ">= 0")
-        batch_real = round(self.real_ratio * self.batch_size)
+        batch_real = mixed_rows(self.real_ratio, self.batch_size)
         self.check(0 < batch_real < self.batch_size, "real_ratio",
                    f"such that real_ratio * batch_size (={self.batch_size}) rounds to between 1 and batch_size - 1")
 

@@ -29,7 +29,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from ..datasets.buffer import PackedRolloutBuffer, transition_rows
+from ..datasets.buffer import PackedRolloutBuffer, mixed_rows, transition_rows
 from .base import DataContext
 from .dynamics import (CLIP_MODES, UNCERTAINTIES, DynamicsEnsemble, DynamicsError, ObservationBounds, load_or_train,
                        observation_bounds, rollout)
@@ -97,7 +97,7 @@ class ModelBasedSAC(SAC):
         super().__init__(configs, obs_dim, act_dim, action_low, action_high, device)
         cfg = self.config
         self.model_buffer = PackedRolloutBuffer(self.members, cfg.model_buffer_capacity, obs_dim, act_dim, self.device)
-        self.real_rows = int(round(cfg.real_ratio * cfg.batch_size))     # sample_mixed puts them first
+        self.real_rows = mixed_rows(cfg.real_ratio, cfg.batch_size)     # sample_mixed puts them first
         self.batches_drawn = 0
         self.world: AttachedModel | None = None
         self._restored_key: str | None = None

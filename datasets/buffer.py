@@ -117,9 +117,7 @@ class TransitionBuffer:
 
         MOPO and COMBO call it on the real data with the model rollouts as `other` (ratio 0.05 / 0.5).
         """
-        if not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"mixing ratio must lie in [0, 1], got {ratio}")
-        own = int(round(ratio * batch_size))
+        own = mixed_rows(ratio, batch_size)
         parts = [buffer._rows.index_select(0, buffer.sample_indices(n, members, generator).reshape(-1))
                  .view(members, n, -1) for buffer, n in ((self, own), (other, batch_size - own)) if n > 0]
         return self._split(torch.cat(parts, dim=1))
@@ -133,6 +131,13 @@ class TransitionBuffer:
         self._rows[: rows.shape[0]] = rows
         self.size, self._next = rows.shape[0], int(state["next"])
         self.obs_mean, self.obs_std = state["obs_mean"].to(self.device), state["obs_std"].to(self.device)
+
+
+def mixed_rows(ratio: float, batch_size: int) -> int:
+    """How many of a mixed minibatch's `batch_size` rows come first, from the first buffer: `round(ratio * B)`."""
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"mixing ratio must lie in [0, 1], got {ratio}")
+    return int(round(ratio * batch_size))
 
 
 def transition_rows(observations: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
@@ -191,9 +196,7 @@ class PackedRolloutBuffer:
                      generators: list[torch.Generator]) -> Batch:
         """MBPO/MOPO/COMBO's mixed minibatch: `round(real_ratio * B)` rows from the real data first, then the
         rest from each member's own model data, concatenated on B; member p draws both with `generators[p]`."""
-        if not 0.0 <= real_ratio <= 1.0:
-            raise ValueError(f"mixing ratio must lie in [0, 1], got {real_ratio}")
-        own = int(round(real_ratio * batch_size))
+        own = mixed_rows(real_ratio, batch_size)
         parts = []
         if own > 0:
             parts.append(real._rows.index_select(0, real.sample_indices(own, self.members, generators).reshape(-1))

@@ -1,11 +1,12 @@
 """keep_freed_memory: a freed large tensor's pages are reused by the next one instead of mapped and zeroed anew."""
 from __future__ import annotations
 
-import platform
 import subprocess
 import sys
 
 import pytest
+
+from offline_sweeps.algorithms.host_memory import GLIBC
 
 PAGE_FAULTS = """
 import resource, torch
@@ -25,7 +26,7 @@ print(default, faults())
 """
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
 def test_freed_tensor_memory_is_reused_without_page_faults():
     # A fresh process: the test session itself already runs with the setting (conftest).
     result = subprocess.run([sys.executable, "-c", PAGE_FAULTS], capture_output=True, text=True, check=True)
