@@ -66,6 +66,7 @@ class DataContext:
     reward_bias: float = 0.0
     model: dict = dataclasses.field(default_factory=dict)   # DynamicsConfig fields (model-based learners)
     model_dir: str | None = None      # dynamics cache folder; None: dynamics.default_model_dir()
+    total_updates: int | None = None  # the run's training length (IQL's lr schedule follows it); None: unknown
 
 
 class Learner(nn.Module):

@@ -7,7 +7,8 @@ Q-Learning"). It never queries Q at actions outside the dataset:
 
 tau (`expectile`) sets how close V gets to the max over in-support actions (tau=0.5: the mean, SARSA-like;
 tau -> 1: the max); beta (`inverse_temperature`) sets how greedy the extracted policy is. Both can differ
-per member. The update order follows the authors' code: V, then the actor with the new V, then Q.
+per member. The update order follows the authors' code: V, then the actor with the new V, then Q; the actor's
+learning rate decays to 0 on a cosine over the run's own length, as theirs does.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .awac import awr_weights
-from .base import Learner, LearnerConfig
+from .base import DataContext, Learner, LearnerConfig
 from .networks import GaussianPolicy, PackedCritic, PackedMLP, polyak_update
 from .optim import PackedAdam
 
@@ -55,7 +56,8 @@ class IQLConfig(LearnerConfig):
     critic_lr: float = 3e-4
     value_lr: float = 3e-4
     polyak: float = 0.005
-    actor_lr_decay_steps: int = 1_000_000   # cosine decay of the actor's lr over this many updates; 0: constant
+    actor_lr_decay_steps: int | None = None  # cosine decay of the actor's lr over this many updates; None: over
+                                             # the run's total_updates (the authors' max_steps); 0: constant
 
     def __post_init__(self):
         super().__post_init__()
@@ -63,7 +65,8 @@ class IQLConfig(LearnerConfig):
         self.check(self.inverse_temperature >= 0, "inverse_temperature", ">= 0 (0 gives behaviour cloning)")
         self.check(self.max_weight > 0, "max_weight", "positive")
         self.check(0.0 < self.polyak <= 1.0, "polyak", "in (0, 1]")
-        self.check(self.actor_lr_decay_steps >= 0, "actor_lr_decay_steps", ">= 0")
+        self.check(self.actor_lr_decay_steps is None or self.actor_lr_decay_steps >= 0, "actor_lr_decay_steps",
+                   ">= 0, or None for the run's total_updates")
         for name in ("actor_lr", "critic_lr", "value_lr"):
             self.check(getattr(self, name) > 0, name, "positive")
 
@@ -86,6 +89,12 @@ class IQL(Learner):
         self.value_optimizer = PackedAdam(self.value.parameters(), lr=self.knob("value_lr"))
         self.actor_optimizer = PackedAdam(self.policy.parameters(), lr=self.actor_lr.clone())
         self.register_buffer("updates", torch.zeros((), dtype=torch.long, device="cpu"))   # read by the host
+        # None until `attach_data` tells the run's length; a learner used without a trainer keeps its lr constant.
+        self.actor_lr_horizon = cfg.actor_lr_decay_steps
+
+    def attach_data(self, context: DataContext) -> None:
+        if self.actor_lr_horizon is None:
+            self.actor_lr_horizon = context.total_updates
 
     def act(self, observations: torch.Tensor) -> torch.Tensor:
         return self.policy.deterministic(observations)
@@ -130,8 +139,10 @@ class IQL(Learner):
                 "train/actor_weight_mean": weights.mean(-1)}
 
     def _decay_actor_lr(self) -> None:
-        """The authors' cosine schedule: lr_t = lr * (1 + cos(pi t / T)) / 2, then constant at 0."""
-        steps = self.config.actor_lr_decay_steps
+        """The authors' cosine schedule: lr_t = lr * (1 + cos(pi t / T)) / 2, then constant at 0; T is the run's
+        length unless `actor_lr_decay_steps` sets it (ikostrikov/implicit_q_learning: cosine_decay_schedule over
+        max_steps)."""
+        steps = self.actor_lr_horizon
         if steps:
             progress = min(int(self.updates), steps) / steps
             self.actor_optimizer.param_groups[0]["lr"] = self.actor_lr * 0.5 * (1 + math.cos(math.pi * progress))

@@ -97,7 +97,7 @@ class TrainRun:
                                                     torch.as_tensor(space.low), torch.as_tensor(space.high),
                                                     self.device)
         self.learner.attach_data(DataContext(self.dataset, self.buffer, self.env_id, scale, bias, dict(config.model),
-                                             config.model_dir))
+                                             config.model_dir, config.total_updates))
         self.updates = 0
         self.iterations = 0
         self.best: dict[str, np.ndarray] = {}
