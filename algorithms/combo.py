@@ -5,7 +5,10 @@ Policy Optimization"): CQL's conservative critic with the push-down taken on mod
   + 1/2 E_{(s, a, s') ~ d_f} [ (Q(s, a) - B^pi Q(s, a))^2 ], with d_f = f * D + (1 - f) * rollouts
   (`real_ratio` f = 0.5). As in the authors' code (built on CQL's), the first expectation is CQL(H)'s
   importance-sampled log-sum-exp over N uniform, N pi(.|s) and N pi(.|s') actions, taken at the *model*
-  states of the minibatch; the second is Q at the *dataset* (s, a) of the minibatch: `combo_regularizer`.
+  states of the minibatch (the paper's rho = d_f^mu on model states); the second is Q at the *dataset* (s, a) of
+  the minibatch: `combo_regularizer`. `push_down_states: mixed` takes the log-sum-exp at every state of the
+  minibatch, real and model, as OfflineRL-Kit's re-implementation does (`rho_s="mix"`).
+- TD target: SAC's without the entropy term (`backup_entropy: false`: the authors' deterministic backup).
 - the policy is SAC's (sac.py), and rollouts are MBPO's (model_based.py) with the unpenalized model reward.
 
 beta (`conservative_weight`, per member) is the knob; the paper uses beta in {0.5, 1, 5}.
@@ -22,10 +25,12 @@ from .model_based import ModelBasedConfig, ModelBasedSAC
 from .networks import q_at_samples, sampled_q_dtype
 from .sac import critic_loss
 
+PUSH_DOWN_STATES = ("model", "mixed")
+
 
 def combo_regularizer(q_model_sampled: torch.Tensor, q_data: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Per member and critic, `[P, E]`: mean over model states of T * logsumexp_j(Q(s, a_j) / T), minus the mean
-    of Q over dataset (s, a). `q_model_sampled` is `[P, E, B_model, M]` (already importance-corrected) and
+    """Per member and critic, `[P, E]`: mean over the push-down states of T * logsumexp_j(Q(s, a_j) / T), minus the
+    mean of Q over dataset (s, a). `q_model_sampled` is `[P, E, B_down, M]` (already importance-corrected) and
     `q_data` `[P, E, B_real]`; minimizing it pushes Q down on model data and up on real data."""
     return (temperature * torch.logsumexp(q_model_sampled / temperature, dim=-1)).mean(-1) - q_data.mean(-1)
 
@@ -34,11 +39,14 @@ def combo_regularizer(q_model_sampled: torch.Tensor, q_data: torch.Tensor, tempe
 class COMBOConfig(SampledActionsConfig, ModelBasedConfig):
     real_ratio: float = 0.5
     conservative_weight: float = 1.0     # beta
+    push_down_states: str = "model"      # "model": the paper's; "mixed": real and model states (OfflineRL-Kit)
+    backup_entropy: bool = False         # the authors' deterministic backup
 
     def __post_init__(self):
         super().__post_init__()
         self.check(0.0 < self.real_ratio < 1.0, "real_ratio", "in (0, 1): COMBO needs real and model data in each batch")
         self.check(self.conservative_weight >= 0, "conservative_weight", ">= 0")
+        self.check(self.push_down_states in PUSH_DOWN_STATES, "push_down_states", " or ".join(PUSH_DOWN_STATES))
         batch_real = mixed_rows(self.real_ratio, self.batch_size)
         self.check(0 < batch_real < self.batch_size, "real_ratio",
                    f"such that real_ratio * batch_size (={self.batch_size}) rounds to between 1 and batch_size - 1")
@@ -55,9 +63,10 @@ class COMBO(ModelBasedSAC):
 
     def critic_objective(self, batch, target):
         cfg, real = self.config, self.real_rows
-        model_obs, model_next = batch.observations[:, real:], batch.next_observations[:, real:]
-        sampled, log_density = sampled_actions(self, model_obs, model_next, cfg.num_sampled_actions)
-        q_sampled = q_at_samples(self.critic, model_obs, sampled, self.sampled_q_dtype)
+        first = real if cfg.push_down_states == "model" else 0      # the rows whose states Q is pushed down at
+        states, next_states = batch.observations[:, first:], batch.next_observations[:, first:]
+        sampled, log_density = sampled_actions(self, states, next_states, cfg.num_sampled_actions)
+        q_sampled = q_at_samples(self.critic, states, sampled, self.sampled_q_dtype)
         q_data = self.critic(batch.observations, batch.actions)                          # [P, E, B]
         gap = combo_regularizer(q_sampled - log_density[:, None], q_data[..., :real], cfg.cql_temperature)
         loss = critic_loss(q_data, target) + (self.beta[:, None] * gap).sum()

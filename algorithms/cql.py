@@ -6,6 +6,7 @@ Reinforcement Learning"), CQL(H) on top of SAC:
 - the log-sum-exp is estimated by importance sampling (appendix F): N uniform actions (density 1/|A|),
   N actions from pi(.|s) and N from pi(.|s') (densities pi), all scored at s:
   log sum_a exp Q(s, a) ~= logsumexp_j [ Q(s, a_j) - log mu(a_j) ] over the 3N samples.
+- TD target: SAC's, without the entropy term (`backup_entropy: false`, as in the reference code).
 - Lagrange variant (eq. 5): alpha' >= 0 is learned so that the gap (logsumexp - Q at data) tracks
   `target_action_gap`.
 
@@ -66,6 +67,7 @@ class SampledActionsConfig(CheckedConfig):
 @dataclass
 class CQLConfig(SampledActionsConfig, SACConfig):
     conservative_weight: float = 5.0     # alpha
+    backup_entropy: bool = False         # young-geng/CQL and CORL: backup_entropy=False
     lagrange: bool = False
     target_action_gap: float = 5.0       # with lagrange: the gap the learned alpha' aims at
     lagrange_lr: float = 3e-4

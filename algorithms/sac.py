@@ -2,7 +2,9 @@
 
 The losses are pure functions of tensors, one per term of the paper:
 - soft Bellman target (eq. 3 with the clipped double-Q of TD3):
-  y = r + gamma * (1 - done) * (min_i Q'_i(s', a') - alpha * log pi(a'|s')),  a' ~ pi(.|s')
+  y = r + gamma * (1 - done) * (min_i Q'_i(s', a') - alpha * log pi(a'|s')),  a' ~ pi(.|s');
+  with `backup_entropy: false` the entropy term is left out of the target (what CQL's and COMBO's reference
+  code does: `backup_entropy=False` in young-geng/CQL and CORL, `deterministic_backup` in OfflineRL-Kit)
 - critic loss (eq. 5): mean over the batch of (Q_i(s, a) - y)^2, summed over the twin critics
 - actor loss (eq. 7): mean of alpha * log pi(a|s) - min_i Q_i(s, a),  a ~ pi(.|s) reparameterized
 - temperature loss (eq. 18): mean of -log(alpha) * (log pi(a|s) + target_entropy)
@@ -52,6 +54,7 @@ class SACConfig(LearnerConfig):
     polyak: float = 0.005
     init_temperature: float = 1.0
     target_entropy: float | None = None    # None: -act_dim, as in the paper
+    backup_entropy: bool = True            # alpha log pi(a'|s') in the TD target (the paper's soft backup)
 
     def __post_init__(self):
         super().__post_init__()
@@ -88,8 +91,12 @@ class SAC(Learner):
         """pi(.|s) samples `[P, B, act]` with log-probabilities, noise from the members' generators."""
         return self.policy.sample(observations, self.normal(*observations.shape[1:-1], self.act_dim))
 
+    def backup_temperature(self, temperature: torch.Tensor) -> torch.Tensor:
+        """The entropy weight `[P]` the TD target uses: the temperature, or 0 without `backup_entropy`."""
+        return temperature if self.config.backup_entropy else torch.zeros_like(temperature)
+
     def td_target(self, batch) -> torch.Tensor:
-        alpha = self.log_alpha.detach().exp()
+        alpha = self.backup_temperature(self.log_alpha.detach().exp())
         with torch.no_grad():
             next_actions, next_log_prob = self.sample_actions(batch.next_observations)
             next_q = self.critic_target(batch.next_observations, next_actions).min(dim=1).values
