@@ -1,21 +1,28 @@
 """Bootstrapping Error Accumulation Reduction (Kumar, Fu, Tucker & Levine, 2019, "Stabilizing Off-Policy
-Q-Learning via Bootstrapping Error Reduction"): support matching through an MMD constraint.
+Q-Learning via Bootstrapping Error Reduction"): support matching through an MMD constraint, as the authors' code
+computes it (aviralkumar2907/BEAR algos.py; rail-berkeley/d4rl_evaluations bear/).
 
 - MMD (Gretton et al., 2012), the biased V-statistic of n samples x ~ pi(.|s) and m samples y ~ pi_beta(.|s):
-  MMD^2 = E k(x, x') + E k(y, y') - 2 E k(x, y), with the Laplacian kernel k(a, b) = exp(-||a - b||_1 / sigma)
-  or the Gaussian kernel k(a, b) = exp(-||a - b||_2^2 / (2 sigma^2)).
+  MMD^2 = E k(x, x') + E k(y, y') - 2 E k(x, y), with the authors' kernels: Laplacian
+  k(a, b) = exp(-||a - b||_1 / (2 sigma)), sigma = 10, or Gaussian k(a, b) = exp(-||a - b||_2^2 / (2 sigma)),
+  sigma = 20. As there, the samples are the *raw pre-tanh* values u = mu(s) + sigma(s) * clip(z, -0.5, 0.5),
+  z ~ N(0, I) ("to prevent gradient dying out"), and the constrained quantity is MMD = sqrt(MMD^2 + 1e-6): the
+  scale eps = 0.05 refers to. The Q term is taken at the same samples, squashed.
 - policy improvement (section 5): max_pi E_s E_a~pi [ min_j Q_j(s, a) ] s.t. E_s [ MMD(pi(.|s), pi_beta(.|s)) ] <= eps,
   solved by dual gradient descent on the Lagrangian
-  L_pi = E_s [ -E_a~pi min_j Q_j(s, a) + alpha * (MMD(s) - eps) ],  alpha = exp(log alpha) >= 0,
-  with log alpha raised while MMD > eps and clamped to [-5, 10], as in the authors' code. As there, the
-  constrained quantity is MMD = sqrt(MMD^2 + 1e-6), the scale eps = 0.05 refers to.
+  L_pi = E_s [ -min_j E_a~pi Q_j(s, a) + alpha * (MMD(s) - eps) ],  alpha = exp(log alpha) >= 0,
+  with log alpha raised while MMD > eps and clamped to [-5, 10], as in the authors' code. For the first
+  `warm_start_updates` updates after the behaviour fit the actor minimizes alpha * MMD alone (the D4RL code's
+  40k `num_pretrain_steps`), while the critic and alpha learn.
 - critic (algorithm 1): y = r + gamma * (1 - done) * max_k [ lambda min_j Q'_j(s', a_k)
   + (1 - lambda) max_j Q'_j(s', a_k) ],  a_k ~ pi(.|s'), k = 1..p, lambda = 0.75 (BCQ's soft clipped double-Q).
+- acting (the authors' `select_action`): draw 10 actions of pi(.|s) and take the one the first critic scores
+  highest (`evaluation_actions: max_q`); `mean` acts with tanh(mu(s)).
 
-eps (`mmd_threshold`, per member) is the knob. Deviations from the paper: pi_beta-hat is a squashed
-Gaussian fitted by maximum likelihood before the actor-critic starts (BRAC's `BehaviorPretraining`), not a
-VAE trained alongside; the MMD is measured on actions scaled to [-1, 1], so sigma means the same for every
-action range; there is no entropy term and no target actor (the next actions come from pi itself).
+eps (`mmd_threshold`, per member) is the knob. Deviations from the authors' code, each named: pi_beta-hat is a
+squashed Gaussian fitted by maximum likelihood before the actor-critic starts (BRAC's `BehaviorPretraining`),
+not a VAE trained alongside; there is no entropy term and no target actor (the next actions come from pi
+itself); `mmd_samples: squashed` measures the MMD on actions scaled to [-1, 1] with unclipped noise instead.
 """
 from __future__ import annotations
 
@@ -31,8 +38,12 @@ from .networks import PackedCritic, TanhGaussianPolicy, polyak_update, q_at_samp
 from .optim import PackedAdam
 from .sac import critic_loss
 
-KERNEL_SIGMA = {"laplacian": 20.0, "gaussian": 10.0}
+KERNEL_SIGMA = {"laplacian": 10.0, "gaussian": 20.0}      # the authors' mmd_sigma for each kernel
+MMD_NOISE_CLIP = 0.5                                       # the authors' clamp of the raw samples' noise
+MMD_SAMPLES = ("raw", "squashed")
+EVALUATION_ACTIONS = ("max_q", "mean")
 LOG_LAGRANGE_MIN, LOG_LAGRANGE_MAX = -5.0, 10.0
+EVALUATION_SEED = 1_000_003       # offset of the acting generators' seeds from the members' own
 
 
 def _mmd_squared(x: torch.Tensor, y: torch.Tensor, kernel: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -43,13 +54,23 @@ def _mmd_squared(x: torch.Tensor, y: torch.Tensor, kernel: Callable[[torch.Tenso
 
 
 def mmd_laplacian(x: torch.Tensor, y: torch.Tensor, sigma: float = KERNEL_SIGMA["laplacian"]) -> torch.Tensor:
-    """MMD^2 with k(a, b) = exp(-||a - b||_1 / sigma): x `[P, B, n, d]`, y `[P, B, m, d]` -> `[P, B]`."""
-    return _mmd_squared(x, y, lambda diff: torch.exp(-diff.abs().sum(-1) / sigma))
+    """MMD^2 with the authors' k(a, b) = exp(-||a - b||_1 / (2 sigma)): x `[P, B, n, d]`, y `[P, B, m, d]` -> `[P, B]`."""
+    return _mmd_squared(x, y, lambda diff: torch.exp(-diff.abs().sum(-1) / (2 * sigma)))
 
 
 def mmd_gaussian(x: torch.Tensor, y: torch.Tensor, sigma: float = KERNEL_SIGMA["gaussian"]) -> torch.Tensor:
-    """MMD^2 with k(a, b) = exp(-||a - b||_2^2 / (2 sigma^2)): x `[P, B, n, d]`, y `[P, B, m, d]` -> `[P, B]`."""
-    return _mmd_squared(x, y, lambda diff: torch.exp(-diff.pow(2).sum(-1) / (2 * sigma ** 2)))
+    """MMD^2 with the authors' k(a, b) = exp(-||a - b||_2^2 / (2 sigma)) (sigma, not sigma^2):
+    x `[P, B, n, d]`, y `[P, B, m, d]` -> `[P, B]`."""
+    return _mmd_squared(x, y, lambda diff: torch.exp(-diff.pow(2).sum(-1) / (2 * sigma)))
+
+
+def clipped_raw_samples(mu: torch.Tensor, log_std: torch.Tensor, noise: torch.Tensor,
+                        clip: float | None = MMD_NOISE_CLIP) -> torch.Tensor:
+    """Pre-tanh samples u = mu + sigma * clip(z, -clip, clip) `[P, B, n, d]` of a squashed Gaussian whose `mu`,
+    `log_std` are `[P, B, d]`, from standard normal `noise` `[P, B, n, d]`; `clip=None` leaves z as it is."""
+    if clip is not None:
+        noise = noise.clamp(-clip, clip)
+    return mu.unsqueeze(-2) + log_std.exp().unsqueeze(-2) * noise
 
 
 def soft_clipped_double_q(q: torch.Tensor, min_weight: float) -> torch.Tensor:
@@ -73,14 +94,18 @@ def lagrange_loss(log_lagrange: torch.Tensor, mmd: torch.Tensor, threshold: torc
 class BEARConfig(LearnerConfig):
     mmd_threshold: float = 0.05          # eps
     kernel: str = "laplacian"            # "laplacian" or "gaussian"
-    kernel_sigma: float | None = None    # None: 20 for the Laplacian kernel, 10 for the Gaussian
+    kernel_sigma: float | None = None    # None: the authors' 10 for the Laplacian kernel, 20 for the Gaussian
+    mmd_samples: str = "raw"             # "raw": pre-tanh, noise clipped to +-0.5 (the authors'); "squashed"
     num_samples: int = 5                 # n = m samples of pi and pi_beta-hat per state for the MMD
     num_target_samples: int = 10         # p actions of pi(.|s') the target maximizes over
     min_q_weight: float = 0.75           # lambda of the soft clipped double-Q target
-    actor_lr: float = 3e-4
+    evaluation_actions: str = "max_q"    # "max_q": the best-Q of `num_evaluation_samples` draws (the authors'); "mean"
+    num_evaluation_samples: int = 10
+    actor_lr: float = 1e-4               # d4rl_evaluations bear: policy_lr 1e-4
     critic_lr: float = 3e-4
     lagrange_lr: float = 1e-3
     polyak: float = 0.005
+    warm_start_updates: int = 40_000     # MMD-only actor first (d4rl_evaluations: num_pretrain_steps 40000)
     behavior_lr: float = 1e-3
     behavior_pretrain_steps: int = 10_000
 
@@ -89,6 +114,9 @@ class BEARConfig(LearnerConfig):
         self.check(self.mmd_threshold > 0, "mmd_threshold", "positive (0.05 in the paper)")
         self.check(self.kernel in KERNEL_SIGMA, "kernel", "'laplacian' or 'gaussian'")
         self.check(self.kernel_sigma is None or self.kernel_sigma > 0, "kernel_sigma", "positive, or None")
+        self.check(self.mmd_samples in MMD_SAMPLES, "mmd_samples", " or ".join(MMD_SAMPLES))
+        self.check(self.evaluation_actions in EVALUATION_ACTIONS, "evaluation_actions", " or ".join(EVALUATION_ACTIONS))
+        self.check(self.num_evaluation_samples >= 1, "num_evaluation_samples", "at least 1")
         self.check(self.num_samples >= 1, "num_samples", "at least 1 (5 to 10 in the paper)")
         self.check(self.num_target_samples >= 1, "num_target_samples", "at least 1")
         self.check(0.0 <= self.min_q_weight <= 1.0, "min_q_weight", "in [0, 1]")
@@ -117,9 +145,25 @@ class BEAR(BehaviorPretraining, Learner):
         self.actor_optimizer = PackedAdam(self.policy.parameters(), lr=self.knob("actor_lr"))
         self.critic_optimizer = PackedAdam(self.critic.parameters(), lr=self.knob("critic_lr"))
         self.lagrange_optimizer = PackedAdam([self.log_lagrange], lr=cfg.lagrange_lr)
+        # Acting draws from generators of its own, so that evaluating (how often, how long) never shifts the
+        # training noise; seeded apart from the members' training generators.
+        self.evaluation_generators = [torch.Generator(device=self.device).manual_seed(int(c.seed) + EVALUATION_SEED)
+                                      for c in self.configs]
 
     def act(self, observations: torch.Tensor) -> torch.Tensor:
-        return self.policy.deterministic(observations)
+        """`[P, N, obs]` -> `[P, N, act]`: with `evaluation_actions: max_q` the action, of
+        `num_evaluation_samples` drawn from pi(.|s), that the first critic scores highest (the authors'
+        `select_action`); with `mean`, tanh(mu(s))."""
+        cfg = self.config
+        if cfg.evaluation_actions == "mean":
+            return self.policy.deterministic(observations)
+        N, M = observations.shape[1], cfg.num_evaluation_samples
+        noise = torch.stack([torch.randn((N, M, self.act_dim), generator=g, device=self.device)
+                             for g in self.evaluation_generators])
+        candidates = self.policy.sample(observations, noise)[0]                           # [P, N, M, act]
+        q_first = q_at_samples(self.critic, observations, candidates)[:, 0]               # [P, N, M]
+        best = q_first.argmax(dim=-1)[..., None, None].expand(-1, -1, 1, self.act_dim)
+        return candidates.gather(2, best).squeeze(2)
 
     def q_value(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         return self.critic(observations, actions).min(dim=1).values
@@ -128,9 +172,14 @@ class BEAR(BehaviorPretraining, Learner):
         """n actions per state `[P, B, n, act]` from `policy`, noise from the members' generators."""
         return policy.sample(observations, self.normal(observations.shape[1], n, self.act_dim))[0]
 
-    def unit_actions(self, actions: torch.Tensor) -> torch.Tensor:
-        """Actions rescaled from the env's bounds to [-1, 1], where the MMD is measured."""
-        return (actions - self.policy.action_bias) / self.policy.action_scale
+    def constraint_samples(self, policy: TanhGaussianPolicy, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`num_samples` actions per state of `policy` `[P, B, n, act]`, and the values the MMD compares: the raw
+        pre-tanh samples (noise clipped to +-0.5), or with `mmd_samples: squashed` the actions scaled to [-1, 1]."""
+        noise = self.normal(observations.shape[1], self.config.num_samples, self.act_dim)
+        mu, log_std = policy.distribution(observations)
+        raw = self.config.mmd_samples == "raw"
+        u = clipped_raw_samples(mu, log_std, noise, MMD_NOISE_CLIP if raw else None)
+        return policy.squash(u), (u if raw else torch.tanh(u))
 
     def td_target(self, batch) -> torch.Tensor:
         cfg = self.config
@@ -149,15 +198,17 @@ class BEAR(BehaviorPretraining, Learner):
         loss_q.backward()
         self.critic_optimizer.step()
 
-        actions = self.sample_actions(self.policy, batch.observations, cfg.num_samples)
+        actions, samples = self.constraint_samples(self.policy, batch.observations)
         with torch.no_grad():
-            behavior_actions = self.sample_actions(self.behavior, batch.observations, cfg.num_samples)
-        mmd = (self.mmd(self.unit_actions(actions), self.unit_actions(behavior_actions), self.sigma) + 1e-6).sqrt()
+            behavior_samples = self.constraint_samples(self.behavior, batch.observations)[1]
+        mmd = (self.mmd(samples, behavior_samples, self.sigma) + 1e-6).sqrt()
         self.critic.requires_grad_(False)
-        q_pi = q_at_samples(self.critic, batch.observations, actions).min(dim=1).values.mean(-1)
+        # As the authors: each critic's Q averaged over pi's samples, then the min over critics.
+        q_pi = q_at_samples(self.critic, batch.observations, actions).mean(-1).min(dim=1).values
         self.critic.requires_grad_(True)
         multiplier = self.log_lagrange.detach().exp()
-        loss_pi = constrained_actor_loss(q_pi, mmd, multiplier)
+        q_on = 0.0 if self.warming_up else 1.0
+        loss_pi = constrained_actor_loss(q_on * q_pi, mmd, multiplier)
         self.actor_optimizer.zero_grad(set_to_none=True)
         loss_pi.backward()
         self.actor_optimizer.step()
@@ -174,5 +225,13 @@ class BEAR(BehaviorPretraining, Learner):
         q, q_pi = q.detach(), q_pi.detach()
         return {"train/q_data_mean": q.mean(dim=(1, 2)),
                 "train/critic_loss": (q - target[:, None]).pow(2).mean(dim=(1, 2)),
-                "train/actor_loss": (-q_pi + multiplier[:, None] * mmd).mean(-1),
+                "train/actor_loss": (-q_on * q_pi + multiplier[:, None] * mmd).mean(-1),
                 "train/mmd": mmd.mean(-1), "train/lagrange_multiplier": self.log_lagrange.detach().exp()}
+
+    def checkpoint(self) -> dict:
+        return {**super().checkpoint(), "evaluation_generators": [g.get_state() for g in self.evaluation_generators]}
+
+    def restore(self, state: dict) -> None:
+        super().restore(state)
+        for generator, rng_state in zip(self.evaluation_generators, state["evaluation_generators"]):
+            generator.set_state(rng_state.cpu())

@@ -1,5 +1,6 @@
 """Behavior Regularized Actor Critic (Wu, Tucker & Nachum, 2019, "Behavior Regularized Offline
-Reinforcement Learning"), BRAC with the KL divergence on top of SAC:
+Reinforcement Learning"), BRAC with the KL divergence, as the authors' BRAC-primal agent
+(google-research/behavior_regularized_offline_rl, brac/brac_primal_agent.py):
 
 - behaviour policy: pi_beta-hat, a squashed Gaussian per member, fitted first by maximum likelihood,
   L_beta = -E_(s,a)~D [ log pi_beta-hat(a | s) ], alone for `behavior_pretrain_steps` updates, then frozen.
@@ -10,14 +11,19 @@ Reinforcement Learning"), BRAC with the KL divergence on top of SAC:
   tanh corrections cancel and this estimates the KL of the pre-tanh Gaussians (`gaussian_kl`, closed form).
 - value penalty (eq. 3): y = r + gamma * (1 - done) * (E_a'~pi [ min_i Q'_i(s', a') - tau log pi(a'|s') ]
   - alpha * D(s'))
-- policy penalty (eq. 4): L_pi = E_s E_a~pi [ tau log pi(a|s) - min_i Q_i(s, a) ] + alpha * E_s [ D(s) ]
+- policy penalty (eq. 4): L_pi = E_s E_a~pi [ tau log pi(a|s) - q_on * min_i Q_i(s, a) ] + alpha * E_s [ D(s) ]
+- warm start: for the first `warm_start_updates` updates after the behaviour fit, q_on = 0: the actor is
+  trained on the penalty alone (towards pi_beta-hat) while the critic learns, so it does not chase an untrained
+  critic (the agent's `warm_start`, q_start in `_build_p_loss`).
 
 alpha (`kl_weight`, per member) is the knob; `penalty="policy"` uses eq. 4 alone, `penalty="value"`
-eq. 3 and eq. 4 together, as in the paper. SAC's entropy term (temperature tau, tuned towards a target
-entropy) is kept, as in the authors' BRAC-primal agent. The expectations over pi use the same N samples
-for Q, entropy and divergence.
+eq. 3 and eq. 4 together, as in the paper. The entropy weight tau is 0 and untrained by default, as in the
+authors' agent (alpha_entropy=0, train_alpha_entropy=False): an entropy bonus would pull against the KL term
+and blur what `kl_weight` means. `entropy_bonus: true` adds SAC's temperature, tuned towards a target entropy.
+The expectations over pi use the same N samples for Q, entropy and divergence.
 
-`BehaviorPretraining` (the fitted behaviour policy and its pretraining phase) is shared with BEAR.
+`BehaviorPretraining` (the fitted behaviour policy, its pretraining phase and the warm start) is shared with
+BEAR.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .base import ConfigError, DataContext
 from .bc import negative_log_likelihood
 from .networks import TanhGaussianPolicy, init_members, polyak_update, q_at_samples, squashed_gaussian_log_prob
 from .optim import PackedAdam
@@ -46,10 +53,11 @@ def gaussian_kl(mu1: torch.Tensor, log_std1: torch.Tensor, mu2: torch.Tensor, lo
 
 
 def policy_penalty_actor_loss(q_pi: torch.Tensor, log_prob: torch.Tensor, kl: torch.Tensor,
-                              temperature: torch.Tensor, kl_weight: torch.Tensor) -> torch.Tensor:
+                              temperature: torch.Tensor, kl_weight: torch.Tensor, q_on: float = 1.0) -> torch.Tensor:
     """Eq. 4 with SAC's entropy term: `q_pi`, `log_prob` (averaged over pi's samples) and `kl` are `[P, B]`,
-    `temperature` and `kl_weight` `[P]`; the sum over members of the batch mean."""
-    return actor_loss(q_pi, log_prob, temperature) + (kl_weight[:, None] * kl).mean(-1).sum()
+    `temperature` and `kl_weight` `[P]`; the sum over members of the batch mean. `q_on` = 0 drops the Q term
+    (the warm start)."""
+    return actor_loss(q_on * q_pi, log_prob, temperature) + (kl_weight[:, None] * kl).mean(-1).sum()
 
 
 def clip_inside(actions: torch.Tensor, low: torch.Tensor, high: torch.Tensor, eps: float = CLIP_EPS) -> torch.Tensor:
@@ -62,12 +70,14 @@ def check_behavior_fields(config) -> None:
     """Validation of the fields every config of a `BehaviorPretraining` learner declares."""
     config.check(config.behavior_pretrain_steps >= 0, "behavior_pretrain_steps", ">= 0")
     config.check(config.behavior_lr > 0, "behavior_lr", "positive")
+    config.check(config.warm_start_updates >= 0, "warm_start_updates", ">= 0")
 
 
 class BehaviorPretraining:
-    """Mixin for a Learner whose config has `behavior_lr` and `behavior_pretrain_steps`: a fitted behaviour
-    policy pi_beta-hat (`self.behavior`), the only thing trained during the first `behavior_pretrain_steps`
-    updates and frozen afterwards, when `regularized_update` trains the rest.
+    """Mixin for a Learner whose config has `behavior_lr`, `behavior_pretrain_steps` and `warm_start_updates`: a
+    fitted behaviour policy pi_beta-hat (`self.behavior`), the only thing trained during the first
+    `behavior_pretrain_steps` updates and frozen afterwards, when `regularized_update` trains the rest; during
+    its first `warm_start_updates` updates `warming_up` is true and the actor ignores Q.
 
     Call `add_behavior_policy()` after `finish_init()`. The update counter is a buffer, so checkpoints
     restore the phase.
@@ -82,9 +92,23 @@ class BehaviorPretraining:
         # On the CPU, where the host reads it every update (on a GPU that read would wait for the device).
         self.register_buffer("updates", torch.zeros((), dtype=torch.long, device="cpu"))
 
+    def attach_data(self, context: DataContext) -> None:
+        super().attach_data(context)
+        cfg = self.config
+        phases = cfg.behavior_pretrain_steps + cfg.warm_start_updates
+        if context.total_updates is not None and phases >= context.total_updates:
+            raise ConfigError(f"behavior_pretrain_steps ({cfg.behavior_pretrain_steps}) + warm_start_updates "
+                              f"({cfg.warm_start_updates}) leave no update of the full objective in total_updates "
+                              f"({context.total_updates}): lower them or raise total_updates")
+
     @property
     def pretraining(self) -> bool:
         return int(self.updates) < self.config.behavior_pretrain_steps
+
+    @property
+    def warming_up(self) -> bool:
+        cfg = self.config
+        return int(self.updates) < cfg.behavior_pretrain_steps + cfg.warm_start_updates
 
     def behavior_log_prob(self, batch) -> torch.Tensor:
         """log pi_beta-hat(a|s) `[P, B]` of the dataset's actions, pulled just inside the bounds."""
@@ -119,6 +143,8 @@ class BRACConfig(SACConfig):
     kl_weight: float = 0.1                 # alpha
     penalty: str = "policy"                # "policy": eq. 4 only; "value": eq. 3 and eq. 4
     num_kl_samples: int = 4                # N samples of pi per state for the KL estimate
+    entropy_bonus: bool = False            # the authors' agent: entropy weight 0, untrained; true: SAC's tuned one
+    warm_start_updates: int = 20_000       # actor on the penalty alone first (the authors' warm_start)
     behavior_lr: float = 1e-3
     behavior_pretrain_steps: int = 10_000
 
@@ -153,8 +179,13 @@ class BRAC(BehaviorPretraining, SAC):
         log_prob_behavior = squashed_gaussian_log_prob(u, mu_b, log_std_b, self.behavior.action_scale)
         return self.policy.squash(u), log_prob, sample_kl(log_prob, log_prob_behavior)
 
-    def td_target(self, batch) -> torch.Tensor:
+    def temperature(self) -> torch.Tensor:
+        """The entropy weight tau `[P]`: SAC's tuned temperature with `entropy_bonus`, else 0."""
         temperature = self.log_alpha.detach().exp()
+        return temperature if self.config.entropy_bonus else torch.zeros_like(temperature)
+
+    def td_target(self, batch) -> torch.Tensor:
+        temperature = self.backup_temperature(self.temperature())
         with torch.no_grad():
             next_actions, next_log_prob, next_kl = self.policy_samples(batch.next_observations)
             next_q = q_at_samples(self.critic_target, batch.next_observations, next_actions).min(dim=1).values
@@ -165,7 +196,8 @@ class BRAC(BehaviorPretraining, SAC):
                                        temperature, self.config.gamma)
 
     def regularized_update(self, batch) -> dict[str, torch.Tensor]:
-        temperature = self.log_alpha.detach().exp()
+        temperature = self.temperature()
+        q_on = 0.0 if self.warming_up else 1.0
         target = self.td_target(batch)
         loss_q, q, extra = self.critic_objective(batch, target)
         self.critic_optimizer.zero_grad(set_to_none=True)
@@ -177,21 +209,22 @@ class BRAC(BehaviorPretraining, SAC):
         q_pi = q_at_samples(self.critic, batch.observations, actions).min(dim=1).values.mean(-1)
         self.critic.requires_grad_(True)
         log_prob = log_prob.mean(-1)
-        loss_pi = policy_penalty_actor_loss(q_pi, log_prob, kl, temperature, self.kl_weight)
+        loss_pi = policy_penalty_actor_loss(q_pi, log_prob, kl, temperature, self.kl_weight, q_on)
         self.actor_optimizer.zero_grad(set_to_none=True)
         loss_pi.backward()
         self.actor_optimizer.step()
 
-        loss_temperature = temperature_loss(self.log_alpha, log_prob, self.target_entropy)
-        self.temperature_optimizer.zero_grad(set_to_none=True)
-        loss_temperature.backward()
-        self.temperature_optimizer.step()
+        if self.config.entropy_bonus:
+            loss_temperature = temperature_loss(self.log_alpha, log_prob, self.target_entropy)
+            self.temperature_optimizer.zero_grad(set_to_none=True)
+            loss_temperature.backward()
+            self.temperature_optimizer.step()
 
         polyak_update(self.critic_target, self.critic, self.config.polyak)
         q, log_prob, kl = q.detach(), log_prob.detach(), kl.detach()
         return {"train/q_data_mean": q.mean(dim=(1, 2)),
                 "train/critic_loss": (q - target[:, None]).pow(2).mean(dim=(1, 2)),
-                "train/actor_loss": (temperature[:, None] * log_prob - q_pi.detach()
+                "train/actor_loss": (temperature[:, None] * log_prob - q_on * q_pi.detach()
                                      + self.kl_weight[:, None] * kl).mean(-1),
                 "train/entropy": -log_prob.mean(-1), "train/temperature": temperature,
                 "train/kl": kl.mean(-1), **extra}

@@ -66,19 +66,23 @@ def test_mmd_of_well_separated_clusters_is_near_two(mmd):
     y = 10.0 + 0.01 * randn(1, 2, 4, ACT, seed=2)
     torch.testing.assert_close(mmd(x, y, sigma=1.0), torch.full((1, 2), 2.0), atol=0.05, rtol=0)
     # A wide kernel cannot tell them apart.
-    assert mmd(x, y, sigma=1e5).max() < 1e-3
+    assert mmd(x, y, sigma=1e7).max() < 1e-3
 
 
 def test_mmd_on_one_dimensional_points_by_hand():
+    """The authors' kernels: Laplacian exp(-|d|_1 / (2 sigma)), Gaussian exp(-d^2 / (2 sigma))."""
     x, y = torch.tensor([0.0, 1.0]).view(1, 1, 2, 1), torch.tensor([2.0]).view(1, 1, 1, 1)
-    # Laplacian: E k(x,x') = (2 + 2 e^-1) / 4, E k(y,y') = 1, E k(x,y) = (e^-2 + e^-1) / 2
-    assert mmd_laplacian(x, y, sigma=1.0).item() == pytest.approx(1.5 - 0.5 * math.exp(-1) - math.exp(-2), rel=1e-6)
-    # Gaussian: k = exp(-d^2 / 2): E k(x,x') = (2 + 2 e^-1/2) / 4, E k(x,y) = (e^-2 + e^-1/2) / 2
+    # Laplacian, sigma 1/2: k = exp(-|d|): E k(x,x') = (2 + 2 e^-1) / 4, E k(y,y') = 1, E k(x,y) = (e^-2 + e^-1) / 2
+    assert mmd_laplacian(x, y, sigma=0.5).item() == pytest.approx(1.5 - 0.5 * math.exp(-1) - math.exp(-2), rel=1e-6)
+    # Gaussian, sigma 1: k = exp(-d^2 / 2): E k(x,x') = (2 + 2 e^-1/2) / 4, E k(x,y) = (e^-2 + e^-1/2) / 2
     assert mmd_gaussian(x, y, sigma=1.0).item() == pytest.approx(1.5 - 0.5 * math.exp(-0.5) - math.exp(-2), rel=1e-6)
     # In two dimensions the Laplacian kernel uses the L1 distance, the Gaussian the squared L2 distance.
     a, b = torch.zeros(1, 1, 1, 2), torch.ones(1, 1, 1, 2)
-    assert mmd_laplacian(a, b, sigma=2.0).item() == pytest.approx(2 - 2 * math.exp(-1.0), rel=1e-6)
-    assert mmd_gaussian(a, b, sigma=2.0).item() == pytest.approx(2 - 2 * math.exp(-0.25), rel=1e-6)
+    assert mmd_laplacian(a, b, sigma=2.0).item() == pytest.approx(2 - 2 * math.exp(-0.5), rel=1e-6)
+    assert mmd_gaussian(a, b, sigma=2.0).item() == pytest.approx(2 - 2 * math.exp(-0.5), rel=1e-6)
+    # The defaults are the authors' sigmas: 10 (Laplacian), 20 (Gaussian).
+    assert mmd_laplacian(a, b).item() == pytest.approx(2 - 2 * math.exp(-2 / 20), rel=1e-6)
+    assert mmd_gaussian(a, b).item() == pytest.approx(2 - 2 * math.exp(-2 / 40), rel=1e-6)
 
 
 @pytest.mark.parametrize("mmd", MMDS)
@@ -153,7 +157,7 @@ def test_the_multiplier_grows_for_a_tight_threshold_and_shrinks_for_a_loose_one(
     """Two members identical but for eps; the constrained one also ends closer to pi_beta-hat."""
     buffer = toy_buffer()
     learner = make([{"seed": 0, "mmd_threshold": 1e-3}, {"seed": 0, "mmd_threshold": 10.0}], behavior_pretrain_steps=0,
-                   lagrange_lr=0.1, actor_lr=3e-3)
+                   warm_start_updates=0, lagrange_lr=0.1, actor_lr=3e-3)
     metrics = train(learner, buffer, 20)
     multiplier = metrics["train/lagrange_multiplier"]
     assert multiplier[0] > 2.0 and multiplier[1] < 0.5, multiplier
