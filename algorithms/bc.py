@@ -1,5 +1,7 @@
-"""Behaviour cloning: maximum likelihood of the dataset's actions under a Gaussian policy,
-L = -E_(s,a)~D [ log pi(a | s) ] (the baseline every offline RL paper reports; Pomerleau, 1991).
+"""Behaviour cloning (Pomerleau, 1991), the baseline every offline RL paper reports, as CORL's
+`any_percent_bc.py` runs it: a deterministic policy a = scale * tanh(f(s)) + bias regressed on the dataset's
+actions, L = E_(s,a)~D [ ||pi(s) - a||^2 ] (`loss: mse`, lr 3e-4). `loss: nll` is maximum likelihood under a
+Gaussian with a learned state-independent std instead, L = -E_(s,a)~D [ log pi(a | s) ].
 """
 from __future__ import annotations
 
@@ -17,13 +19,24 @@ def negative_log_likelihood(log_prob: torch.Tensor) -> torch.Tensor:
     return -log_prob.mean(-1).sum()
 
 
+def mse_loss(actions: torch.Tensor, dataset_actions: torch.Tensor) -> torch.Tensor:
+    """`[P, B, act]` each -> the sum over members of the batch mean of the squared error (CORL's F.mse_loss,
+    which also averages over action dimensions)."""
+    return (actions - dataset_actions).pow(2).mean(dim=(1, 2)).sum()
+
+
+LOSSES = ("mse", "nll")
+
+
 @dataclass
 class BCConfig(LearnerConfig):
-    actor_lr: float = 1e-3
+    actor_lr: float = 3e-4              # CORL any_percent_bc
+    loss: str = "mse"                   # "mse" (CORL) or "nll" (Gaussian max-likelihood)
 
     def __post_init__(self):
         super().__post_init__()
         self.check(self.actor_lr > 0, "actor_lr", "positive")
+        self.check(self.loss in LOSSES, "loss", " or ".join(LOSSES))
 
 
 class BC(Learner):
@@ -41,11 +54,20 @@ class BC(Learner):
         return self.policy.deterministic(observations)
 
     def update(self, batch) -> dict[str, torch.Tensor]:
-        log_prob = self.policy.log_prob(batch.observations, batch.actions)
-        loss = negative_log_likelihood(log_prob)
+        if self.config.loss == "mse":
+            actions = self.policy.deterministic(batch.observations)
+            loss = mse_loss(actions, batch.actions)
+            per_member = (actions.detach() - batch.actions).pow(2).mean(dim=(1, 2))
+            metrics = {"train/actor_loss": per_member, "train/action_mse": per_member}
+        else:
+            log_prob = self.policy.log_prob(batch.observations, batch.actions)
+            loss = negative_log_likelihood(log_prob)
+            metrics = {"train/actor_loss": -log_prob.detach().mean(-1)}
         self.actor_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.actor_optimizer.step()
-        with torch.no_grad():
-            mse = (self.policy.deterministic(batch.observations) - batch.actions).pow(2).mean(dim=(1, 2))
-        return {"train/actor_loss": -log_prob.detach().mean(-1), "train/action_mse": mse}
+        if self.config.loss == "nll":
+            with torch.no_grad():
+                metrics["train/action_mse"] = (self.policy.deterministic(batch.observations)
+                                               - batch.actions).pow(2).mean(dim=(1, 2))
+        return metrics
