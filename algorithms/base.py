@@ -148,6 +148,10 @@ class Learner(nn.Module):
     def q_value(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} learns no Q-function")
 
+    @classmethod
+    def check_run_length(cls, config: LearnerConfig, total_updates: int) -> None:
+        """Raise a ConfigError if a run of `total_updates` cannot train `config` (BRAC and BEAR: their phases)."""
+
     @property
     def has_critic(self) -> bool:
         return type(self).q_value is not Learner.q_value

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import ConfigError, DataContext
+from .base import ConfigError
 from .bc import negative_log_likelihood
 from .networks import TanhGaussianPolicy, init_members, polyak_update, q_at_samples, squashed_gaussian_log_prob
 from .optim import PackedAdam
@@ -92,14 +92,14 @@ class BehaviorPretraining:
         # On the CPU, where the host reads it every update (on a GPU that read would wait for the device).
         self.register_buffer("updates", torch.zeros((), dtype=torch.long, device="cpu"))
 
-    def attach_data(self, context: DataContext) -> None:
-        super().attach_data(context)
-        cfg = self.config
-        phases = cfg.behavior_pretrain_steps + cfg.warm_start_updates
-        if context.total_updates is not None and phases >= context.total_updates:
-            raise ConfigError(f"behavior_pretrain_steps ({cfg.behavior_pretrain_steps}) + warm_start_updates "
-                              f"({cfg.warm_start_updates}) leave no update of the full objective in total_updates "
-                              f"({context.total_updates}): lower them or raise total_updates")
+    @classmethod
+    def check_run_length(cls, config, total_updates: int) -> None:
+        phases = config.behavior_pretrain_steps + config.warm_start_updates
+        if phases >= total_updates:
+            raise ConfigError(f"behavior_pretrain_steps ({config.behavior_pretrain_steps}) + warm_start_updates "
+                              f"({config.warm_start_updates}) leave no update of the full objective in total_updates "
+                              f"({total_updates}): lower them (algo.behavior_pretrain_steps=..., "
+                              f"algo.warm_start_updates=...) or raise total_updates")
 
     @property
     def pretraining(self) -> bool:

@@ -69,7 +69,10 @@ class TrainConfig(CheckedConfig):
 
     def member_configs(self) -> list:
         learner_class = ALGORITHMS[self.algorithm]
-        return [learner_class.Config.from_dict({**self.algo, **dict(member)}) for member in self.members]
+        configs = [learner_class.Config.from_dict({**self.algo, **dict(member)}) for member in self.members]
+        for config in configs:
+            learner_class.check_run_length(config, self.total_updates)
+        return configs
 
 
 class TrainRun:

@@ -182,11 +182,12 @@ def test_warm_start_trains_the_actor_on_the_penalty_alone(name, field, default):
 
 @pytest.mark.parametrize("name", ["brac", "bear"])
 def test_phases_that_fill_the_whole_budget_are_refused(name):
-    learner = make(name, [{"seed": 0}], behavior_pretrain_steps=100, warm_start_updates=50)
+    from offline_sweeps.algorithms.trainer import TrainConfig
+    algo = {"behavior_pretrain_steps": 100, "warm_start_updates": 50}
     with pytest.raises(ConfigError, match=r"behavior_pretrain_steps \(100\) \+ warm_start_updates \(50\) leave no "
                                           r"update.*total_updates \(150\)"):
-        learner.attach_data(DataContext(None, None, total_updates=150))
-    learner.attach_data(DataContext(None, None, total_updates=151))
+        TrainConfig(name, "unused", algo=algo, total_updates=150).member_configs()
+    TrainConfig(name, "unused", algo=algo, total_updates=151).member_configs()
 
 
 # --- item 5: BEAR acts with the best of 10 sampled actions -------------------------------------------------------
@@ -245,3 +246,23 @@ def test_combo_pushes_q_down_on_model_states_or_on_all(monkeypatch, states, rows
     assert COMBOConfig().push_down_states == "model"
     with pytest.raises(ConfigError, match="push_down_states"):
         COMBOConfig(push_down_states="real")
+
+
+# --- item 8: BC as CORL runs it --------------------------------------------------------------------------------------
+def test_bc_regresses_the_deterministic_policy_on_the_actions_by_default():
+    from offline_sweeps.algorithms.bc import mse_loss
+    actions, data = torch.tensor([[[0.0, 1.0], [1.0, 1.0]]]), torch.tensor([[[1.0, 1.0], [1.0, -1.0]]])
+    assert mse_loss(actions, data).item() == pytest.approx((1 + 0 + 0 + 4) / 4)
+    learner = make("bc", [{"seed": 0}])
+    assert learner.config.loss == "mse" and learner.config.actor_lr == 3e-4
+    batch = toy_batch()
+    with torch.no_grad():
+        expected = (learner.policy.deterministic(batch.observations) - batch.actions).pow(2).mean()
+    metrics = learner.update(batch)
+    torch.testing.assert_close(metrics["train/actor_loss"], expected.view(1))
+    log_std = learner.policy.log_std.detach().clone()
+    learner.update(batch)
+    assert torch.equal(learner.policy.log_std.detach(), log_std)       # the MSE loss leaves the std alone
+    nll = make("bc", [{"seed": 0}], loss="nll")
+    nll.update(batch)
+    assert not torch.equal(nll.policy.log_std.detach(), log_std)
