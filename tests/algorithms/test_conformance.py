@@ -1,58 +1,109 @@
-"""Member k of a packed population equals a solo run of config k; members never leak into each other."""
+"""One conformance suite every entry of the algorithm registry runs through (as d3rlpy's `algo_tester`):
+member k of a packed population equals a solo run of config k, a checkpoint continues exactly, a diverging member
+is frozen while the others go on as they would alone, and every config default is documented in
+docs/algorithms.md. An algorithm added to `ALGORITHMS` without a case here fails `test_every_algorithm_is_covered`.
+"""
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
 from offline_sweeps.algorithms import ALGORITHMS
-from offline_sweeps.algorithms.base import ConfigError
-from offline_sweeps.datasets import TransitionBuffer
+from offline_sweeps.algorithms.base import ConfigError, DataContext
+from offline_sweeps.algorithms.dynamics import DynamicsConfig, DynamicsEnsemble
+from offline_sweeps.datasets import OfflineDataset, TransitionBuffer
 
 OBS, ACT = 5, 2
-# Per algorithm: four member configs that differ in the constraint knob, learning rates and seed.
-POPULATIONS = {
-    "iql": [{"expectile": t, "inverse_temperature": b, "seed": s}
-            for t, b, s in ((0.5, 1.0, 0), (0.7, 3.0, 1), (0.9, 10.0, 2), (0.6, 0.5, 3))],
-    "cql": [{"conservative_weight": a, "seed": s, "critic_lr": lr}
-            for a, s, lr in ((0.0, 0, 3e-4), (1.0, 1, 1e-3), (5.0, 2, 3e-4), (10.0, 3, 1e-4))],
-    "awac": [{"awac_lambda": lam, "seed": s} for lam, s in ((0.1, 0), (1 / 3, 1), (1.0, 2), (3.0, 3))],
-    "sac": [{"seed": s, "actor_lr": lr} for s, lr in ((0, 3e-4), (1, 1e-3), (2, 1e-4), (3, 3e-4))],
-    "bc": [{"seed": s, "actor_lr": lr} for s, lr in ((0, 1e-3), (1, 3e-4), (2, 1e-2), (3, 1e-3))],
-    # Three updates fit the behaviour policy, the next three train the actor-critic against it.
-    "brac": [{"kl_weight": a, "seed": s, "penalty": "value", "behavior_pretrain_steps": 3}
-             for a, s in ((0.0, 0), (0.1, 1), (1.0, 2), (10.0, 3))],
-    "bear": [{"mmd_threshold": e, "seed": s, "behavior_pretrain_steps": 3}
-             for e, s in ((0.01, 0), (0.05, 1), (0.2, 2), (1.0, 3))],
-}
 SHARED = {"hidden": (16, 16), "batch_size": 32}
-
+MODEL_SHARED = {"rollout_batch_size": 20, "rollout_every": 2, "rollout_length": 3, "model_retain_rollouts": 2}
+# Per algorithm: four member configs that differ in the constraint knob, learning rates and seed, and the settings
+# they share. BRAC and BEAR: two updates fit the behaviour policy, one warms the actor up, three train it all.
+CASES = {
+    "bc": ([{"seed": s, "actor_lr": lr} for s, lr in ((0, 1e-3), (1, 3e-4), (2, 1e-2), (3, 1e-3))], {}),
+    "sac": ([{"seed": s, "actor_lr": lr} for s, lr in ((0, 3e-4), (1, 1e-3), (2, 1e-4), (3, 3e-4))], {}),
+    "brac": ([{"kl_weight": a, "seed": s} for a, s in ((0.0, 0), (0.1, 1), (1.0, 2), (10.0, 3))],
+             {"penalty": "value", "behavior_pretrain_steps": 2, "warm_start_updates": 1, "entropy_bonus": True}),
+    "bear": ([{"mmd_threshold": e, "seed": s} for e, s in ((0.01, 0), (0.05, 1), (0.2, 2), (1.0, 3))],
+             {"behavior_pretrain_steps": 2, "warm_start_updates": 1}),
+    "awac": ([{"awac_lambda": lam, "seed": s} for lam, s in ((0.1, 0), (1 / 3, 1), (1.0, 2), (3.0, 3))], {}),
+    "iql": ([{"expectile": t, "inverse_temperature": b, "seed": s}
+             for t, b, s in ((0.5, 1.0, 0), (0.7, 3.0, 1), (0.9, 10.0, 2), (0.6, 0.5, 3))], {}),
+    "cql": ([{"conservative_weight": a, "seed": s, "critic_lr": lr}
+             for a, s, lr in ((0.0, 0, 3e-4), (1.0, 1, 1e-3), (5.0, 2, 3e-4), (10.0, 3, 1e-4))], {}),
+    "cql-lagrange-bfloat16": ([{"conservative_weight": a, "target_action_gap": g, "seed": s}
+                               for a, g, s in ((1.0, 1.0, 0), (5.0, 5.0, 1), (0.5, 2.0, 2), (2.0, 0.5, 3))],
+                              {"lagrange": True, "sampled_q_precision": "bfloat16"}),
+    "mopo": ([{"penalty": lam, "seed": s} for lam, s in ((0.0, 0), (1.0, 1), (5.0, 2), (0.5, 3))], MODEL_SHARED),
+    "combo": ([{"conservative_weight": b, "seed": s} for b, s in ((0.5, 0), (1.0, 1), (5.0, 2), (0.0, 3))],
+              {**MODEL_SHARED, "push_down_states": "mixed"}),
+}
+NAMES = sorted(CASES)
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 
 
-def toy_buffer(device: str = "cpu") -> TransitionBuffer:
+def algorithm(case: str) -> str:
+    return case.split("-")[0]
+
+
+def small_dataset(n: int = 500) -> OfflineDataset:
+    """Random transitions of a linear system in 25-step episodes."""
     rng = np.random.default_rng(0)
-    n = 500
     obs = rng.standard_normal((n, OBS)).astype(np.float32)
-    buffer = TransitionBuffer(n, OBS, ACT, device)
-    buffer.add(obs, rng.uniform(-1, 1, (n, ACT)), rng.standard_normal(n), np.roll(obs, 1, 0),
-               rng.random(n) < 0.05, np.zeros(n))
-    return buffer
+    actions = rng.uniform(-1, 1, (n, ACT)).astype(np.float32)
+    starts = np.arange(0, n, 25)
+    return OfflineDataset(
+        dataset_id="conformance", observations=obs, actions=actions, rewards=rng.standard_normal(n).astype(np.float32),
+        next_observations=0.9 * obs, terminals=rng.random(n) < 0.05, timeouts=np.zeros(n, bool),
+        episode_starts=starts, episode_lengths=np.full(len(starts), 25), episode_returns=np.zeros(len(starts)),
+        observation_space=gym.spaces.Box(-np.inf, np.inf, (OBS,), np.float32),
+        action_space=gym.spaces.Box(-1, 1, (ACT,), np.float32))
 
 
-def make(name: str, members: list[dict], device: str = "cpu"):
+@pytest.fixture(scope="module")
+def world():
+    """Per device: the dataset's buffer, and for model-based learners a small untrained ensemble (the suite tests
+    mechanics, not models)."""
+    data, made = small_dataset(), {}
+
+    def on(device: str):
+        if device not in made:
+            torch.manual_seed(0)
+            ensemble = DynamicsEnsemble(DynamicsConfig(ensemble=3, elites=2, hidden=(8, 8)), OBS, ACT, device)
+            with torch.no_grad():
+                for parameter in ensemble.net.parameters():
+                    parameter.mul_(0.1)        # small steps, so rollouts stay near the data
+            buffer = TransitionBuffer.from_dataset(data, device, normalize_observations=True)
+            made[device] = (ensemble, DataContext(data, buffer, None, total_updates=100))
+        return made[device]
+    return on
+
+
+def make(case: str, members: list[dict], world, device: str = "cpu", **overrides):
+    name = algorithm(case)
     learner_class = ALGORITHMS[name]
-    configs = [learner_class.Config.from_dict({**SHARED, **member}) for member in members]
-    return learner_class(configs, OBS, ACT, -torch.ones(ACT), torch.ones(ACT), device)
+    shared = {**SHARED, **CASES[case][1], **overrides}
+    configs = [learner_class.Config.from_dict({**shared, **member}) for member in members]
+    learner = learner_class(configs, OBS, ACT, -torch.ones(ACT), torch.ones(ACT), device)
+    ensemble, context = world(device)
+    if learner_class.USES_MODEL:
+        learner.attach_model(ensemble, context)
+    else:
+        learner.attach_data(context)
+    return learner
 
 
-def train(learner, buffer, updates: int):
+def train(learner, world, updates: int) -> None:
+    buffer = world(learner.device.type)[1].buffer
     for _ in range(updates):
-        learner.guarded_update(buffer.sample(learner.config.batch_size, learner.members, learner.generators))
+        learner.guarded_update(learner.sample_batch(buffer))
 
 
 def member_slice(parameter: torch.Tensor, members: int, k: int) -> torch.Tensor:
@@ -60,86 +111,118 @@ def member_slice(parameter: torch.Tensor, members: int, k: int) -> torch.Tensor:
     return parameter[k * per:(k + 1) * per]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name", [*sorted(POPULATIONS), "cql-bfloat16"])
-def test_packed_member_equals_solo_run(name, device):
-    buffer = toy_buffer(device)
-    if name == "cql-bfloat16":      # sampled actions scored in bfloat16, native or emulated
-        name, population = "cql", [{**member, "sampled_q_precision": "bfloat16"} for member in POPULATIONS["cql"]]
-    else:
-        population = POPULATIONS[name]
-    packed = make(name, population, device)
-    train(packed, buffer, updates=6)
+def assert_member_equals(packed, solo, members: int, k: int, what: str) -> None:
     packed_params = dict(packed.named_parameters())
+    for name, value in solo.named_parameters():
+        torch.testing.assert_close(member_slice(packed_params[name].detach(), members, k), value.detach(),
+                                   atol=2e-5, rtol=1e-4, equal_nan=True, msg=lambda m: f"{what} member {k} {name}: {m}")
+
+
+def test_every_algorithm_is_covered():
+    assert {algorithm(case) for case in CASES} == set(ALGORITHMS), "add a case for every registered algorithm"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", NAMES)
+def test_packed_member_equals_solo_run(case, device, world):
+    population = CASES[case][0]
+    packed = make(case, population, world, device)
+    train(packed, world, 6)
     for k, member in enumerate(population):
-        solo = make(name, [member], device)
-        train(solo, buffer, updates=6)
-        for param_name, value in solo.named_parameters():
-            torch.testing.assert_close(member_slice(packed_params[param_name].detach(), 4, k), value.detach(),
-                                       atol=2e-5, rtol=1e-4, msg=lambda m: f"{name} member {k} {param_name}: {m}")
-
-
-def test_members_may_differ_only_in_packable_fields():
-    with pytest.raises(ConfigError, match=r"hidden differs between members.*expectile"):
-        make("iql", [{"hidden": (16, 16)}, {"hidden": (32, 32)}])
-    with pytest.raises(ConfigError, match=r"IQLConfig.expectile=1.2 must be in \(0, 1\)"):
-        make("iql", [{"expectile": 1.2}])
-    with pytest.raises(ConfigError, match=r"unknown IQLConfig key\(s\) \['tau'\]"):
-        make("iql", [{"tau": 0.7}])
-    with pytest.raises(ConfigError, match="conservative_weight"):
-        make("cql", [{"conservative_weight": -1.0}])
-    with pytest.raises(ConfigError, match="awac_lambda"):
-        make("awac", [{"awac_lambda": 0.0}])
+        solo = make(case, [member], world, device)
+        train(solo, world, 6)
+        assert_member_equals(packed, solo, len(population), k, case)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_a_diverging_member_is_frozen_and_the_others_go_on(device, tmp_path):
-    buffer = toy_buffer(device)
-    # Member 1's critic learning rate is absurd: its Q-values blow past the bound within a few updates.
-    population = [{"seed": 0}, {"seed": 1, "critic_lr": 1e4}, {"seed": 2}]
-    packed = make("iql", [{**m, "divergence_bound": 1e3} for m in population], device)
-    train(packed, buffer, updates=20)
-    assert packed.diverged.tolist() == [False, True, False]
-    torch.save(packed.checkpoint(), tmp_path / "state.pt")
-    train(packed, buffer, updates=1)        # the host learns of the divergence one update late
-    frozen = {n: member_slice(p.detach(), 3, 1).clone() for n, p in packed.named_parameters()}
-    train(packed, buffer, updates=4)
-    for n, p in packed.named_parameters():
-        torch.testing.assert_close(member_slice(p.detach(), 3, 1), frozen[n], equal_nan=True)
-    # A checkpoint holds the frozen state: a restored population continues exactly.
-    resumed = make("iql", [{**m, "divergence_bound": 1e3} for m in population], device)
-    resumed.restore(torch.load(tmp_path / "state.pt", map_location="cpu", weights_only=True))
-    train(resumed, buffer, updates=5)
-    for (n, a), (_, b) in zip(packed.named_parameters(), resumed.named_parameters()):
-        torch.testing.assert_close(a, b, equal_nan=True, msg=lambda m: f"{n}: {m}")
-    # The healthy members are exactly what they would have been alone.
-    for k in (0, 2):
-        solo = make("iql", [{**population[k], "divergence_bound": 1e3}], device)
-        train(solo, buffer, updates=25)
-        for n, p in solo.named_parameters():
-            torch.testing.assert_close(member_slice(dict(packed.named_parameters())[n].detach(), 3, k), p.detach(),
-                                       atol=2e-5, rtol=1e-4)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_checkpoint_restores_weights_optimizers_and_randomness(device, tmp_path):
-    buffer = toy_buffer(device)
-    straight = make("cql", POPULATIONS["cql"][:2], device)
-    train(straight, buffer, 4)
-    resumed = make("cql", POPULATIONS["cql"][:2], device)
-    train(resumed, buffer, 2)
+@pytest.mark.parametrize("case", NAMES)
+def test_checkpoint_round_trip_continues_exactly(case, device, world, tmp_path):
+    population = CASES[case][0][:2]
+    straight = make(case, population, world, device)
+    train(straight, world, 6)
+    resumed = make(case, population, world, device)
+    train(resumed, world, 3)
     torch.save(resumed.checkpoint(), tmp_path / "state.pt")
     state = torch.load(tmp_path / "state.pt", map_location="cpu", weights_only=True)   # as TrainRun.load reads it
-    fresh = make("cql", POPULATIONS["cql"][:2], device)
+    fresh = make(case, population, world, device)
     fresh.restore(state)
-    train(fresh, buffer, 2)
+    train(fresh, world, 3)
     for (n, a), (_, b) in zip(straight.named_parameters(), fresh.named_parameters()):
-        torch.testing.assert_close(a, b, msg=lambda m: f"{n}: {m}")
+        torch.testing.assert_close(a, b, msg=lambda m: f"{case} {n}: {m}")
+    obs = torch.randn(2, 4, OBS, device=device)
+    torch.testing.assert_close(straight.act(obs), fresh.act(obs))       # acting randomness (BEAR) restored too
     assert dataclasses.asdict(fresh.config) == dataclasses.asdict(straight.config)
 
 
-def test_a_checkpoint_restores_only_on_the_device_type_it_was_written_on():
-    state = make("iql", POPULATIONS["iql"][:1]).checkpoint()
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", NAMES)
+def test_a_diverging_member_is_frozen_and_the_others_go_on(case, device, world):
+    """Member 1's first layer is blown up after two updates (finite, so that an unfrozen member would go on
+    changing): from then on its state stays as it was when the guard caught it, and members 0 and 2 end exactly as
+    they would alone."""
+    population = CASES[case][0][:3]
+    packed = make(case, population, world, device)
+    train(packed, world, 2)
+    with torch.no_grad():
+        # The critic's first layer where there is one (else the policy's): Q then blows past the bound while its gradients stay finite.
+        params = dict(packed.named_parameters())
+        first = next((p for n, p in params.items() if n.startswith("critic.")),
+                     next(p for n, p in params.items() if ".net." in n))
+        # BC's loss is bounded (tanh means, clamped log-std): nothing but a NaN breaks it.
+        member_slice(first, 3, 1).fill_(float("nan") if case == "bc" else 1e4)
+    train(packed, world, 2)                      # the update that breaks it, and the one that reads the flag
+    assert packed.diverged.tolist() == [False, True, False]
+    frozen = {n: member_slice(p.detach(), 3, 1).clone() for n, p in packed.named_parameters()}
+    train(packed, world, 3)
+    for n, p in packed.named_parameters():
+        torch.testing.assert_close(member_slice(p.detach(), 3, 1), frozen[n], equal_nan=True,
+                                   msg=lambda m: f"{case} frozen member {n}: {m}")
+    for k in (0, 2):
+        solo = make(case, [population[k]], world, device)
+        train(solo, world, 7)
+        assert_member_equals(packed, solo, 3, k, case)
+
+
+def documented_defaults() -> dict[str, str]:
+    """docs/algorithms.md's settings table: registry name -> its row."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "algorithms.md").read_text()
+    return {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\w+)` \| (.*)$", text, re.MULTILINE)}
+
+
+def format_default(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(format_default(v) for v in value) + "]"
+    return "null" if value is None else str(value)
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_default_is_documented(name):
+    row = documented_defaults().get(name)
+    assert row is not None, f"docs/algorithms.md has no settings row for {name}"
+    for field in dataclasses.fields(ALGORITHMS[name].Config):
+        entry = f"`{field.name}: {format_default(field.default)}`"
+        assert entry in row, f"docs/algorithms.md, {name}: {entry} is missing or out of date"
+
+
+def test_members_may_differ_only_in_packable_fields(world):
+    with pytest.raises(ConfigError, match=r"hidden differs between members.*expectile"):
+        make("iql", [{"hidden": (16, 16)}, {"hidden": (32, 32)}], world)
+    with pytest.raises(ConfigError, match=r"IQLConfig.expectile=1.2 must be in \(0, 1\)"):
+        make("iql", [{"expectile": 1.2}], world)
+    with pytest.raises(ConfigError, match=r"unknown IQLConfig key\(s\) \['tau'\]"):
+        make("iql", [{"tau": 0.7}], world)
+    with pytest.raises(ConfigError, match="conservative_weight"):
+        make("cql", [{"conservative_weight": -1.0}], world)
+    with pytest.raises(ConfigError, match="awac_lambda"):
+        make("awac", [{"awac_lambda": 0.0}], world)
+
+
+def test_a_checkpoint_restores_only_on_the_device_type_it_was_written_on(world):
+    state = make("iql", CASES["iql"][0][:1], world).checkpoint()
     state["generator_device"] = "cuda"
     with pytest.raises(ConfigError, match="written on cuda and this run is on cpu: resume it with device: cuda"):
-        make("iql", POPULATIONS["iql"][:1]).restore(state)
+        make("iql", CASES["iql"][0][:1], world).restore(state)
