@@ -18,8 +18,9 @@ Probabilistic Dynamics Models") as MBPO (Janner et al., 2019, "When to Trust You
   epoch's weights. The `elites` members with the lowest held-out MSE (normalized targets, mean over
   dimensions) are the elites; rollouts use only them.
 
-Uncertainty (MOPO eq. 4 and section 4.3): `max_std_norm` u(s, a) = max_i ||sigma_i(s, a)||_2 over the elites
-(MOPO's code takes it over all 7 members; we use the elites that generate the data), and the
+Uncertainty (MOPO eq. 4 and section 4.3): `max_std_norm` u(s, a) = max_i ||sigma_i(s, a)||_2 over all E members,
+as MOPO's code (and OfflineRL-Kit's) takes it, while only the elites generate the data (`uncertainty_models:
+elites` takes it over the elites alone), and the
 alternative `disagreement` = max_i ||mu_i - mean_j mu_j||_2.
 
 Termination: the env's known rule where one is registered (`TERMINATION_FNS`: Pendulum and HalfCheetah
@@ -142,6 +143,7 @@ def disagreement(means: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(means - means.mean(dim=0, keepdim=True), dim=-1).amax(dim=0)
 
 
+UNCERTAINTY_MODELS = ("all", "elites")
 UNCERTAINTIES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "max_std": lambda means, stds: max_std_norm(stds), "disagreement": lambda means, stds: disagreement(means)}
 
@@ -294,16 +296,20 @@ class DynamicsEnsemble(nn.Module):
 
     @torch.no_grad()
     def sample_step(self, obs: torch.Tensor, actions: torch.Tensor, generators: Sequence[torch.Generator],
-                    uncertainty: str = "max_std", bounds: ObservationBounds | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                    uncertainty: str = "max_std", bounds: ObservationBounds | None = None,
+                    uncertainty_models: str = "all") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One model step for `[P, N, obs]` / `[P, N, act]` (row p drawing from `generators[p]`): each sample
         takes a random elite and samples its Gaussian, as MOPO does. Returns next observations `[P, N, obs]`
         (clamped to `bounds` when given, see `observation_bounds`), rewards, the uncertainty
-        (`UNCERTAINTIES[uncertainty]` over the elites; MOPO's u by default) and termination flags, each `[P, N]`."""
+        (`UNCERTAINTIES[uncertainty]` over `uncertainty_models`: "all" members, as MOPO's code, or the "elites";
+        MOPO's u by default) and termination flags, each `[P, N]`."""
         P, N, _ = obs.shape
-        mean, std = self.predict(obs, actions)                        # [K, P, N, out]
-        K, out = mean.shape[0], mean.shape[-1]
-        choice = torch.stack([torch.randint(K, (N,), generator=g, device=obs.device) for g in generators])
+        every = uncertainty_models == "all"
+        mean, std = self.predict(obs, actions, torch.arange(self.config.ensemble, device=obs.device) if every else None)
+        out = mean.shape[-1]
+        elites = self.elites if every else torch.arange(len(self.elites), device=obs.device)   # their rows in mean
+        choice = elites[torch.stack([torch.randint(len(elites), (N,), generator=g, device=obs.device)
+                                     for g in generators])]
         noise = torch.stack([torch.randn((N, out), generator=g, device=obs.device) for g in generators])
         pick = choice[None, :, :, None].expand(1, P, N, out)
         sample = mean.gather(0, pick)[0] + std.gather(0, pick)[0] * noise
@@ -329,7 +335,7 @@ class Rollout(NamedTuple):
 @torch.no_grad()
 def rollout(ensemble: DynamicsEnsemble, policy: Callable[[torch.Tensor], torch.Tensor], start_obs: torch.Tensor,
             horizon: int, generators: Sequence[torch.Generator], uncertainty: str = "max_std",
-            bounds: ObservationBounds | None = None) -> Rollout:
+            bounds: ObservationBounds | None = None, uncertainty_models: str = "all") -> Rollout:
     """Branched rollouts (MBPO/MOPO): `policy` maps raw `[P, N, obs]` to `[P, N, act]`; `start_obs` is raw
     `[P, N, obs]`; model states are clamped to `bounds` when given. A trajectory stops at its first terminal
     step; all P x N run as one batch."""
@@ -338,7 +344,8 @@ def rollout(ensemble: DynamicsEnsemble, policy: Callable[[torch.Tensor], torch.T
     steps: list[tuple[torch.Tensor, ...]] = []
     for _ in range(horizon):
         actions = policy(obs)
-        next_obs, rewards, u, terminals = ensemble.sample_step(obs, actions, generators, uncertainty, bounds)
+        next_obs, rewards, u, terminals = ensemble.sample_step(obs, actions, generators, uncertainty, bounds,
+                                                               uncertainty_models)
         steps.append((obs, actions, rewards, next_obs, terminals, u, alive))
         alive = alive & ~terminals
         obs = next_obs

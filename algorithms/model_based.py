@@ -31,19 +31,22 @@ import torch
 
 from ..datasets.buffer import PackedRolloutBuffer, mixed_rows, transition_rows
 from .base import DataContext
-from .dynamics import (CLIP_MODES, UNCERTAINTIES, DynamicsEnsemble, DynamicsError, ObservationBounds, load_or_train,
-                       observation_bounds, rollout)
+from .dynamics import (CLIP_MODES, UNCERTAINTIES, UNCERTAINTY_MODELS, DynamicsEnsemble, DynamicsError,
+                       ObservationBounds, load_or_train, observation_bounds, rollout)
 from .sac import SAC, SACConfig
 
 
 @dataclass
 class ModelBasedConfig(SACConfig):
+    actor_lr: float = 1e-4               # OfflineRL-Kit run_mopo.py / run_combo.py: actor 1e-4, critic 3e-4, alpha 1e-4
+    temperature_lr: float = 1e-4
     rollout_length: int = 5              # h
     rollout_batch_size: int = 50_000     # start states per refresh (per member)
     rollout_every: int = 1000            # updates between refreshes
     model_retain_rollouts: int = 5       # refreshes the model buffer holds (MBPO's model_retain_epochs)
     real_ratio: float = 0.05
     uncertainty: str = "max_std"         # "max_std" (MOPO: max_i ||sigma_i||) or "disagreement" (of the means)
+    uncertainty_models: str = "all"      # u over "all" ensemble members (MOPO's code) or the "elites" only
     clip_observations: str = "env"       # model states clamped to: the env's observation space, "data" range, "none"
     clip_margin: float = 0.1             # "data": the dataset's range widened by this fraction of its width per side
 
@@ -53,6 +56,8 @@ class ModelBasedConfig(SACConfig):
             self.check(getattr(self, name) >= 1, name, "at least 1")
         self.check(0.0 <= self.real_ratio <= 1.0, "real_ratio", "in [0, 1]")
         self.check(self.uncertainty in UNCERTAINTIES, "uncertainty", f"one of {', '.join(UNCERTAINTIES)}")
+        self.check(self.uncertainty_models in UNCERTAINTY_MODELS, "uncertainty_models",
+                   f"one of {', '.join(UNCERTAINTY_MODELS)}")
         self.check(self.clip_observations in CLIP_MODES, "clip_observations", f"one of {', '.join(CLIP_MODES)}")
         self.check(self.clip_margin >= 0, "clip_margin", ">= 0")
 
@@ -154,7 +159,7 @@ class ModelBasedSAC(SAC):
         starts = buffer.gather(buffer.sample_indices(cfg.rollout_batch_size, self.members, self.generators))
         rolled = rollout(world.ensemble, lambda obs: self.sample_actions(world.normalize(obs))[0],
                          world.raw(starts.observations), cfg.rollout_length, self.generators, cfg.uncertainty,
-                         world.bounds)
+                         world.bounds, cfg.uncertainty_models)
         # [h, P, N, ...] -> [P, h * N, ...]: each member's transitions in one row of the packed buffer.
         obs, actions, rewards, next_obs, terminals, uncertainty, valid = (
             x.transpose(0, 1).flatten(1, 2) for x in rolled)
@@ -195,7 +200,7 @@ class ModelBasedSAC(SAC):
         alive = torch.ones(self.members, episodes, dtype=torch.bool, device=self.device)
         for _ in range(world.max_episode_steps):
             next_obs, rewards, _, terminals = world.ensemble.sample_step(obs, self.act(world.normalize(obs)), generators,
-                                                                         bounds=world.bounds)
+                                                                         bounds=world.bounds, uncertainty_models="elites")
             total += torch.where(alive, rewards, torch.zeros_like(rewards))
             alive &= ~terminals
             obs = next_obs
