@@ -41,7 +41,8 @@ def weighted_log_likelihood_loss(log_prob: torch.Tensor, weights: torch.Tensor) 
 
 @dataclass
 class AWACConfig(LearnerConfig):
-    awac_lambda: float = 1.0 / 3.0
+    hidden: tuple[int, ...] = (256, 256, 256)   # CORL awac.py: 3 hidden layers of 256, actor and critics
+    awac_lambda: float = 1.0 / 3.0              # CORL hopper/medium_v2.yaml
     max_weight: float = 100.0
     actor_lr: float = 3e-4
     critic_lr: float = 3e-4

@@ -140,13 +140,19 @@ class BehaviorPretraining:
 
 @dataclass
 class BRACConfig(SACConfig):
-    kl_weight: float = 0.1                 # alpha
-    penalty: str = "policy"                # "policy": eq. 4 only; "value": eq. 3 and eq. 4
-    num_kl_samples: int = 4                # N samples of pi per state for the KL estimate
+    # Defaults from the authors' brac_primal_agent.py and their run scripts (run_primal.sh, run_bc.sh).
+    hidden: tuple[int, ...] = (200, 200)   # policy and behaviour nets (run_primal.sh model_params)
+    critic_hidden: tuple[int, ...] | None = (300, 300)
+    actor_lr: float = 3e-4                 # run_primal.sh: policy lr 3e-4, Q lr 1e-3
+    critic_lr: float = 1e-3
+    temperature_lr: float = 1e-3           # with entropy_bonus; the agent's alpha optimizer
+    kl_weight: float = 0.1                 # alpha (run_primal.sh ALPHA=0.1)
+    penalty: str = "value"                 # "policy": eq. 4 only; "value": eq. 3 and eq. 4 (value_penalty=True)
+    num_kl_samples: int = 4                # N samples of pi per state for the KL estimate (n_div_samples)
     entropy_bonus: bool = False            # the authors' agent: entropy weight 0, untrained; true: SAC's tuned one
     warm_start_updates: int = 20_000       # actor on the penalty alone first (the authors' warm_start)
-    behavior_lr: float = 1e-3
-    behavior_pretrain_steps: int = 10_000
+    behavior_lr: float = 5e-4              # run_bc.sh: 300k updates at lr 5e-4
+    behavior_pretrain_steps: int = 300_000
 
     def __post_init__(self):
         super().__post_init__()

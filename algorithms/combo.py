@@ -37,6 +37,7 @@ def combo_regularizer(q_model_sampled: torch.Tensor, q_data: torch.Tensor, tempe
 
 @dataclass
 class COMBOConfig(SampledActionsConfig, ModelBasedConfig):
+    hidden: tuple[int, ...] = (256, 256, 256)   # OfflineRL-Kit run_combo.py hidden-dims
     real_ratio: float = 0.5
     conservative_weight: float = 1.0     # beta
     push_down_states: str = "model"      # "model": the paper's; "mixed": real and model states (OfflineRL-Kit)

@@ -66,11 +66,13 @@ class SampledActionsConfig(CheckedConfig):
 
 @dataclass
 class CQLConfig(SampledActionsConfig, SACConfig):
-    conservative_weight: float = 5.0     # alpha
+    conservative_weight: float = 5.0     # alpha (young-geng/CQL cql_min_q_weight)
+    actor_lr: float = 3e-5               # CORL's hopper/medium config (young-geng's plain default: 3e-4)
     backup_entropy: bool = False         # young-geng/CQL and CORL: backup_entropy=False
     lagrange: bool = False
-    target_action_gap: float = 5.0       # with lagrange: the gap the learned alpha' aims at
-    lagrange_lr: float = 3e-4
+    target_action_gap: float = 1.0       # with lagrange: the gap alpha' aims at (young-geng cql_target_action_gap)
+    lagrange_init: float = 1.0           # log alpha' at the start (young-geng and CORL: Scalar(1.0))
+    lagrange_lr: float = 3e-4            # young-geng: qf_lr
 
     def __post_init__(self):
         super().__post_init__()
@@ -87,7 +89,8 @@ class CQL(SAC):
         self.alpha = self.knob("conservative_weight")
         self.target_gap = self.knob("target_action_gap")
         if self.config.lagrange:
-            self.log_alpha_prime = torch.nn.Parameter(torch.zeros(self.members, device=self.device))
+            self.log_alpha_prime = torch.nn.Parameter(torch.full((self.members,), float(self.config.lagrange_init),
+                                                                 device=self.device))
             self.lagrange_optimizer = PackedAdam([self.log_alpha_prime], lr=self.config.lagrange_lr)
         self.sampled_q_dtype = sampled_q_dtype(self.config.sampled_q_precision, self.device)
 

@@ -54,10 +54,15 @@ class SACConfig(LearnerConfig):
     polyak: float = 0.005
     init_temperature: float = 1.0
     target_entropy: float | None = None    # None: -act_dim, as in the paper
+    critic_hidden: tuple[int, ...] | None = None   # the critics' layer sizes; None: `hidden`, as the policy's
     backup_entropy: bool = True            # alpha log pi(a'|s') in the TD target (the paper's soft backup)
 
     def __post_init__(self):
         super().__post_init__()
+        if self.critic_hidden is not None:
+            self.critic_hidden = tuple(int(h) for h in self.critic_hidden)
+            self.check(bool(self.critic_hidden) and min(self.critic_hidden) > 0, "critic_hidden",
+                       "a list of positive layer sizes, or null for hidden")
         self.check(0.0 < self.polyak <= 1.0, "polyak", "in (0, 1]")
         for name in ("actor_lr", "critic_lr", "temperature_lr", "init_temperature"):
             self.check(getattr(self, name) > 0, name, "positive")
@@ -72,7 +77,7 @@ class SAC(Learner):
         super().__init__(configs, obs_dim, act_dim, action_low, action_high, device)
         cfg, P = self.config, self.members
         self.policy = TanhGaussianPolicy(P, obs_dim, act_dim, cfg.hidden, self.action_low, self.action_high)
-        self.critic = PackedCritic(P, obs_dim, act_dim, cfg.hidden)
+        self.critic = PackedCritic(P, obs_dim, act_dim, cfg.critic_hidden or cfg.hidden)
         self.log_alpha = torch.nn.Parameter(torch.full((P,), float(cfg.init_temperature)).log())
         self.finish_init()
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)

@@ -266,3 +266,39 @@ def test_bc_regresses_the_deterministic_policy_on_the_actions_by_default():
     nll = make("bc", [{"seed": 0}], loss="nll")
     nll.update(batch)
     assert not torch.equal(nll.policy.log_std.detach(), log_std)
+
+
+# --- item 9's MOPO difference, now an option: u over every model, as MOPO's code -------------------------------------
+def three_model_ensemble():
+    """Three members whose outputs ignore the input: member k predicts reward k with std (0.1 (k + 1), 1e-4) on
+    (s' - s, r); members 0 and 1 are the elites, member 2 (std 0.3) is not."""
+    from offline_sweeps.algorithms.dynamics import DynamicsConfig, DynamicsEnsemble
+    model = DynamicsEnsemble(DynamicsConfig(ensemble=3, elites=2, hidden=(4,)), obs_dim=1, act_dim=1)
+    with torch.no_grad():
+        for parameter in model.net.parameters():
+            parameter.zero_()
+        for k in range(3):
+            model.net.layers[-1].bias[k, 0] = torch.tensor([0.0, float(k), math.log((0.1 * (k + 1)) ** 2),
+                                                            math.log(1e-4 ** 2)])
+        model.max_logvar.fill_(30.0)
+        model.min_logvar.fill_(-30.0)
+    return model
+
+
+@pytest.mark.parametrize("models, u", [("all", 0.3), ("elites", 0.2)])
+def test_mopo_uncertainty_is_taken_over_every_model_by_default(models, u):
+    from offline_sweeps.algorithms.model_based import ModelBasedConfig
+    assert ModelBasedConfig().uncertainty_models == "all"
+    model = three_model_ensemble()
+    generators = [torch.Generator().manual_seed(0)]
+    _, rewards, uncertainty, _ = model.sample_step(torch.zeros(1, 200, 1), torch.zeros(1, 200, 1), generators,
+                                                   uncertainty_models=models)
+    torch.testing.assert_close(uncertainty, torch.full((1, 200), u), rtol=1e-3, atol=1e-4)
+    drawn = set(rewards.round().long().flatten().tolist())
+    assert drawn == {0, 1}, drawn                   # only the elites generate data, either way
+
+
+def test_cql_lagrange_starts_at_the_reference_log_alpha_prime():
+    learner = make("cql", [{"seed": 0}], lagrange=True)
+    assert learner.config.target_action_gap == 1.0
+    torch.testing.assert_close(learner.log_alpha_prime.detach(), torch.ones(1))
