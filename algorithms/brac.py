@@ -98,8 +98,8 @@ class BehaviorPretraining:
         if phases >= total_updates:
             raise ConfigError(f"behavior_pretrain_steps ({config.behavior_pretrain_steps}) + warm_start_updates "
                               f"({config.warm_start_updates}) leave no update of the full objective in total_updates "
-                              f"({total_updates}): lower them (algo.behavior_pretrain_steps=..., "
-                              f"algo.warm_start_updates=...) or raise total_updates")
+                              f"({total_updates}): lower them (the algorithm config's behavior_pretrain_steps and "
+                              f"warm_start_updates) or raise total_updates")
 
     @property
     def pretraining(self) -> bool:
