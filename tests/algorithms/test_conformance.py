@@ -226,3 +226,19 @@ def test_a_checkpoint_restores_only_on_the_device_type_it_was_written_on(world):
     state["generator_device"] = "cuda"
     with pytest.raises(ConfigError, match="written on cuda and this run is on cpu: resume it with device: cuda"):
         make("iql", CASES["iql"][0][:1], world).restore(state)
+
+
+def test_the_differences_table_names_options_that_exist():
+    """README's "Where this differs from the paper" table: every option it offers is a field of an algorithm's
+    config and accepts the value it names."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme[readme.index("**Where this differs from the paper"):]
+    table = table[:table.index("\n\n", table.index("| algorithm |"))]
+    fields = {f.name for learner in ALGORITHMS.values() for f in dataclasses.fields(learner.Config)}
+    offered = re.findall(r"`(\w+)(?:: (\w+))?`", "\n".join(line.rsplit("|", 2)[-2] for line in table.splitlines()[3:]))
+    assert offered
+    for name, value in offered:
+        assert name in fields or name == "datasets", name
+        if value:
+            owners = [c.Config for c in ALGORITHMS.values() if name in {f.name for f in dataclasses.fields(c.Config)}]
+            owners[0](**{name: value})
