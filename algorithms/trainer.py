@@ -177,3 +177,21 @@ def flatten_members(per_member: dict[str, np.ndarray]) -> dict[str, float]:
             for k, value in enumerate(values):
                 metrics[f"member_{k}/{key}"] = float(value)
     return metrics
+
+
+def split_members(metrics: dict[str, Any], members: int) -> list[dict[str, Any]]:
+    """`flatten_members`' inverse: one dict per member, `member_k/` removed, for a population of `members`.
+    A key without a per-member value (`updates`, `training_iteration`, `members_diverged`, ...) is shared
+    and appears in every member's dict; when P = 1 every key is the member's own."""
+    own = [{} for _ in range(members)]
+    shared = {}
+    for key, value in metrics.items():
+        head, _, rest = key.partition("/")
+        if head.startswith("member_") and head[7:].isdigit() and rest:
+            if int(head[7:]) < members:
+                own[int(head[7:])][rest] = value
+        else:
+            shared[key] = value
+    if members > 1:    # the plain value of a per-member key is the survivors' mean, no member's own
+        shared = {k: v for k, v in shared.items() if not any(k in mine for mine in own)}
+    return [{**shared, **mine} for mine in own]

@@ -8,7 +8,6 @@ so reports never depend on W&B.
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -23,12 +22,9 @@ from ray import tune
 
 from ..algorithms import ALGORITHMS
 from ..algorithms.trainable import OfflineTrainable
-from ..algorithms.trainer import TrainConfig, TrainRun
+from ..algorithms.trainer import TrainConfig, TrainRun, split_members
 from ..datasets import BuildConfig, build, local_dataset_ids
-from .study import Study, StudyError, load_study
-
-STUDY_FILE = "study.yaml"
-
+from .study import STUDY_FILE, Study, StudyError, apply_sampled, load_study, trial_train_config
 
 class StudyTrainable(OfflineTrainable):
     """OfflineTrainable fed by a study trial: `config["trial"]` is a TrainConfig dict plus `study` metadata."""
@@ -45,24 +41,6 @@ class StudyTrainable(OfflineTrainable):
     def reset_config(self, new_config: dict) -> bool:
         self.setup(new_config)
         return True
-
-
-def trial_train_config(trial: dict) -> dict:
-    return {k: v for k, v in trial.items() if k != "study"}
-
-
-def apply_sampled(config: dict) -> dict:
-    """A Tune trial's `trial` dict with the values a searcher (Optuna) chose, `config["sampled"]`, filled in:
-    training keys into the config, algorithm keys into every member, all of them into the study point."""
-    trial = copy.deepcopy(config["trial"])
-    for key, value in (config.get("sampled") or {}).items():
-        if key.startswith("train."):
-            trial[key[len("train."):]] = value
-        else:
-            for member in trial["members"]:
-                member[key] = value
-        trial["study"]["point"][key] = value
-    return trial
 
 
 def sampled_space(study: Study) -> dict:
@@ -160,8 +138,8 @@ class ProgressLines(tune.Callback):
         point = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in config["study"]["point"].items()
                           if k != "sample")
         total = math.ceil(config["total_updates"] / config["eval_every"])
-        members = [v for k, v in result.items() if k.startswith("member_") and k.endswith("/" + self.metric)
-                   and isinstance(v, (int, float)) and math.isfinite(v)]
+        members = [v for member in split_members(result, len(config["members"])) if
+                   isinstance(v := member.get(self.metric), (int, float)) and math.isfinite(v)]
         spread = f" [{min(members):.1f}, {max(members):.1f}]" if len(members) > 1 else ""
         done = sum(t.status in ("TERMINATED", "ERROR") or (t is trial and bool(result.get("done"))) for t in trials)
         self.log(f"[{time.monotonic() - self.started:6.0f} s] {config['algorithm']} {point:<24} "

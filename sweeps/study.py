@@ -35,6 +35,28 @@ from ..algorithms import ALGORITHMS
 from ..algorithms.trainer import TrainConfig
 
 
+STUDY_FILE = "study.yaml"     # the study, as run, beside its results
+
+
+def trial_train_config(trial: dict) -> dict:
+    """A trial dict (`Study.trials()`) without its `study` metadata: the TrainConfig dict it runs."""
+    return {k: v for k, v in trial.items() if k != "study"}
+
+
+def apply_sampled(config: dict) -> dict:
+    """A Tune trial's `trial` dict with the values a searcher (Optuna) chose, `config["sampled"]`, filled in:
+    training keys into the config, algorithm keys into every member, all of them into the study point."""
+    trial = copy.deepcopy(config["trial"])
+    for key, value in (config.get("sampled") or {}).items():
+        if key.startswith("train."):
+            trial[key[len("train."):]] = value
+        else:
+            for member in trial["members"]:
+                member[key] = value
+        trial["study"]["point"][key] = value
+    return trial
+
+
 class StudyError(ValueError):
     """A bad study; the message names the key path and what is allowed."""
 

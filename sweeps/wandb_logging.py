@@ -10,12 +10,12 @@ land in `<trial folder>/wandb/` and upload later with `wandb sync`.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from ray import tune
 
-from .run import apply_sampled, trial_train_config
+from ..algorithms.trainer import split_members
+from .study import apply_sampled, trial_train_config
 
 
 def wandb_mode() -> str:
@@ -49,8 +49,8 @@ class MemberWandbCallback(tune.Callback):
                                    **{k2: v for k2, v in member.items()}, "member": k, "trial": trial.trial_id,
                                    "point": config["study"]["point"], "train": trial_train_config(config)})
                 for k, member in enumerate(members)]
-        for k, run in enumerate(self.runs[trial.trial_id]):
-            run.log(member_metrics(result, k, len(members)), step=int(result["training_iteration"]))
+        for run, metrics in zip(self.runs[trial.trial_id], split_members(result, len(members))):
+            run.log(numeric(metrics), step=int(result["training_iteration"]))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial.trial_id, exit_code=0)
@@ -67,22 +67,9 @@ class MemberWandbCallback(tune.Callback):
             run.finish(exit_code=exit_code)
 
 
-_MEMBER = re.compile(r"member_(\d+)/(.+)")
-
-
-def member_metrics(result: dict, k: int, members: int) -> dict:
-    """Member k's numeric metrics with the `member_k/` prefix removed (all metrics when P = 1)."""
-    metrics = {}
-    for key, value in result.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            continue
-        match = _MEMBER.fullmatch(key)
-        if match:
-            if int(match.group(1)) == k:
-                metrics[match.group(2)] = value
-        elif members == 1 or key in ("updates", "updates_per_second", "training_iteration", "time_total_s"):
-            metrics[key] = value
-    return metrics
+def numeric(metrics: dict) -> dict:
+    """The numbers W&B can chart (Tune's result also carries strings, booleans and nested dicts)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def log_report(study, paths: dict[str, Path]) -> Path:
