@@ -60,6 +60,7 @@ class AWACConfig(LearnerConfig):
 class AWAC(Learner):
     Config = AWACConfig
     PACKABLE = ("seed", "awac_lambda", "actor_lr", "critic_lr")
+    CONSTRAINT_KNOBS = {"awac_lambda": "higher"}     # a flatter advantage weighting: closer to BC
 
     def __init__(self, configs, obs_dim, act_dim, action_low=-1.0, action_high=1.0, device="cpu"):
         super().__init__(configs, obs_dim, act_dim, action_low, action_high, device)

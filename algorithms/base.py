@@ -79,6 +79,8 @@ class Learner(nn.Module):
     """
     Config: ClassVar[type[LearnerConfig]] = LearnerConfig
     PACKABLE: ClassVar[tuple[str, ...]] = ("seed",)
+    # Constraint knob -> the direction that constrains more ("higher" or "lower"); the report orients plots by it.
+    CONSTRAINT_KNOBS: ClassVar[dict[str, str]] = {}
     USES_MODEL: ClassVar[bool] = False        # trains or loads a dynamics model in `attach_data`
 
     def __init__(self, configs: Sequence[LearnerConfig], obs_dim: int, act_dim: int,

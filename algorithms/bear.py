@@ -129,6 +129,7 @@ class BEARConfig(LearnerConfig):
 class BEAR(BehaviorPretraining, Learner):
     Config = BEARConfig
     PACKABLE = ("seed", "mmd_threshold", "actor_lr", "critic_lr")
+    CONSTRAINT_KNOBS = {"mmd_threshold": "lower"}    # the MMD allowed from the behaviour policy
 
     def __init__(self, configs, obs_dim, act_dim, action_low=-1.0, action_high=1.0, device="cpu"):
         super().__init__(configs, obs_dim, act_dim, action_low, action_high, device)

@@ -165,6 +165,7 @@ class BRACConfig(SACConfig):
 class BRAC(BehaviorPretraining, SAC):
     Config = BRACConfig
     PACKABLE = ("seed", "kl_weight", "actor_lr", "critic_lr")
+    CONSTRAINT_KNOBS = {"kl_weight": "higher"}
 
     def __init__(self, configs, obs_dim, act_dim, action_low=-1.0, action_high=1.0, device="cpu"):
         super().__init__(configs, obs_dim, act_dim, action_low, action_high, device)

@@ -56,6 +56,7 @@ class COMBOConfig(SampledActionsConfig, ModelBasedConfig):
 class COMBO(ModelBasedSAC):
     Config = COMBOConfig
     PACKABLE = ("seed", "conservative_weight", "actor_lr", "critic_lr")
+    CONSTRAINT_KNOBS = {"conservative_weight": "higher"}
 
     def __init__(self, configs, obs_dim, act_dim, action_low=-1.0, action_high=1.0, device="cpu"):
         super().__init__(configs, obs_dim, act_dim, action_low, action_high, device)

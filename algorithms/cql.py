@@ -83,6 +83,7 @@ class CQLConfig(SampledActionsConfig, SACConfig):
 class CQL(SAC):
     Config = CQLConfig
     PACKABLE = ("seed", "conservative_weight", "target_action_gap", "actor_lr", "critic_lr")
+    CONSTRAINT_KNOBS = {"conservative_weight": "higher", "target_action_gap": "lower"}  # smaller gap: larger alpha'
 
     def __init__(self, configs, obs_dim, act_dim, action_low=-1.0, action_high=1.0, device="cpu"):
         super().__init__(configs, obs_dim, act_dim, action_low, action_high, device)

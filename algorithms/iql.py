@@ -74,6 +74,7 @@ class IQLConfig(LearnerConfig):
 class IQL(Learner):
     Config = IQLConfig
     PACKABLE = ("seed", "expectile", "inverse_temperature", "actor_lr", "critic_lr", "value_lr")
+    CONSTRAINT_KNOBS = {"expectile": "lower", "inverse_temperature": "lower"}    # tau -> 1: max; beta -> inf: greedy
 
     def __init__(self, configs, obs_dim, act_dim, action_low=-1.0, action_high=1.0, device="cpu"):
         super().__init__(configs, obs_dim, act_dim, action_low, action_high, device)

@@ -37,6 +37,7 @@ class MOPOConfig(ModelBasedConfig):
 class MOPO(ModelBasedSAC):
     Config = MOPOConfig
     PACKABLE = ("seed", "penalty", "actor_lr", "critic_lr")
+    CONSTRAINT_KNOBS = {"penalty": "higher"}
 
     def __init__(self, configs, obs_dim, act_dim, action_low=-1.0, action_high=1.0, device="cpu"):
         super().__init__(configs, obs_dim, act_dim, action_low, action_high, device)

@@ -1,7 +1,27 @@
 """Read a study's results back: one row per member run, sensitivity tables and plots, best configs.
 
 Everything is read from Tune's files under the study folder (params.json and result.json of each trial),
-the source of truth whether or not W&B was reachable.
+the source of truth whether or not W&B was reachable. Nothing here starts Ray.
+
+Divergence is a result, not a gap (DESIGN.md section 7). A member that diverged scores the study's
+*failure level* from the evaluation at which it diverged on, in every aggregate that ranks or exports
+(its best evaluation so far keeps the evaluations before it diverged):
+- `eval/normalized_return`: the random-policy level, 0;
+- `eval/return`: the dataset's random-policy level (its ref_min_score), read back from the study's own
+  pairs of `eval/return` and `eval/normalized_return` (the normalization is linear), so the report needs
+  no dataset;
+- any other metric, or when the random level cannot be read back: the worst value of the metric seen on
+  that dataset anywhere in the study.
+The level is lowered to the worst value seen on the dataset when an evaluation scored below it, so a
+diverged member never scores above an observed evaluation, and a setting with diverged seeds never
+outranks a stable one of equal survivors' mean. The mean over the survivors alone stays as an extra
+column, `*_mean_survivors`.
+
+Statistics follow Agarwal et al. 2021 ("Deep RL at the Edge of the Statistical Precipice"): per setting,
+the mean and the interquartile mean (IQM) over seeds, each with a 95% percentile-bootstrap CI, and the
+probability of improvement P(X > Y) between settings, paired by seed where seeds are shared. Settings
+are ranked by the mean, not the IQM: the IQM trims a quarter of the seeds at each end and could trim a
+diverged seed away.
 """
 from __future__ import annotations
 
@@ -14,13 +34,14 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from scipy import stats
 
-from .run import STUDY_FILE, apply_sampled, trial_train_config
-from .study import StudyError, load_study
+from ..algorithms import ALGORITHMS
+from ..algorithms.trainer import TrainConfig, split_members
+from .study import STUDY_FILE, StudyError, apply_sampled, load_study, trial_train_config
 
-# Two-sided 95% Student-t quantiles by degrees of freedom: the CI over a handful of seeds is wide.
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-       12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+BOOTSTRAP_RESAMPLES = 9_999
+BOOTSTRAP_SEED = 0
 
 
 @dataclass
@@ -29,25 +50,38 @@ class MemberRun:
     dataset: str
     knobs: dict            # the study's axis values for this member, seed excluded
     seed: int
-    last: float            # the study metric at the last evaluation
-    best: float            # the best evaluation so far of that metric
+    history: np.ndarray    # the study metric at each evaluation, as reported (nan once diverged)
     q_overestimation: float
-    diverged: bool
+    diverged_at: int | None  # the 1-based iteration whose evaluation first saw it diverged; None: it did not
+    finished: bool         # its trial ran the whole training budget
     iterations: int
     trial_config: dict     # the trial's TrainConfig dict
     member: dict           # this member's entry of trial_config["members"]
+    last: float = math.nan   # the metric at the last evaluation, a diverged member at the failure level
+    best: float = math.nan   # the best evaluation so far, failure-scored the same way
+    failure: float = math.nan  # the failure level it was scored with
+    failure_rule: str = ""     # how that level was chosen
+
+    @property
+    def diverged(self) -> bool:
+        return self.diverged_at is not None
 
     def score(self, optimize: str) -> float:
         return self.best if optimize == "best" else self.last
 
 
+def _number(value) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
 def collect(folder: str | Path) -> tuple[object, list[MemberRun]]:
-    """The study and one MemberRun per member of every trial that reported at least once."""
+    """The study and one MemberRun per member of every trial that reported at least once, diverged members
+    scored at the failure level (see the module docstring)."""
     folder = Path(folder).expanduser().resolve()
     if not (folder / STUDY_FILE).is_file():
         raise StudyError(f"{folder} is not a study folder (no {STUDY_FILE}); give <storage>/<study name>")
     study = load_study(folder / STUDY_FILE)
-    runs = []
+    runs, normalization = [], defaultdict(list)
     for params_file in sorted(folder.glob("*/params.json")):
         results_file = params_file.with_name("result.json")
         if not results_file.is_file() or results_file.stat().st_size == 0:
@@ -55,56 +89,171 @@ def collect(folder: str | Path) -> tuple[object, list[MemberRun]]:
         trial = apply_sampled(json.loads(params_file.read_text()))
         results = [json.loads(line) for line in results_file.read_text().splitlines() if line.strip()]
         config = trial_train_config(trial)
-        packed = len(config["members"]) > 1
         point = trial["study"]["point"]
+        per_iteration = [split_members(result, len(config["members"])) for result in results]
+        finished = _number(results[-1].get("updates")) >= config.get("total_updates", TrainConfig.total_updates)
         for k, member in enumerate(config["members"]):
-            prefix = f"member_{k}/" if packed else ""
-
-            def value(row: dict, key: str) -> float:
-                found = row.get(prefix + key)
-                return float("nan") if found is None else float(found)
-            history = np.array([value(r, study.metric) for r in results])
-            finite = history[np.isfinite(history)]
-            best = (finite.max() if study.mode == "max" else finite.min()) if len(finite) else float("nan")
-            knobs = {**{k2: v for k2, v in point.items() if k2 not in ("seed", "sample")},
-                     **{k2: v for k2, v in member.items() if k2 != "seed"}}
+            rows = [iteration[k] for iteration in per_iteration]
+            history = np.array([_number(row.get(study.metric)) for row in rows])
+            diverged = [i + 1 for i, row in enumerate(rows) if _number(row.get("diverged")) > 0]
+            knobs = {**{key: v for key, v in point.items() if key not in ("seed", "sample")},
+                     **{key: v for key, v in member.items() if key != "seed"}}
             runs.append(MemberRun(config["algorithm"], config["dataset"], knobs, int(member.get("seed", 0)),
-                                  float(history[-1]), float(best), value(results[-1], "eval/q_overestimation"),
-                                  bool(value(results[-1], "diverged") > 0) if packed else
-                                  bool(results[-1].get("members_diverged", 0)), len(results), config, member))
+                                  history, _number(rows[-1].get("eval/q_overestimation")),
+                                  diverged[0] if diverged else None, finished, len(results), config, member))
+            normalization[config["dataset"]] += [(_number(row.get("eval/return")),
+                                                  _number(row.get("eval/normalized_return"))) for row in rows]
     if not runs:
         raise StudyError(f"{folder} has no trial results yet; run or resume the study first")
+    for dataset, (level, rule) in failure_levels(study, runs, normalization).items():
+        for run in runs:
+            if run.dataset == dataset:
+                score_failure(run, level, study.mode)
+                run.failure_rule = rule
     return study, runs
 
 
-def summarize(study, runs: list[MemberRun]) -> list[dict]:
-    """Mean and 95% CI over seeds of the last and best metric, per (algorithm, dataset, knob setting)."""
+def random_level(metric: str, pairs) -> float | None:
+    """The metric's random-policy level, or None: 0 for normalized returns; for raw returns, the return
+    whose normalized score is 0, from `(return, normalized return)` pairs (a line through two or more)."""
+    base = metric.removesuffix("_best")
+    if base == "eval/normalized_return":
+        return 0.0
+    if base != "eval/return":
+        return None
+    pairs = np.array([p for p in pairs if all(math.isfinite(v) for v in p)], dtype=np.float64).reshape(-1, 2)
+    if len(np.unique(pairs[:, 0])) < 2:
+        return None
+    slope, intercept = np.polyfit(pairs[:, 0], pairs[:, 1], 1)
+    return float(-intercept / slope) if slope > 0 else None
+
+
+def failure_levels(study, runs: list[MemberRun], normalization: dict) -> dict[str, tuple[float, str]]:
+    """{dataset: (failure level, how it was chosen)} (see the module docstring)."""
+    levels = {}
+    for dataset in sorted({run.dataset for run in runs}):
+        seen = np.concatenate([run.history for run in runs if run.dataset == dataset])
+        seen = seen[np.isfinite(seen)]
+        worst = (seen.min() if study.mode == "max" else seen.max()) if len(seen) else math.nan
+        level = random_level(study.metric, normalization.get(dataset, [])) if study.mode == "max" else None
+        if level is None:
+            levels[dataset] = (float(worst) if math.isfinite(worst) else 0.0, "the worst value seen on the dataset")
+        elif math.isfinite(worst) and worst < level:
+            levels[dataset] = (float(worst), "the worst value seen on the dataset (below the random-policy level)")
+        else:
+            levels[dataset] = (level, "the random-policy level")
+    return levels
+
+
+def score_failure(run: MemberRun, level: float, mode: str) -> None:
+    """Set `last`, `best` and `failure` of `run`: its history with every evaluation from its divergence on
+    at the failure `level`."""
+    scored = run.history.copy()
+    if run.diverged:
+        scored[run.diverged_at - 1:] = level
+    finite = scored[np.isfinite(scored)]
+    run.failure, run.last = level, float(scored[-1])
+    run.best = float((finite.max() if mode == "max" else finite.min())) if len(finite) else math.nan
+
+
+def iqm(values, axis: int = -1):
+    """Interquartile mean: the mean of the middle half (a quarter trimmed at each end, as rliable does)."""
+    return stats.trim_mean(values, 0.25, axis=axis)
+
+
+def bootstrap_ci(values, statistic=np.mean) -> tuple[float, float]:
+    """95% percentile-bootstrap CI of `statistic` over the finite `values`; nans when fewer than two."""
+    values = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+    if len(values) < 2:
+        return math.nan, math.nan
+    result = stats.bootstrap((values,), statistic, n_resamples=BOOTSTRAP_RESAMPLES, method="percentile",
+                             vectorized=True, rng=np.random.default_rng(BOOTSTRAP_SEED))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def probability_of_improvement(x: dict[int, float], y: dict[int, float], mode: str = "max") -> dict:
+    """P(X > Y), ties counting half, with its 95% bootstrap CI, for two settings' scores by seed. Paired
+    over the shared seeds when at least two are shared (the seeds resampled as pairs); otherwise over
+    all pairs of their seeds (rliable's probability_of_improvement; each setting resampled apart).
+    `mode` "min": lower is better."""
+    sign = 1.0 if mode == "max" else -1.0
+    shared = sorted(set(x) & set(y))
+    paired = len(shared) >= 2
+    if paired:
+        a, b = (sign * np.array([s[seed] for seed in shared]) for s in (x, y))
+
+        def statistic(a, b, axis=-1):
+            return np.mean((a > b) + 0.5 * (a == b), axis=axis)
+    else:
+        a, b = sign * np.array(list(x.values())), sign * np.array(list(y.values()))
+
+        def statistic(a, b, axis=-1):
+            a, b = np.moveaxis(a, axis, -1)[..., :, None], np.moveaxis(b, axis, -1)[..., None, :]
+            return np.mean((a > b) + 0.5 * (a == b), axis=(-2, -1))
+    value = float(statistic(a, b)) if len(a) and len(b) else math.nan
+    low = high = math.nan
+    if len(a) >= 2 and len(b) >= 2:
+        result = stats.bootstrap((a, b), statistic, n_resamples=BOOTSTRAP_RESAMPLES, method="percentile",
+                                 paired=paired, vectorized=True, rng=np.random.default_rng(BOOTSTRAP_SEED))
+        low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    return {"p": value, "ci_low": low, "ci_high": high, "paired": paired,
+            "seeds": shared if paired else sorted(set(x) | set(y))}
+
+
+@dataclass
+class Setting:
+    """One (algorithm, dataset, knob setting) and its members across seeds."""
+    algorithm: str
+    dataset: str
+    knobs: dict
+    members: list[MemberRun]
+
+    def scores(self, optimize: str) -> dict[int, float]:
+        """{seed: failure-scored metric} of the members that have one."""
+        return {m.seed: m.score(optimize) for m in self.members if math.isfinite(m.score(optimize))}
+
+    def label(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.knobs.items()) or "(single setting)"
+
+
+def settings(runs: list[MemberRun]) -> list[Setting]:
     groups: dict[tuple, list[MemberRun]] = defaultdict(list)
     for run in runs:
         groups[(run.algorithm, run.dataset, json.dumps(run.knobs, sort_keys=True))].append(run)
+    return [Setting(algorithm, dataset, json.loads(knobs), sorted(members, key=lambda m: m.seed))
+            for (algorithm, dataset, knobs), members in sorted(groups.items())]
+
+
+def summarize(study, runs: list[MemberRun]) -> list[dict]:
+    """One row per setting: its seeds (finished, diverged, used), the failure level, and for the last and
+    best evaluation the mean and IQM with their 95% bootstrap CIs (diverged seeds at the failure level)
+    and the plain mean over the survivors; Q overestimation over the survivors."""
     rows = []
-    for (algorithm, dataset, knobs), members in sorted(groups.items()):
-        row = {"algorithm": algorithm, "dataset": dataset, **json.loads(knobs), "seeds": len(members),
-               "diverged": sum(m.diverged for m in members)}
-        for name, values in (("last", [m.last for m in members]), ("best", [m.best for m in members]),
-                             ("q_overestimation", [m.q_overestimation for m in members])):
-            mean, half_width = mean_ci(values)
-            row[f"{name}_mean"], row[f"{name}_ci95"] = mean, half_width
+    for setting in settings(runs):
+        members = setting.members
+        row = {"algorithm": setting.algorithm, "dataset": setting.dataset, **setting.knobs,
+               "seeds": len(members), "finished": sum(m.finished for m in members),
+               "diverged": sum(m.diverged for m in members),
+               "used": sum(math.isfinite(m.last) for m in members),
+               "diverged_seeds": " ".join(f"{m.seed}@{m.diverged_at}" for m in members if m.diverged),
+               "failure_level": members[0].failure}
+        for name in ("last", "best"):
+            values = [m.score(name) for m in members]
+            finite = [v for v in values if math.isfinite(v)]
+            row[f"{name}_mean"] = float(np.mean(finite)) if finite else math.nan
+            row[f"{name}_mean_ci_low"], row[f"{name}_mean_ci_high"] = bootstrap_ci(finite)
+            row[f"{name}_iqm"] = float(iqm(finite)) if finite else math.nan
+            row[f"{name}_iqm_ci_low"], row[f"{name}_iqm_ci_high"] = bootstrap_ci(finite, iqm)
+            survivors = [v for m, v in zip(members, values) if not m.diverged and math.isfinite(v)]
+            row[f"{name}_mean_survivors"] = float(np.mean(survivors)) if survivors else math.nan
+        q = [m.q_overestimation for m in members if not m.diverged and math.isfinite(m.q_overestimation)]
+        row["q_overestimation_mean_survivors"] = float(np.mean(q)) if q else math.nan
+        row["q_overestimation_ci_low"], row["q_overestimation_ci_high"] = bootstrap_ci(q)
         rows.append(row)
     return rows
 
 
-def mean_ci(values) -> tuple[float, float]:
-    """Mean and the half-width of its 95% Student-t interval over the finite values (nan if none)."""
-    values = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
-    if len(values) == 0:
-        return float("nan"), float("nan")
-    if len(values) == 1:
-        return float(values[0]), float("nan")
-    df = len(values) - 1
-    # Between tabulated degrees of freedom take the next smaller one (a slightly wider interval).
-    t = T95[max(k for k in T95 if k <= df)] if df <= 30 else 1.96
-    return float(values.mean()), float(t * values.std(ddof=1) / math.sqrt(len(values)))
+SUMMARY_COLUMNS = ("seeds", "finished", "diverged", "used", "diverged_seeds", "failure_level")
 
 
 def write_report(folder: str | Path) -> dict[str, Path]:
@@ -119,15 +268,30 @@ def write_report(folder: str | Path) -> dict[str, Path]:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
+    levels = sorted({(m.dataset, m.failure, m.failure_rule) for m in runs})
+    # report.md: one cell per statistic with its CI; report.csv has every column apart.
+    table = [(c, c, None) for c in columns if c in ("algorithm", "dataset", *_knob_names(rows), *SUMMARY_COLUMNS)
+             and c != "failure_level"]
+    table += [("last: mean [95% CI]", "last_mean", "last_mean_ci"), ("last: IQM [95% CI]", "last_iqm", "last_iqm_ci"),
+              ("last: mean of survivors only", "last_mean_survivors", None),
+              ("best: mean [95% CI]", "best_mean", "best_mean_ci"), ("best: IQM [95% CI]", "best_iqm", "best_iqm_ci"),
+              ("Q overestimation, survivors [95% CI]", "q_overestimation_mean_survivors", "q_overestimation_ci")]
     lines = [f"# {study.name}", "", study.description or "", "",
-             f"Metric `{study.metric}` ({study.mode}), mean ± 95% CI over seeds; the study optimizes the "
-             f"**{study.optimize}** evaluation. `q_overestimation` is the learned Q minus the Monte-Carlo return "
-             f"at the visited states.", "",
-             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+             f"Metric `{study.metric}` ({study.mode}); the study optimizes the **{study.optimize}** evaluation. "
+             f"Per setting: `seeds` reported, `finished` their whole budget, `diverged` (`diverged_seeds`: "
+             f"seed@iteration), `used` in the statistics. A diverged seed scores the failure level from the "
+             f"iteration it diverged on, in every mean, IQM, CI and ranking (failure level: "
+             + "; ".join(f"{d}: {v:.4g}, {rule}" for d, v, rule in levels) +
+             "). Means and IQMs (interquartile means) carry 95% percentile-bootstrap CIs over seeds "
+             "(`[nan, nan]`: fewer than two seeds, no CI); the mean of survivors only is shown for reference "
+             "and ranks nothing. Q overestimation is the learned Q minus the Monte-Carlo return at the visited "
+             "states, over the survivors.", "",
+             "| " + " | ".join(title for title, _, _ in table) + " |", "|" + "---|" * len(table)]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+        lines.append("| " + " | ".join(_cell(row.get(key)) + (f" [{_cell(row[ci + '_low'])}, {_cell(row[ci + '_high'])}]"
+                                                             if ci else "") for _, key, ci in table) + " |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    plot_sensitivity(study, rows, out / "sensitivity.png")
+    plot_sensitivity(study, rows, runs, out / "sensitivity.png")
     return {"markdown": out / "report.md", "csv": out / "report.csv", "plot": out / "sensitivity.png"}
 
 
@@ -137,91 +301,163 @@ def _cell(value) -> str:
     return str(value)
 
 
-def plot_sensitivity(study, rows: list[dict], path: Path) -> None:
-    """Metric (last and best) and Q overestimation against the swept knob, one line per algorithm/dataset
-    and setting of the other knobs; error bars are the 95% CIs over seeds."""
+def plot_sensitivity(study, rows: list[dict], runs: list[MemberRun], path: Path) -> None:
+    """One column of panels per (algorithm, knob): the metric (top) and Q overestimation (bottom) against
+    the knob, the x-axis running from weaker to stronger constraint (the learner's `CONSTRAINT_KNOBS`), log
+    scale when the grid is log-spaced. Per-seed points (x: a diverged seed, at the failure level) under the
+    mean and its 95% CI; a mean whose CI cannot be computed is drawn hollow, without a bar."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (ax_return, ax_q) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for (label, knob), points in _series(rows).items():
-        xs = np.array([p[0] for p in points], dtype=float)
-        order = np.argsort(xs)
-        for ax, key, style in ((ax_return, "last", "-o"), (ax_return, "best", "--^"), (ax_q, "q_overestimation", "-o")):
-            means = np.array([p[1][f"{key}_mean"] for p in points])[order]
-            cis = np.nan_to_num(np.array([p[1][f"{key}_ci95"] for p in points])[order])
-            ax.errorbar(xs[order], means, yerr=cis, fmt=style, capsize=3,
-                        label=f"{label} ({key})" if ax is ax_return else label)
-        ax_return.set_xlabel(knob)
-        ax_q.set_xlabel(knob)
-        if len(xs) > 2 and xs.min() > 0 and xs.max() / xs.min() > 20:
-            ax_return.set_xscale("log")
-            ax_q.set_xscale("log")
-    ax_return.set_ylabel(study.metric)
-    ax_return.set_title(f"{study.name}: {study.metric} vs constraint strength")
-    ax_q.set_ylabel("Q - Monte-Carlo return")
-    ax_q.axhline(0.0, color="grey", lw=0.8)
-    ax_q.set_title("Q overestimation")
-    for ax in (ax_return, ax_q):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    panels = _panels(rows)
+    fig, axes = plt.subplots(2, len(panels), figsize=(max(7.0, 5.5 * len(panels)), 8), squeeze=False)
+    members_of = {id(row): setting.members for row, setting in zip(rows, settings(runs))}
+    for column, ((algorithm, knob), lines) in enumerate(panels.items()):
+        ax_metric, ax_q = axes[0, column], axes[1, column]
+        for n, (label, points) in enumerate(lines.items()):
+            color = f"C{n % 10}"
+            points = sorted(points, key=lambda p: p[0])
+            xs = np.array([p[0] for p in points], dtype=float)
+            for ax, mean_key, low_key, high_key, value in (
+                    (ax_metric, f"{study.optimize}_mean", f"{study.optimize}_mean_ci_low",
+                     f"{study.optimize}_mean_ci_high", lambda m: m.score(study.optimize)),
+                    (ax_q, "q_overestimation_mean_survivors", "q_overestimation_ci_low", "q_overestimation_ci_high",
+                     lambda m: math.nan if m.diverged else m.q_overestimation)):
+                means = np.array([p[1][mean_key] for p in points], dtype=float)
+                low = np.array([p[1][low_key] for p in points], dtype=float)
+                high = np.array([p[1][high_key] for p in points], dtype=float)
+                ax.plot(xs, means, "-", color=color, label=label)
+                has_ci = np.isfinite(low) & np.isfinite(high)
+                ax.errorbar(xs[has_ci], means[has_ci], yerr=[means[has_ci] - low[has_ci], high[has_ci] - means[has_ci]],
+                            fmt="o", color=color, capsize=3)
+                ax.plot(xs[~has_ci], means[~has_ci], "o", mfc="none", color=color)
+                for x, (_, row) in zip(xs, points):
+                    for m in members_of[id(row)]:
+                        if math.isfinite(value(m)) or (ax is ax_metric and m.diverged):
+                            ax.plot(x, value(m), "x" if m.diverged else ".", color=color, alpha=0.6, ms=6)
+        direction = ALGORITHMS[algorithm].CONSTRAINT_KNOBS.get(knob) if algorithm in ALGORITHMS else None
+        all_x = sorted({p[0] for points in lines.values() for p in points})
+        for ax in (ax_metric, ax_q):
+            if _log_spaced(all_x):
+                ax.set_xscale("log")
+            if direction == "lower":
+                ax.invert_xaxis()
+            ax.set_xlabel(f"{knob}  (weaker -> stronger constraint)" if direction else knob)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        ax_metric.set_title(f"{algorithm}: {knob}")
+        ax_metric.set_ylabel(f"{study.optimize} {study.metric}")
+        ax_q.set_ylabel("Q - Monte-Carlo return (survivors)")
+        ax_q.axhline(0.0, color="grey", lw=0.8)
+    fig.suptitle(f"{study.name}: mean and 95% bootstrap CI over seeds\n(dots: seeds; x: diverged, scored as a "
+                 f"failure; hollow: no CI)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def _series(rows: list[dict]) -> dict:
-    """{(line label, x knob name): [(x, row), ...]}: x is the first numeric knob that varies in the group."""
-    fixed = {"algorithm", "dataset", "seeds", "diverged"}
-    series: dict = defaultdict(list)
-    by_group: dict = defaultdict(list)
+def _knob_names(rows: list[dict]) -> set[str]:
+    fixed = {"algorithm", "dataset", *SUMMARY_COLUMNS}
+    return {k for row in rows for k in row if k not in fixed and not k.startswith(("last_", "best_", "q_overestimation"))}
+
+
+def _panels(rows: list[dict]) -> dict:
+    """{(algorithm, knob): {line label: [(x, row), ...]}}: one panel per numeric knob that varies within an
+    algorithm's settings, one line per dataset and setting of the algorithm's other knobs."""
+    knob_names = _knob_names(rows)
+    panels: dict = {}
+    by_algorithm: dict = defaultdict(list)
     for row in rows:
-        by_group[(row["algorithm"], row["dataset"])].append(row)
-    for (algorithm, dataset), group in by_group.items():
-        knobs = [k for k in group[0] if k not in fixed and not k.endswith(("_mean", "_ci95"))]
+        by_algorithm[row["algorithm"]].append(row)
+    for algorithm, group in by_algorithm.items():
+        knobs = sorted(k for k in knob_names if any(k in r for r in group))
         varying = [k for k in knobs if len({json.dumps(r.get(k)) for r in group}) > 1
-                   and all(isinstance(r.get(k), (int, float)) for r in group)]
-        x = varying[0] if varying else None
-        for row in group:
-            others = ", ".join(f"{k}={row.get(k)}" for k in varying[1:])
-            label = f"{algorithm} {dataset}" + (f" [{others}]" if others else "")
-            series[(label, x or "(single setting)")].append((row.get(x, 0.0) if x else 0.0, row))
-    return series
+                   and all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool) for r in group)]
+        for knob in varying or [None]:
+            lines: dict = defaultdict(list)
+            for row in group:
+                others = ", ".join(f"{k}={row.get(k)}" for k in knobs if k != knob and k in row and
+                                   len({json.dumps(r.get(k)) for r in group}) > 1)
+                lines[row["dataset"] + (f" [{others}]" if others else "")].append((row.get(knob, 0.0) if knob else 0.0, row))
+            panels[(algorithm, knob or "(single setting)")] = dict(lines)
+    return panels
+
+
+def _log_spaced(xs: list[float]) -> bool:
+    """A grid of three or more positive values spanning a factor of ten or more, closer to evenly spaced in
+    log than in linear terms."""
+    xs = np.array(sorted(set(xs)), dtype=float)
+    if len(xs) < 3 or xs.min() <= 0 or xs.max() / xs.min() < 10:
+        return False
+    def unevenness(v):
+        steps = np.diff(v)
+        return steps.std() / steps.mean()
+    return unevenness(np.log(xs)) < unevenness(xs)
 
 
 def export_best(folder: str | Path) -> list[Path]:
     """The best knob setting per (algorithm, dataset), by the mean over seeds of the study's metric (its
-    last or best evaluation, as the study says), as a standalone YAML for `launch.py train --config`."""
+    last or best evaluation, as the study says; diverged seeds at the failure level; fewer diverged seeds
+    break a tie), as a standalone YAML for `launch.py train --config`. The header states the winner's 95%
+    CI, its diverged seeds, P(winner beats the runner-up) and every setting it cannot be told apart from."""
     folder = Path(folder).expanduser().resolve()
     study, runs = collect(folder)
-    groups: dict[tuple, list[MemberRun]] = defaultdict(list)
-    for run in runs:
-        groups[(run.algorithm, run.dataset, json.dumps(run.knobs, sort_keys=True))].append(run)
-    best: dict[tuple, tuple[float, list[MemberRun]]] = {}
     sign = 1.0 if study.mode == "max" else -1.0
-    for (algorithm, dataset, _), members in groups.items():
-        score = mean_ci([m.score(study.optimize) for m in members])[0]
-        if not math.isfinite(score):
-            continue
-        key = (algorithm, dataset)
-        if key not in best or sign * score > sign * best[key][0]:
-            best[key] = (score, members)
+    candidates: dict[tuple, list[tuple[float, int, Setting]]] = defaultdict(list)
+    for setting in settings(runs):
+        scores = list(setting.scores(study.optimize).values())
+        if scores:
+            candidates[(setting.algorithm, setting.dataset)].append(
+                (float(np.mean(scores)), sum(m.diverged for m in setting.members), setting))
     out = folder / "best"
     out.mkdir(exist_ok=True)
     written = []
-    for (algorithm, dataset), (score, members) in sorted(best.items()):
-        members = sorted(members, key=lambda m: m.seed)
+    for (algorithm, dataset), ranked in sorted(candidates.items()):
+        ranked.sort(key=lambda c: (-sign * c[0], c[1]))
+        score, _, winner = ranked[0]
+        members = winner.members
         config = {k: v for k, v in members[0].trial_config.items() if k != "members"}
-        config["algo"] = {**config.get("algo", {}), **{k: v for k, v in members[0].knobs.items()
+        config["algo"] = {**config.get("algo", {}), **{k: v for k, v in winner.knobs.items()
                                                         if not k.startswith("train.")}}
-        for key, value in members[0].knobs.items():
+        for key, value in winner.knobs.items():
             if key.startswith("train."):
                 config[key[6:]] = value
         config["members"] = [{"seed": m.seed} for m in members]
-        header = (f"# Best {algorithm} on {dataset} in study {study.name}: mean {study.optimize} {study.metric} = "
-                  f"{score:.4g} over seeds {[m.seed for m in members]}.\n"
-                  f"# Re-run: python launch.py train --config {{this file}}\n")
+        header = [f"Best {algorithm} on {dataset} in study {study.name}: {winner.label()}",
+                  *_comparison(study, winner, score, [c[2] for c in ranked[1:]]),
+                  "Re-run: python launch.py train --config {this file}"]
         path = out / f"{algorithm}-{dataset.strip('/').replace('/', '_')}.yaml"
-        path.write_text(header + yaml.safe_dump(config, sort_keys=False))
+        path.write_text("".join(f"# {line}\n" for line in header) + yaml.safe_dump(config, sort_keys=False))
         written.append(path)
     return written
+
+
+def _comparison(study, winner: Setting, score: float, others: list[Setting]) -> list[str]:
+    """The export header's lines on the winner's statistics and how it compares with the other settings."""
+    scores = winner.scores(study.optimize)
+    low, high = bootstrap_ci(list(scores.values()))
+    diverged = [f"seed {m.seed} (iteration {m.diverged_at})" for m in winner.members if m.diverged]
+    lines = [f"mean {study.optimize} {study.metric} = {score:.4g}, 95% bootstrap CI [{low:.4g}, {high:.4g}], "
+             f"IQM {float(iqm(list(scores.values()))):.4g}, over seeds {sorted(scores)}; "
+             f"{len(winner.members)} seeds, {sum(m.finished for m in winner.members)} finished, "
+             f"{len(diverged)} diverged, {len(scores)} used",
+             ("diverged (scored at the failure level " + f"{winner.members[0].failure:.4g}" + "): " + ", ".join(diverged))
+             if diverged else "no seed diverged"]
+    if not others:
+        return lines + ["the only setting: nothing to compare with"]
+    tied = []
+    for n, other in enumerate(others):
+        improvement = probability_of_improvement(scores, other.scores(study.optimize), study.mode)
+        other_low, other_high = bootstrap_ci(list(other.scores(study.optimize).values()))
+        if n == 0:
+            how = (f"paired over seeds {improvement['seeds']}" if improvement["paired"]
+                   else "over all pairs of seeds (fewer than two shared)")
+            lines.append(f"P(this beats the runner-up, {other.label()}) = {improvement['p']:.3g}, "
+                         f"95% bootstrap CI [{improvement['ci_low']:.3g}, {improvement['ci_high']:.3g}], {how}")
+        overlap = not (high < other_low or other_high < low)
+        undecided = not improvement["ci_low"] > 0.5 and not improvement["ci_high"] < 0.5   # nan: undecided
+        if overlap or undecided:
+            tied.append(other.label())
+    lines.append("cannot be told apart (95% CIs of the mean overlap, or the CI of P(this beats it) contains 0.5 or "
+                 "cannot be computed) from: " + ("; ".join(tied) if tied else "none"))
+    return lines

@@ -44,7 +44,7 @@ def test_tiny_study_end_to_end(pendulum_datasets, tmp_path, monkeypatch, local_r
 
     paths = write_report(folder)
     table = paths["markdown"].read_text()
-    assert "| iql |" in table and "0.6" in table and "0.9" in table and "last_ci95" in table
+    assert "| iql |" in table and "0.6" in table and "0.9" in table and "last: mean [95% CI]" in table
     assert paths["plot"].stat().st_size > 10_000
     assert len(paths["csv"].read_text().splitlines()) == 3                  # header + one row per expectile
     report_run = log_report(study, paths)                                  # the report in W&B too

@@ -1,0 +1,218 @@
+"""The report and the export on synthetic study folders (no Ray, no training): diverged seeds scored as
+failures, counts in every row, bootstrap statistics against hand computations, one panel per knob."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from offline_sweeps.algorithms import ALGORITHMS
+from offline_sweeps.algorithms.trainer import flatten_members, split_members
+from offline_sweeps.sweeps.report import (_log_spaced, _panels, bootstrap_ci, collect, export_best, iqm,
+                                          probability_of_improvement, random_level, summarize, write_report)
+from offline_sweeps.sweeps.study import STUDY_FILE, parse_study
+
+DATASET = "pendulum/medium-v0"
+
+
+def write_study(folder: Path, values: dict, curves: dict, diverged: dict = {}, iterations: int = 3) -> Path:
+    """A study folder as Tune leaves it: study.yaml, and per trial params.json and result.json, whose rows
+    are what `flatten_members` makes. `curves[(knob value, seed)]`: the normalized return per iteration
+    (the raw return is 10 * normalized - 1000, so the random level is -1000); `diverged[(knob value, seed)]`:
+    the iteration from which the member is diverged (nan metrics)."""
+    study = parse_study({"name": "synthetic", "datasets": [DATASET], "pack": ["seed"], "storage": str(folder.parent),
+                         "train": {"eval_every": 10, "total_updates": 10 * iterations},
+                         "wandb": {"enabled": False}, **values})
+    folder.mkdir(parents=True)
+    (folder / STUDY_FILE).write_text(yaml.safe_dump(study.source))
+    for n, trial in enumerate(study.trials()):
+        knob = next(iter(trial["study"]["point"].values()))
+        rows = []
+        for i in range(1, iterations + 1):
+            dead = np.array([diverged.get((knob, m["seed"]), math.inf) <= i for m in trial["members"]])
+            normalized = np.array([curves[(knob, m["seed"])][i - 1] for m in trial["members"]], dtype=float)
+            normalized[dead] = np.nan
+            per_member = {"eval/normalized_return": normalized, "eval/return": 10 * normalized - 1000,
+                          "eval/q_overestimation": np.where(dead, np.nan, 5.0), "diverged": dead.astype(float)}
+            rows.append({**flatten_members(per_member), "updates": 10 * i, "training_iteration": i,
+                         "members_diverged": int(dead.sum()), "done": i == iterations})
+        trial_dir = folder / f"trial_{n:02d}"
+        trial_dir.mkdir()
+        (trial_dir / "params.json").write_text(json.dumps({"trial": trial}))
+        (trial_dir / "result.json").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+def iql_study(tmp_path, curves, diverged={}, **values) -> Path:
+    grid = sorted({knob for knob, _ in curves})
+    seeds = sorted({seed for _, seed in curves})
+    return write_study(tmp_path / "study", {"algorithm": "iql", "seeds": seeds,
+                                            "search": {"expectile": {"grid": grid}}, **values}, curves, diverged)
+
+
+def flat(value, seeds=(0, 1, 2), iterations=3):
+    return {seed: [value] * iterations for seed in seeds}
+
+
+def curves_of(settings: dict) -> dict:
+    return {(knob, seed): curve for knob, by_seed in settings.items() for seed, curve in by_seed.items()}
+
+
+def test_a_setting_with_diverged_seeds_never_outranks_a_stable_one_of_equal_survivors_mean(tmp_path):
+    # The issue's case: expectile 0.9 keeps one survivor at 80; 0.7 is stable at 80 on every seed.
+    folder = iql_study(tmp_path, curves_of({0.7: flat(80.0), 0.9: flat(80.0)}), {(0.9, 1): 2, (0.9, 2): 2})
+    study, runs = collect(folder)
+    rows = {row["expectile"]: row for row in summarize(study, runs)}
+    assert (rows[0.9]["seeds"], rows[0.9]["finished"], rows[0.9]["diverged"], rows[0.9]["used"]) == (3, 3, 2, 3)
+    assert rows[0.9]["last_mean"] == pytest.approx(80 / 3)               # the diverged seeds score 0
+    assert rows[0.9]["last_mean_survivors"] == pytest.approx(80.0)      # the plain mean, labelled so
+    assert rows[0.9]["best_mean"] == pytest.approx(80.0)                # before diverging they scored 80
+    assert rows[0.9]["diverged_seeds"] == "1@2 2@2"
+    assert rows[0.7]["last_mean"] == pytest.approx(80.0) and rows[0.7]["diverged"] == 0
+    config = yaml.safe_load(export_best(folder)[0].read_text())
+    assert config["algo"]["expectile"] == 0.7
+
+
+def test_report_csv_and_markdown_show_the_counts_and_the_failure_scoring(tmp_path):
+    folder = iql_study(tmp_path, curves_of({0.7: flat(60.0), 0.9: flat(80.0)}), {(0.9, 1): 2, (0.9, 2): 3})
+    paths = write_report(folder)
+    with open(paths["csv"], newline="") as handle:
+        rows = {float(row["expectile"]): row for row in csv.DictReader(handle)}
+    assert {k: rows[0.9][k] for k in ("seeds", "finished", "diverged", "used", "diverged_seeds")} == \
+        {"seeds": "3", "finished": "3", "diverged": "2", "used": "3", "diverged_seeds": "1@2 2@3"}
+    assert float(rows[0.9]["failure_level"]) == 0.0
+    assert float(rows[0.9]["last_mean"]) == pytest.approx(80 / 3)
+    assert float(rows[0.9]["last_mean_survivors"]) == pytest.approx(80.0)
+    markdown = paths["markdown"].read_text()
+    assert "| seeds | finished | diverged | used | diverged_seeds |" in markdown
+    assert "failure level: pendulum/medium-v0: 0, the random-policy level" in markdown
+    assert "| 26.7 [0, 80] |" in markdown and "| 80 |" in markdown     # mean [CI], survivors only
+    assert paths["plot"].stat().st_size > 10_000
+
+
+def test_export_header_names_the_winners_diverged_seeds_its_ci_and_the_settings_it_ties_with(tmp_path):
+    # 0.5: 90, 90 and seed 2 diverged at iteration 3 (mean 60); 0.7: stable 55; 0.9: two of three diverged.
+    curves = curves_of({0.5: flat(90.0), 0.7: flat(55.0), 0.9: flat(80.0)})
+    folder = iql_study(tmp_path, curves, {(0.5, 2): 3, (0.9, 1): 2, (0.9, 2): 2})
+    text = export_best(folder)[0].read_text()
+    header = [line[2:] for line in text.splitlines() if line.startswith("# ")]
+    assert yaml.safe_load(text)["algo"]["expectile"] == 0.5
+    assert "mean last eval/normalized_return = 60" in header[1] and "95% bootstrap CI [0, 90]" in header[1]
+    assert "3 seeds, 3 finished, 1 diverged, 3 used" in header[1]
+    assert header[2] == "diverged (scored at the failure level 0): seed 2 (iteration 3)"
+    # Paired over seeds 0, 1, 2: 90 > 55, 90 > 55, 0 < 55: P = 2/3, its bootstrap CI [0, 1] contains 0.5.
+    assert header[3].startswith("P(this beats the runner-up, expectile=0.7) = 0.667, 95% bootstrap CI [0, 1], "
+                                "paired over seeds [0, 1, 2]")
+    assert header[4].endswith("from: expectile=0.7; expectile=0.9")
+
+
+def test_raw_return_failures_score_the_random_policy_level_read_back_from_the_results(tmp_path):
+    curves = curves_of({0.7: {0: [10, 20, 30], 1: [10, 20, 30]}, 0.9: {0: [10, 50, 50], 1: [10, 50, 50]}})
+    folder = iql_study(tmp_path, curves, {(0.9, 1): 3}, metric="eval/return")
+    study, runs = collect(folder)
+    diverged = next(r for r in runs if r.diverged)
+    assert diverged.failure == pytest.approx(-1000.0) and diverged.last == pytest.approx(-1000.0)
+    assert random_level("eval/return", [(0.0, 100.0), (-1000.0, 0.0), (math.nan, 3.0)]) == pytest.approx(-1000.0)
+    assert random_level("eval/normalized_return", []) == 0.0
+    assert random_level("train/critic_loss", []) is None
+
+
+def test_failure_level_drops_to_the_worst_value_seen_when_something_scored_below_random(tmp_path):
+    curves = curves_of({0.7: {0: [-30, -5, -5], 1: [-30, -5, -5]}, 0.9: {0: [-30, -5, -5], 1: [-30, -5, -5]}})
+    folder = iql_study(tmp_path, curves, {(0.9, 1): 3})
+    study, runs = collect(folder)
+    assert {r.failure for r in runs} == {-30.0}
+    rows = {row["expectile"]: row for row in summarize(study, runs)}
+    assert rows[0.9]["last_mean"] < rows[0.7]["last_mean"] == -5.0
+    assert yaml.safe_load(export_best(folder)[0].read_text())["algo"]["expectile"] == 0.7
+
+
+def test_a_ci_that_cannot_be_computed_is_missing_not_zero(tmp_path):
+    folder = iql_study(tmp_path, curves_of({0.7: flat(60.0, seeds=(0,)), 0.9: flat(70.0, seeds=(0,))}))
+    study, runs = collect(folder)
+    for row in summarize(study, runs):
+        assert math.isnan(row["last_mean_ci_low"]) and math.isnan(row["last_iqm_ci_high"])
+    assert "| 60 [nan, nan] |" in write_report(folder)["markdown"].read_text()
+    header = export_best(folder)[0].read_text()
+    assert "CI [nan, nan]" in header and "from: expectile=0.7" in header
+
+
+def test_bootstrap_ci_and_iqm_against_hand_computation():
+    # The bootstrap mean of [0, 0, 0, 100] is 25 * Binomial(4, 1/4): P(0) = 81/256 > 2.5%, and
+    # P(<= 50) = 243/256 < 97.5% <= P(<= 75) = 255/256: the percentile CI is [0, 75].
+    assert bootstrap_ci([0, 0, 0, 100]) == pytest.approx((0.0, 75.0))
+    assert bootstrap_ci([5.0]) == (pytest.approx(math.nan, nan_ok=True),) * 2
+    assert bootstrap_ci([7.0, 7.0, 7.0]) == pytest.approx((7.0, 7.0))
+    assert iqm(np.arange(1, 9)) == pytest.approx(4.5)         # mean of 3, 4, 5, 6
+    assert iqm([0, 0, 0, 100]) == pytest.approx(0.0)
+    assert iqm([1, 2, 10]) == pytest.approx(13 / 3)            # three seeds: nothing to trim
+    # The bootstrap IQM against its exact distribution over all 256 equally likely resamples.
+    resamples = np.array(np.meshgrid(*[[0, 0, 0, 100]] * 4)).reshape(4, -1).T
+    exact = np.sort(iqm(resamples, axis=1))
+    low, high = bootstrap_ci([0, 0, 0, 100], iqm)
+    assert low == pytest.approx(np.quantile(exact, 0.025)) and high == pytest.approx(np.quantile(exact, 0.975))
+
+
+def test_probability_of_improvement_against_hand_computation():
+    # Paired over three shared seeds: 80 > 70, 60 < 65, 70 > 50: P = 2/3. Resampling the seeds, the count
+    # of wins is Binomial(3, 2/3); P(0 wins) = 1/27 > 2.5% and P(3 wins) = 8/27 > 2.5%: CI [0, 1].
+    result = probability_of_improvement({0: 80, 1: 60, 2: 70}, {0: 70, 1: 65, 2: 50})
+    assert result["paired"] and result["seeds"] == [0, 1, 2]
+    assert (result["p"], result["ci_low"], result["ci_high"]) == pytest.approx((2 / 3, 0.0, 1.0))
+    # Lower is better in mode "min": the same seeds, the other way round.
+    assert probability_of_improvement({0: 80, 1: 60, 2: 70}, {0: 70, 1: 65, 2: 50}, "min")["p"] == pytest.approx(1 / 3)
+    # Ten shared seeds, all won: every resample wins every pair.
+    always = probability_of_improvement({s: 2.0 for s in range(10)}, {s: 1.0 for s in range(10)})
+    assert (always["p"], always["ci_low"], always["ci_high"]) == (1.0, 1.0, 1.0)
+    # No two shared seeds: over all pairs, ties counting half: (1 > 2? 0) (1 > 0: 1) (3 > 2: 1) (3 > 0: 1) -> 3/4.
+    unpaired = probability_of_improvement({0: 1.0, 1: 3.0}, {2: 2.0, 3: 0.0})
+    assert not unpaired["paired"] and unpaired["p"] == pytest.approx(0.75)
+    assert probability_of_improvement({0: 1.0, 1: 1.0}, {0: 1.0, 1: 1.0})["p"] == 0.5
+
+
+@pytest.mark.parametrize("members", [1, 3])
+def test_split_members_inverts_flatten_members(members):
+    per_member = {"eval/return": np.arange(members, dtype=float) + 1, "diverged": np.zeros(members)}
+    result = {**flatten_members(per_member), "updates": 20, "training_iteration": 2, "node_id": "n"}
+    split = split_members(result, members)
+    assert len(split) == members
+    for k, metrics in enumerate(split):
+        assert metrics["eval/return"] == k + 1 and metrics["diverged"] == 0.0
+        assert metrics["updates"] == 20 and metrics["node_id"] == "n"
+
+
+def test_report_and_export_import_no_ray():
+    code = "import sys, offline_sweeps.sweeps.report; assert 'ray' not in sys.modules, 'ray imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_constraint_knob_is_a_packable_field_with_a_direction():
+    for name, learner in ALGORITHMS.items():
+        for knob, stronger in learner.CONSTRAINT_KNOBS.items():
+            assert knob in learner.PACKABLE, (name, knob)
+            assert stronger in ("higher", "lower"), (name, knob)
+    assert ALGORITHMS["iql"].CONSTRAINT_KNOBS["expectile"] == "lower"
+    assert ALGORITHMS["brac"].CONSTRAINT_KNOBS["kl_weight"] == "higher"
+    assert ALGORITHMS["bear"].CONSTRAINT_KNOBS["mmd_threshold"] == "lower"
+
+
+def test_one_panel_per_algorithm_and_knob(tmp_path):
+    short = {"eval_every": 10, "total_updates": 30, "algo": {"warm_start_updates": 0, "behavior_pretrain_steps": 0}}
+    values = {"seeds": [0, 1], "train": short, "parts": [
+        {"algorithm": "brac", "search": {"kl_weight": {"grid": [0.01, 0.1, 1.0]}}},
+        {"algorithm": "bear", "search": {"mmd_threshold": {"grid": [0.02, 0.05]}}}]}
+    curves = {(knob, seed): [50.0 + seed] * 3 for knob in (0.01, 0.1, 1.0, 0.02, 0.05) for seed in (0, 1)}
+    folder = write_study(tmp_path / "study", values, curves)
+    study, runs = collect(folder)
+    panels = _panels(summarize(study, runs))
+    assert sorted(panels) == [("bear", "mmd_threshold"), ("brac", "kl_weight")]
+    assert sorted(p[0] for p in panels[("brac", "kl_weight")][DATASET]) == [0.01, 0.1, 1.0]
+    assert write_report(folder)["plot"].stat().st_size > 10_000
+    assert _log_spaced([0.01, 0.1, 1.0]) and not _log_spaced([0.5, 0.7, 0.9]) and not _log_spaced([1, 50, 100])
