@@ -31,7 +31,7 @@ import torch
 from ..algorithms.sac import SAC, SACConfig
 from .buffer import TransitionBuffer
 from .controllers import SCRIPTED_CONTROLLERS
-from .loading import DatasetError, datasets_root, local_dataset_ids
+from .loading import DatasetError, datasets_root, flat_dim, local_dataset_ids
 from .rollout import Episode, Policy, make_env, random_policy, rollout
 
 KINDS = ("random", "medium", "expert", "medium-replay", "medium-expert")
@@ -229,9 +229,40 @@ def _staged(dataset_id: str, overwrite: bool):
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def check_episodes(episodes: list[Episode], env: gym.Env, dataset_id: str) -> None:
+    """Raise a DatasetError naming the first episode and field that does not fit `env` (observation and action
+    sizes, actions inside the bounds) or holds a NaN or infinite value."""
+    obs_dim, act_dim = flat_dim(env.observation_space), flat_dim(env.action_space)
+    low, high = env.action_space.low, env.action_space.high
+    slack = 1e-5 * np.where(np.isfinite(high - low), high - low, 1.0)
+    if not episodes:
+        raise DatasetError(f"writing {dataset_id}: no episodes")
+    for index, episode in enumerate(episodes):
+        where = f"writing {dataset_id}: episode {index}"
+        if episode.observations.shape != (len(episode) + 1, obs_dim):
+            raise DatasetError(f"{where} has observations of shape {episode.observations.shape}; {env.spec.id} needs "
+                               f"({len(episode) + 1}, {obs_dim}) (one more observation than actions)")
+        if episode.actions.shape != (len(episode), act_dim):
+            raise DatasetError(f"{where} has actions of shape {episode.actions.shape}; {env.spec.id} needs "
+                               f"({len(episode)}, {act_dim})")
+        for name in ("observations", "actions", "rewards"):
+            if not np.isfinite(getattr(episode, name)).all():
+                raise DatasetError(f"{where} has NaN or infinite {name}")
+        if ((episode.actions < low - slack) | (episode.actions > high + slack)).any():
+            raise DatasetError(f"{where} has actions outside {env.spec.id}'s bounds [{low.tolist()}, {high.tolist()}]")
+
+
 def write_dataset(dataset_id: str, env_id: str, episodes: list[Episode], ref_min_score: float,
                   ref_max_score: float, metadata: dict, overwrite: bool = False) -> None:
-    """Write episodes as a Minari (HDF5) dataset with reference scores and our own metadata."""
+    """Write episodes as a Minari (HDF5) dataset with reference scores and our own metadata; episodes that do not
+    fit `env_id`'s spaces or hold non-finite values are refused before anything is written."""
+    check_episodes(episodes, make_env(env_id), dataset_id)
+    for name, value in (("ref_min_score", ref_min_score), ("ref_max_score", ref_max_score)):
+        if not math.isfinite(float(value)):
+            raise DatasetError(f"writing {dataset_id}: {name}={value} is not finite")
+    if not ref_max_score > ref_min_score:
+        raise DatasetError(f"writing {dataset_id}: ref_max_score={ref_max_score} must be greater than "
+                           f"ref_min_score={ref_min_score}")
     import minari
     from minari.data_collector.episode_buffer import EpisodeBuffer
     buffers = [EpisodeBuffer(id=i, seed=e.seed, observations=e.observations, actions=e.actions, rewards=e.rewards,

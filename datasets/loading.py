@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import socket
 import urllib.parse
@@ -237,6 +238,40 @@ def _cached_arrays(data_path: Path, dataset_id: str) -> dict[str, np.ndarray]:
     return arrays
 
 
+CHECKED_FIELDS = ("observations", "actions", "rewards", "next_observations")
+
+
+def check_finite(arrays: dict[str, np.ndarray], dataset_id: str) -> None:
+    """Raise a DatasetError naming the first transition whose observation, action, reward or next observation is
+    NaN or infinite: one such value would otherwise surface later as every member "diverging"."""
+    for name in CHECKED_FIELDS:
+        values = np.asarray(arrays[name])
+        bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        if bad.any():
+            index = int(np.argmax(bad))
+            raise DatasetError(f"dataset {dataset_id!r}: {name}[{index}] is not finite ({values[index].tolist()}); "
+                               f"{int(bad.sum())} transition(s) have NaN or infinite {name}: clean the data or "
+                               f"rebuild the dataset")
+
+
+def reference_scores(metadata: dict, dataset_id: str) -> tuple[float | None, float | None]:
+    """The dataset's (ref_min_score, ref_max_score): both absent, or two finite numbers with max > min."""
+    low, high = metadata.get("ref_min_score"), metadata.get("ref_max_score")
+    if low is None and high is None:
+        return None, None
+    for name, value in (("ref_min_score", low), ("ref_max_score", high)):
+        if value is None:
+            other = "ref_max_score" if name == "ref_min_score" else "ref_min_score"
+            raise DatasetError(f"dataset {dataset_id!r} has {other} but no {name}: give both, or neither")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise DatasetError(f"dataset {dataset_id!r}: {name}={value!r} is not a finite number; set it in the "
+                               f"dataset's metadata.json (the random and expert policies' mean returns)")
+    if not high > low:
+        raise DatasetError(f"dataset {dataset_id!r}: ref_max_score={high!r} must be greater than "
+                           f"ref_min_score={low!r}, or normalized returns divide by zero or flip sign")
+    return float(low), float(high)
+
+
 def load(dataset_id: str, download: bool = True) -> OfflineDataset:
     """Load a Minari dataset as flat transitions.
 
@@ -255,14 +290,15 @@ def load(dataset_id: str, download: bool = True) -> OfflineDataset:
         raise DatasetError(f"dataset {dataset_id!r} at {data_path} has no episodes (an interrupted write?); "
                            f"delete it and build or download it again")
     arrays = _cached_arrays(data_path, dataset_id)
+    check_finite(arrays, dataset_id)
+    ref_min, ref_max = reference_scores(metadata, dataset_id)
     env_id = None
     if metadata.get("env_spec"):
         env_id = json.loads(metadata["env_spec"]).get("id")
     extra = {k: v for k, v in metadata.items() if k not in ("observation_space", "action_space", "env_spec")}
     return OfflineDataset(dataset_id=metadata.get("dataset_id", dataset_id),
                           observation_space=reader.observation_space, action_space=reader.action_space,
-                          env_id=env_id, ref_min_score=metadata.get("ref_min_score"),
-                          ref_max_score=metadata.get("ref_max_score"), metadata=extra, **arrays)
+                          env_id=env_id, ref_min_score=ref_min, ref_max_score=ref_max, metadata=extra, **arrays)
 
 
 def check_env_compatible(dataset: OfflineDataset, env: gym.Env) -> None:

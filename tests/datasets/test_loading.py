@@ -158,3 +158,73 @@ def test_dict_observations_flatten_like_gymnasium():
     batched = {key: np.stack([s[key] for s in samples]) for key in space.spaces}
     expected = np.stack([gym.spaces.flatten(space, s) for s in samples])
     np.testing.assert_allclose(flat_observation(space, batched), expected)
+
+
+# --- data checked at the door ---------------------------------------------------------------------------------------
+def corrupt(minari_root, dataset_id: str, episode: int, field: str, step: int, value: float) -> None:
+    """Overwrite one value of one episode in the dataset's HDF5 file, as a damaged or hand-edited file would hold."""
+    import h5py
+    with h5py.File(minari_root / dataset_id / "data" / "main_data.hdf5", "r+") as handle:
+        data = handle[f"episode_{episode}"][field]
+        values = data[...]
+        values[step] = value
+        data[...] = values
+
+
+@pytest.mark.parametrize("field, flat_field, step, index", [("rewards", "rewards", 3, 203),
+                                                           ("observations", "observations", 5, 205),
+                                                           ("actions", "actions", 0, 200)])
+def test_a_non_finite_value_is_refused_with_its_first_index(pendulum_episodes, write_episodes, minari_root, field,
+                                                            flat_field, step, index):
+    write_episodes("pendulum/bad-v0", "Pendulum-v1", pendulum_episodes)
+    corrupt(minari_root, "pendulum/bad-v0", 1, field, step, np.nan if field == "rewards" else np.inf)
+    with pytest.raises(ds.DatasetError, match=rf"{flat_field}\[{index}\] is not finite.*clean the data"):
+        ds.load("pendulum/bad-v0")
+
+
+def set_metadata(minari_root, dataset_id: str, **values) -> None:
+    path = minari_root / dataset_id / "data" / "metadata.json"
+    metadata = json.loads(path.read_text())
+    metadata.update(values)
+    path.write_text(json.dumps(metadata))
+
+
+@pytest.mark.parametrize("refs, message", [({"ref_min_score": -100.0, "ref_max_score": -100.0}, "must be greater"),
+                                           ({"ref_min_score": -50.0, "ref_max_score": -100.0}, "must be greater"),
+                                           ({"ref_max_score": "high"}, "ref_max_score='high' is not a finite number"),
+                                           ({"ref_min_score": None}, "has ref_max_score but no ref_min_score")])
+def test_bad_reference_scores_are_refused(pendulum_episodes, write_episodes, minari_root, refs, message):
+    write_episodes("pendulum/refs-v0", "Pendulum-v1", pendulum_episodes)
+    set_metadata(minari_root, "pendulum/refs-v0", **refs)
+    with pytest.raises(ds.DatasetError, match=message):
+        ds.load("pendulum/refs-v0")
+
+
+def test_dataset_list_reports_a_bad_dataset_and_goes_on(pendulum_episodes, write_episodes, minari_root, capsys):
+    import argparse
+    import importlib.util
+    from pathlib import Path
+    write_episodes("pendulum/a-v0", "Pendulum-v1", pendulum_episodes)
+    write_episodes("pendulum/b-v0", "Pendulum-v1", pendulum_episodes)
+    set_metadata(minari_root, "pendulum/a-v0", ref_min_score="low")
+    spec = importlib.util.spec_from_file_location("launch", Path(__file__).resolve().parents[2] / "launch.py")
+    launch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launch)
+    launch.dataset_list(argparse.Namespace())
+    out = capsys.readouterr().out
+    assert "pendulum/a-v0" in out and "unusable" in out and "not a finite number" in out
+    assert [line for line in out.splitlines() if "pendulum/b-v0" in line and "refs [-1000.0, -100.0]" in line]
+
+
+@pytest.mark.parametrize("breaks, message", [
+    (lambda e: e.rewards.__setitem__(0, np.nan), "episode 1 has NaN or infinite rewards"),
+    (lambda e: e.actions.__setitem__(0, 5.0), "actions outside Pendulum-v1's bounds"),
+])
+def test_write_dataset_refuses_what_does_not_fit_or_is_not_finite(pendulum_episodes, write_episodes, minari_root,
+                                                                   breaks, message):
+    breaks(pendulum_episodes[1])
+    with pytest.raises(ds.DatasetError, match=message):
+        write_episodes("pendulum/refused-v0", "Pendulum-v1", pendulum_episodes)
+    assert not (minari_root / "pendulum" / "refused-v0").exists()
+    with pytest.raises(ds.DatasetError, match=r"episode 0 has observations of shape \(201, 3\); HalfCheetah-v5 needs"):
+        write_episodes("pendulum/refused-v0", "HalfCheetah-v5", pendulum_episodes)
