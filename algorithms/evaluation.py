@@ -2,36 +2,96 @@
 
 Besides the return, it measures what the lecture plots next to it: the learned Q at the (s, a) the
 policy visited against the discounted Monte-Carlo return that followed, so overestimation is visible.
-Steps closer than the effective horizon 1 / (1 - gamma) to a time-limit truncation are left out of that
-comparison: their Monte-Carlo return misses the reward after the cut, which Q rightly includes.
+A time-limit truncation is not the end of the task (Q bootstraps through it), so the Monte-Carlo return of
+a step near the cut must still see the reward after it. Each episode the limit cuts therefore runs on for
+`mc_tail_steps` unscored steps (default ceil(5 / (1 - gamma)): 500 at gamma 0.99), whose rewards feed only
+the Monte-Carlo returns; then every scored step is compared, and the return misses at most
+gamma^mc_tail_steps <= e^-5 (0.7%) of the value at the cut. A bootstrap from the learned Q would hide the
+very error being measured. eval/return and eval/length are the episode up to the env's own limit.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 
-from ..datasets.rollout import rollout
+from ..datasets.rollout import Episode, rollout
+
+
+def default_mc_tail_steps(gamma: float) -> int:
+    """ceil(5 / (1 - gamma)): gamma^steps <= e^-5, since log(gamma) <= -(1 - gamma)."""
+    return math.ceil(5.0 / (1.0 - gamma))
 
 
 def discounted_returns_to_go(rewards: np.ndarray, gamma: float) -> np.ndarray:
-    """G_t = sum_k gamma^k r_(t+k) for every step of one episode."""
-    returns = np.empty(len(rewards), dtype=np.float64)
-    running = 0.0
-    for t in range(len(rewards) - 1, -1, -1):
-        running = rewards[t] + gamma * running
-        returns[t] = running
+    """G_t = sum_k gamma^k r_(t+k) along the last axis: `[..., T]` rewards -> `[..., T]` returns. Episodes of
+    different lengths stack when padded with zero rewards after their end."""
+    returns = np.empty(rewards.shape, dtype=np.float64)
+    running = np.zeros(rewards.shape[:-1], dtype=np.float64)
+    for t in range(rewards.shape[-1] - 1, -1, -1):
+        running = rewards[..., t] + gamma * running
+        returns[..., t] = running
     return returns
+
+
+def compared_steps(episode: Episode, tail_steps: int) -> int:
+    """How many leading steps of `episode` have a Monte-Carlo return that misses at most gamma^tail_steps of
+    their value: all when the run (episode and tail) ended in a true terminal or the tail is whole, else those
+    with at least `tail_steps` recorded steps after them (an env that cuts itself short leaves no tail)."""
+    if episode.terminations[-1] or episode.tail_terminated:
+        return len(episode)
+    return max(0, min(len(episode), len(episode) + len(episode.tail_rewards) - tail_steps))
+
+
+def q_versus_monte_carlo(learner, runs: list[Episode], prepare, gamma: float, tail_steps: int,
+                         reward_scale: float, reward_bias: float) -> dict[str, np.ndarray]:
+    """Per-member `[P]` eval/q_mean, eval/mc_return_mean and their difference eval/q_overestimation, over the
+    compared steps of the member's episodes (`runs` holds E episodes per member, member by member), on the
+    reward scale the critic was trained on."""
+    P, device = learner.members, learner.device
+    episodes = len(runs) // P
+    kept = np.array([compared_steps(e, tail_steps) for e in runs])
+    whole = [np.concatenate([e.rewards, e.tail_rewards]).astype(np.float64) * reward_scale + reward_bias for e in runs]
+    padded = np.zeros((len(runs), max(map(len, whole))))                            # [P * E, T + tail]
+    for row, rewards in zip(padded, whole):
+        row[:len(rewards)] = rewards
+    mc_returns = discounted_returns_to_go(padded, gamma)
+
+    counts = kept.reshape(P, episodes).sum(1)
+    width = max(int(counts.max()), 1)
+    obs_pad = np.zeros((P, width, learner.obs_dim), np.float32)
+    act_pad = np.zeros((P, width, learner.act_dim), np.float32)
+    mc_pad = np.zeros((P, width))
+    mask = np.zeros((P, width), bool)
+    filled = np.zeros(P, dtype=np.int64)
+    for index, (episode, keep) in enumerate(zip(runs, kept)):
+        p, at = index // episodes, filled[index // episodes]
+        obs_pad[p, at:at + keep] = episode.observations[:keep]
+        act_pad[p, at:at + keep] = episode.actions[:keep]
+        mc_pad[p, at:at + keep] = mc_returns[index, :keep]
+        mask[p, at:at + keep] = True
+        filled[p] += keep
+    q = learner.q_value(prepare(torch.as_tensor(obs_pad, device=device)), torch.as_tensor(act_pad, device=device))
+    q = q.double().cpu().numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q_mean = (q * mask).sum(1) / counts
+        mc_mean = (mc_pad * mask).sum(1) / counts
+    return {"eval/q_mean": q_mean, "eval/mc_return_mean": mc_mean, "eval/q_overestimation": q_mean - mc_mean}
 
 
 @torch.no_grad()
 def evaluate_population(learner, env_id: str, episodes: int, seed: int, gamma: float,
-                        normalize=None, reward_scale: float = 1.0, reward_bias: float = 0.0) -> dict[str, np.ndarray]:
+                        normalize=None, reward_scale: float = 1.0, reward_bias: float = 0.0,
+                        mc_tail_steps: int | None = None) -> dict[str, np.ndarray]:
     """Per-member `[P]` arrays: eval/return, eval/return_std, eval/length, and for learners with a critic
     eval/q_mean, eval/mc_return_mean and eval/q_overestimation (Q minus the Monte-Carlo return, on the
-    reward scale the critic was trained on). Diverged members are not run (their entries are NaN)."""
+    reward scale the critic was trained on; `mc_tail_steps` None: `default_mc_tail_steps(gamma)`).
+    Diverged members are not run (their entries are NaN)."""
     P, device = learner.members, learner.device
     alive = ~learner.diverged.cpu().numpy()
     prepare = normalize or (lambda obs: obs)
+    tail_steps = default_mc_tail_steps(gamma) if mc_tail_steps is None else mc_tail_steps
 
     def policy(obs: np.ndarray) -> np.ndarray:
         obs_t = prepare(torch.as_tensor(obs, device=device).view(P, episodes, -1))
@@ -40,42 +100,14 @@ def evaluate_population(learner, env_id: str, episodes: int, seed: int, gamma: f
 
     # Every member meets the same start states (seed, seed + 1, ...), wherever it sits in the population,
     # so a member scores the same packed or alone, and members are compared on common random numbers.
+    # Without a critic there is nothing to compare, so no tail to pay for.
     runs = rollout(env_id, policy, P * episodes, [seed + e for _ in range(P) for e in range(episodes)],
-                   episodes_per_env=1)
+                   episodes_per_env=1, tail_steps=tail_steps if learner.has_critic else 0)
     returns = np.array([e.ret for e in runs]).reshape(P, episodes)
     lengths = np.array([len(e) for e in runs]).reshape(P, episodes)
     metrics = {"eval/return": returns.mean(1), "eval/return_std": returns.std(1), "eval/length": lengths.mean(1)}
-
-    horizon = int(round(1.0 / (1.0 - gamma)))
-    observations, actions, mc_returns, owners = [], [], [], []
-    for index, episode in enumerate(runs):
-        keep = len(episode) - (horizon if episode.truncations[-1] else 0)
-        if keep <= 0:
-            continue
-        scaled = episode.rewards.astype(np.float64) * reward_scale + reward_bias
-        observations.append(episode.observations[:keep])
-        actions.append(episode.actions[:keep])
-        mc_returns.append(discounted_returns_to_go(scaled, gamma)[:keep])
-        owners.append(np.full(keep, index // episodes))
-    if learner.has_critic and observations:
-        owner = np.concatenate(owners)
-        counts = np.bincount(owner, minlength=P)
-        width = int(counts.max())
-        obs_pad = np.zeros((P, width, learner.obs_dim), np.float32)
-        act_pad = np.zeros((P, width, learner.act_dim), np.float32)
-        mc_pad = np.zeros((P, width))
-        mask = np.zeros((P, width), bool)
-        obs_all, act_all, mc_all = np.concatenate(observations), np.concatenate(actions), np.concatenate(mc_returns)
-        for p in range(P):
-            rows = owner == p
-            obs_pad[p, :counts[p]], act_pad[p, :counts[p]] = obs_all[rows], act_all[rows]
-            mc_pad[p, :counts[p]], mask[p, :counts[p]] = mc_all[rows], True
-        q = learner.q_value(prepare(torch.as_tensor(obs_pad, device=device)), torch.as_tensor(act_pad, device=device))
-        q = q.double().cpu().numpy()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            q_mean = (q * mask).sum(1) / counts
-            mc_mean = (mc_pad * mask).sum(1) / counts
-        metrics.update({"eval/q_mean": q_mean, "eval/mc_return_mean": mc_mean, "eval/q_overestimation": q_mean - mc_mean})
+    if learner.has_critic:
+        metrics.update(q_versus_monte_carlo(learner, runs, prepare, gamma, tail_steps, reward_scale, reward_bias))
     for key, value in metrics.items():
         metrics[key] = np.where(alive, value, np.nan)
     return metrics

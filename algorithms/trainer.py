@@ -44,6 +44,7 @@ class TrainConfig(CheckedConfig):
     reward_scale: float = 1.0
     reward_bias: float = 0.0
     eval_seed: int = 0
+    mc_tail_steps: int | None = None       # unscored steps past a time limit for eval/mc_return_mean; None: ceil(5/(1-gamma))
     device: str = "auto"                   # "auto": cuda when available
     threads: int = 0                       # torch threads; 0: OMP_NUM_THREADS (Ray sets it from num_cpus), else 1
     download: bool = True
@@ -58,6 +59,8 @@ class TrainConfig(CheckedConfig):
         for key in ("eval_every", "eval_episodes", "total_updates"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be at least 1")
+        self.check(self.mc_tail_steps is None or (type(self.mc_tail_steps) is int and self.mc_tail_steps >= 0),
+                   "mc_tail_steps", "null (ceil(5 / (1 - gamma))) or a whole number of steps >= 0")
         if self.reward_normalization not in ("none", "iql"):
             raise ConfigError(f"reward_normalization={self.reward_normalization!r}: choose 'none' or 'iql'")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
@@ -122,7 +125,7 @@ class TrainRun:
         train_seconds = time.perf_counter() - started
         evaluation = evaluate_population(learner, self.env_id, cfg.eval_episodes, cfg.eval_seed + self.iterations,
                                          learner.config.gamma, self.buffer.normalize, self.reward_scale,
-                                         self.reward_bias)
+                                         self.reward_bias, cfg.mc_tail_steps)
         alive = ~learner.diverged.cpu().numpy()
         for key, value in learner.evaluation_metrics(cfg.eval_episodes, cfg.eval_seed + self.iterations).items():
             evaluation[key] = np.where(alive, value, np.nan)

@@ -3,10 +3,15 @@
 Each env runs until it has finished its own quota (a number of episodes, or of transitions, after
 which it finishes the episode under way). Quotas per env keep the sample unbiased: stopping at "the
 first K episodes to finish" over-represents short episodes.
+
+A time limit cuts short a task that would go on (value functions bootstrap through the cut): with
+`tail_steps`, an episode the limit cuts keeps running that many unscored steps past it (the envs are made with
+the limit extended), so that discounted returns computed from it miss only gamma^tail_steps of the value
+there. The episode itself stays exactly the one the env's own limit ends; the tail's rewards ride beside it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import gymnasium as gym
@@ -23,6 +28,8 @@ class Episode:
     terminations: np.ndarray     # [T] bool
     truncations: np.ndarray      # [T] bool
     seed: int | None = None
+    tail_rewards: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))   # [tail], past the time limit
+    tail_terminated: bool = False      # the tail ended in a true terminal (its returns then miss nothing)
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -40,21 +47,37 @@ def make_env(env_id: str, **kwargs) -> gym.Env:
     return env
 
 
+def time_limit(env_id: str) -> int | None:
+    """The env's own `max_episode_steps` (None: it has none)."""
+    probe = make_env(env_id)
+    try:
+        return probe.spec.max_episode_steps
+    finally:
+        probe.close()
+
+
 def rollout(env_id: str, policy: Policy, num_envs: int, seed: int | list[int], episodes_per_env: int | None = None,
-            transitions_per_env: int | None = None) -> list[Episode]:
+            transitions_per_env: int | None = None, tail_steps: int = 0) -> list[Episode]:
     """Run `num_envs` envs until each has done `episodes_per_env` episodes or reached
     `transitions_per_env` transitions (finishing its last episode); return the episodes, env by env.
-    Env i is seeded at its first reset with `seed + i`, or with `seed[i]` when given a list."""
+    Env i is seeded at its first reset with `seed + i`, or with `seed[i]` when given a list.
+    An episode cut by the env's time limit goes on for `tail_steps` more steps (or to a terminal) into its
+    `tail_rewards`; those steps count toward no quota and the env is busy meanwhile."""
     if (episodes_per_env is None) == (transitions_per_env is None):
         raise ValueError("give exactly one of episodes_per_env and transitions_per_env")
+    if tail_steps < 0:
+        raise ValueError(f"tail_steps={tail_steps} must be at least 0")
     seeds = [int(s) for s in seed] if isinstance(seed, (list, tuple)) else [seed + i for i in range(num_envs)]
     if len(seeds) != num_envs:
         raise ValueError(f"{len(seeds)} seeds for {num_envs} envs")
-    envs = gym.vector.SyncVectorEnv([lambda: make_env(env_id) for _ in range(num_envs)],
+    limit = time_limit(env_id) if tail_steps else None
+    extended = {} if limit is None else {"max_episode_steps": limit + tail_steps}
+    envs = gym.vector.SyncVectorEnv([lambda: make_env(env_id, **extended) for _ in range(num_envs)],
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     try:
         obs, _ = envs.reset(seed=seeds)
         current = [{"obs": [o], "act": [], "rew": [], "term": [], "trunc": []} for o in obs]
+        tails: list[list[float] | None] = [None] * num_envs    # env i's tail rewards while it runs past its limit
         finished: list[list[Episode]] = [[] for _ in range(num_envs)]
         steps = np.zeros(num_envs, dtype=np.int64)
         active = np.ones(num_envs, dtype=bool)
@@ -64,19 +87,31 @@ def rollout(env_id: str, policy: Policy, num_envs: int, seed: int | list[int], e
             for i in np.flatnonzero(active):
                 done = terminations[i] or truncations[i]
                 record = current[i]
-                record["obs"].append(infos["final_obs"][i] if done else next_obs[i])
-                record["act"].append(actions[i])
-                record["rew"].append(rewards[i])
-                record["term"].append(terminations[i])
-                record["trunc"].append(truncations[i])
-                steps[i] += 1
+                if tails[i] is not None:
+                    tails[i].append(rewards[i])
+                else:
+                    # At the env's own limit the episode is truncated, as without a tail, even though the
+                    # extended limit lets the env go on.
+                    at_limit = len(record["rew"]) + 1 == limit
+                    record["obs"].append(infos["final_obs"][i] if done else next_obs[i])
+                    record["act"].append(actions[i])
+                    record["rew"].append(rewards[i])
+                    record["term"].append(terminations[i])
+                    record["trunc"].append(truncations[i] or at_limit)
+                    steps[i] += 1
+                    if at_limit and not done:
+                        tails[i] = []
+                        continue
                 if done:
                     finished[i].append(Episode(np.asarray(record["obs"], np.float32),
                                                np.asarray(record["act"], np.float32),
                                                np.asarray(record["rew"], np.float32),
                                                np.asarray(record["term"], bool), np.asarray(record["trunc"], bool),
-                                               seed=seeds[i] if len(finished[i]) == 0 else None))
+                                               seed=seeds[i] if len(finished[i]) == 0 else None,
+                                               tail_rewards=np.asarray(tails[i] or [], np.float32),
+                                               tail_terminated=tails[i] is not None and bool(terminations[i])))
                     current[i] = {"obs": [next_obs[i]], "act": [], "rew": [], "term": [], "trunc": []}
+                    tails[i] = None
                     active[i] = (len(finished[i]) < episodes_per_env if episodes_per_env is not None
                                  else steps[i] < transitions_per_env)
             obs = next_obs

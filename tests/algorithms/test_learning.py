@@ -54,11 +54,12 @@ def test_beats_the_behaviour_policy_on_medium_data(pendulum_datasets, algorithm,
 def test_naive_sac_overestimates_where_cql_does_not(pendulum_datasets):
     """The lecture's failure figure: on narrow expert data, naive offline SAC's Q at the states and actions
     it visits sits far above the Monte-Carlo return it actually gets, and its return collapses; CQL's Q
-    stays near or below the truth."""
+    overestimates a fraction as much. Measured (seeds 0/1; Monte-Carlo returns about -76 for SAC, -45 for
+    CQL): SAC 83.0/83.7, CQL -0.4/16.6 (before the tail past the time limit, that cut read them 20 and 13 low)."""
     expert = pendulum_datasets["expert"]
     sac = train(expert, "sac", 4000, **FAST)
     cql = train(expert, "cql", 4000, **CQL_FAST, conservative_weight=5.0)
     for k in range(2):
         assert sac[f"member_{k}/eval/q_overestimation"] > 40, sac
-        assert cql[f"member_{k}/eval/q_overestimation"] < 15, cql
+        assert cql[f"member_{k}/eval/q_overestimation"] < 25, cql
     assert sac["eval/normalized_return"] < behaviour_score(expert) - 50
