@@ -69,8 +69,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _log_report(folder, paths, use_wandb: bool) -> None:
-    from offline_sweeps.sweeps.run import STUDY_FILE
-    from offline_sweeps.sweeps.study import load_study
+    from offline_sweeps.sweeps.study import STUDY_FILE, load_study
     study = load_study(Path(folder) / STUDY_FILE)
     if use_wandb and study.wandb["enabled"]:
         from offline_sweeps.sweeps.wandb_logging import log_report
@@ -117,10 +116,11 @@ def resume(args: argparse.Namespace) -> int:
 
 def report(args: argparse.Namespace) -> None:
     from offline_sweeps.sweeps.report import write_report
-    paths = write_report(args.folder)
+    paths = write_report(args.folders, args.out)
     print(paths["markdown"].read_text())
-    print(f"written: {paths['markdown']}, {paths['csv']}, {paths['plot']}")
-    _log_report(args.folder, paths, not args.no_wandb)
+    print(f"written: {', '.join(str(path) for key, path in paths.items() if key != 'markdown')}")
+    if len(args.folders) == 1:       # a report of several studies belongs to no one study's W&B group
+        _log_report(args.folders[0], paths, not args.no_wandb)
 
 
 def export(args: argparse.Namespace) -> None:
@@ -271,8 +271,11 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(run=sweep)
     resume_parser.add_argument("folder", help="the study folder, <storage>/<study name>")
     resume_parser.set_defaults(run=resume)
-    reporting = commands.add_parser("report", help="sensitivity table (Markdown, CSV) and plot of a study")
-    reporting.add_argument("folder", help="the study folder, <storage>/<study name>")
+    reporting = commands.add_parser("report", help="sensitivity table (Markdown, CSV) and plots of one or more studies")
+    reporting.add_argument("folders", nargs="+", metavar="folder",
+                           help="study folders, <storage>/<study name>; several (of the same metric) share one report")
+    reporting.add_argument("--out", help="where the report goes (default: <folder>/report for one study, "
+                                         "report-<name>+<name> beside the first for several)")
     reporting.add_argument("--no-wandb", action="store_true", help="do not log the report to Weights & Biases")
     reporting.set_defaults(run=report)
     exporting = commands.add_parser("export", help="best config per (algorithm, dataset) as a re-runnable YAML")

@@ -25,11 +25,12 @@ diverged seed away.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,8 @@ class MemberRun:
     best: float = math.nan   # the best evaluation so far, failure-scored the same way
     failure: float = math.nan  # the failure level it was scored with
     failure_rule: str = ""     # how that level was chosen
+    curves: dict = field(default_factory=dict)   # per evaluation: "eval/q_overestimation", "eval/q_mean"
+    study: str = ""            # the study's name
 
     @property
     def diverged(self) -> bool:
@@ -69,48 +72,131 @@ class MemberRun:
     def score(self, optimize: str) -> float:
         return self.best if optimize == "best" else self.last
 
+    def scored_history(self) -> np.ndarray:
+        """The metric at each evaluation, from its divergence on at the failure level."""
+        scored = self.history.copy()
+        if self.diverged:
+            scored[self.diverged_at - 1:] = self.failure
+        return scored
+
 
 def _number(value) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
-def collect(folder: str | Path) -> tuple[object, list[MemberRun]]:
-    """The study and one MemberRun per member of every trial that reported at least once, diverged members
-    scored at the failure level (see the module docstring)."""
+IDENTITY = ("study", "trial", "member", "iteration", "algorithm", "dataset", "seed")
+
+
+def _read(folder: str | Path) -> tuple[object, list[tuple[str, dict, list[dict]]]]:
+    """The study and, per trial that reported at least once, (trial folder name, trial dict, results)."""
     folder = Path(folder).expanduser().resolve()
     if not (folder / STUDY_FILE).is_file():
         raise StudyError(f"{folder} is not a study folder (no {STUDY_FILE}); give <storage>/<study name>")
     study = load_study(folder / STUDY_FILE)
-    runs, normalization = [], defaultdict(list)
+    trials = []
     for params_file in sorted(folder.glob("*/params.json")):
         results_file = params_file.with_name("result.json")
         if not results_file.is_file() or results_file.stat().st_size == 0:
             continue
-        trial = apply_sampled(json.loads(params_file.read_text()))
         results = [json.loads(line) for line in results_file.read_text().splitlines() if line.strip()]
-        config = trial_train_config(trial)
-        point = trial["study"]["point"]
-        per_iteration = [split_members(result, len(config["members"])) for result in results]
-        finished = _number(results[-1].get("updates")) >= config.get("total_updates", TrainConfig.total_updates)
-        for k, member in enumerate(config["members"]):
-            rows = [iteration[k] for iteration in per_iteration]
-            history = np.array([_number(row.get(study.metric)) for row in rows])
-            diverged = [i + 1 for i, row in enumerate(rows) if _number(row.get("diverged")) > 0]
-            knobs = {**{key: v for key, v in point.items() if key not in ("seed", "sample")},
-                     **{key: v for key, v in member.items() if key != "seed"}}
-            runs.append(MemberRun(config["algorithm"], config["dataset"], knobs, int(member.get("seed", 0)),
-                                  history, _number(rows[-1].get("eval/q_overestimation")),
-                                  diverged[0] if diverged else None, finished, len(results), config, member))
-            normalization[config["dataset"]] += [(_number(row.get("eval/return")),
-                                                  _number(row.get("eval/normalized_return"))) for row in rows]
-    if not runs:
+        trials.append((params_file.parent.name, apply_sampled(json.loads(params_file.read_text())), results))
+    if not trials:
         raise StudyError(f"{folder} has no trial results yet; run or resume the study first")
+    return study, trials
+
+
+def _knobs(trial: dict, member: dict) -> dict:
+    """A member's values of the study's axes, seed excluded."""
+    return {**{k: v for k, v in trial["study"]["point"].items() if k not in ("seed", "sample")},
+            **{k: v for k, v in member.items() if k != "seed"}}
+
+
+def _frame(study, trials: list[tuple[str, dict, list[dict]]]):
+    import pandas as pd
+    records = []
+    for name, trial, results in trials:
+        members = trial_train_config(trial)["members"]
+        for result in results:
+            for k, metrics in enumerate(split_members(result, len(members))):
+                scalars = {key: v for key, v in metrics.items() if not isinstance(v, (dict, list))}
+                records.append({"study": study.name, "trial": name, "member": k,
+                                "iteration": int(result.get("training_iteration", 0)), "algorithm": trial["algorithm"],
+                                "dataset": trial["dataset"], "seed": int(members[k].get("seed", 0)),
+                                **_knobs(trial, members[k]), **{key: v for key, v in scalars.items()
+                                                                if key not in IDENTITY}})
+    # A trial restored from a checkpoint reports the iterations after it again: keep the last report of each.
+    frame = pd.DataFrame.from_records(records)
+    frame = frame.drop_duplicates(subset=["trial", "member", "iteration"], keep="last")
+    return frame.sort_values(["trial", "member", "iteration"], kind="stable").reset_index(drop=True)
+
+
+def load_results(folder: str | Path):
+    """Every evaluation of every member of a study as a pandas DataFrame, one row per (trial, member,
+    iteration): study, trial (its folder), member, iteration, algorithm, dataset, seed, one column per
+    knob of the study, and every metric the member reported (`eval/normalized_return`, `diverged`, ...,
+    `member_k/` removed; metrics shared by the population, such as `updates`, in every member's row).
+    Values are as reported: a diverged member's metrics are nan (`collect` scores them as failures). A
+    trial restored from a checkpoint keeps the last report of each iteration."""
+    study, trials = _read(folder)
+    return _frame(study, trials)
+
+
+def collect(folder: str | Path) -> tuple[object, list[MemberRun]]:
+    """The study and one MemberRun per member of every trial that reported at least once, diverged members
+    scored at the failure level (see the module docstring); built on `load_results`."""
+    return collect_studies([folder])
+
+
+def collect_studies(folders) -> tuple[object, list[MemberRun]]:
+    """`collect` over several studies of the same metric, scored together (one failure level per dataset);
+    the study returned is the first, named after all of them."""
+    runs, normalization, studies = [], defaultdict(list), []
+    for folder in folders:
+        study, trials = _read(folder)
+        if studies and (study.metric, study.mode, study.optimize) != (studies[0].metric, studies[0].mode,
+                                                                       studies[0].optimize):
+            raise StudyError(f"{folder}: study {study.name} ranks by {study.optimize} {study.metric} ({study.mode}), "
+                             f"{studies[0].name} by {studies[0].optimize} {studies[0].metric} ({studies[0].mode}); "
+                             f"only studies of the same metric share a report")
+        if study.name in (s.name for s in studies):
+            raise StudyError(f"{folder}: study {study.name} is given twice")
+        studies.append(study)
+        frame = _frame(study, trials)
+        numbers = {key: _column(frame, key) for key in (study.metric, "diverged", "eval/q_overestimation", "updates",
+                                                        "eval/return", "eval/normalized_return", "eval/q_mean")}
+        by_name = {name: trial for name, trial, _ in trials}
+        for (name, k), rows in frame.groupby(["trial", "member"], sort=True):
+            config, index = trial_train_config(by_name[name]), rows.index
+            diverged = np.flatnonzero(numbers["diverged"][index] > 0)
+            member = config["members"][k]
+            runs.append(MemberRun(
+                config["algorithm"], config["dataset"], _knobs(by_name[name], member), int(member.get("seed", 0)),
+                numbers[study.metric][index], float(numbers["eval/q_overestimation"][index][-1]),
+                int(diverged[0]) + 1 if len(diverged) else None,
+                bool(numbers["updates"][index][-1] >= config.get("total_updates", TrainConfig.total_updates)),
+                len(index), config, member, study=study.name,
+                curves={key: numbers[key][index] for key in ("eval/q_overestimation", "eval/q_mean")}))
+            normalization[config["dataset"]] += list(zip(numbers["eval/return"][index],
+                                                          numbers["eval/normalized_return"][index]))
+    study = studies[0]
     for dataset, (level, rule) in failure_levels(study, runs, normalization).items():
         for run in runs:
             if run.dataset == dataset:
                 score_failure(run, level, study.mode)
                 run.failure_rule = rule
+    if len(studies) > 1:
+        study = copy.copy(study)
+        study.name, study.description = " + ".join(s.name for s in studies), "; ".join(
+            f"{s.name}: {s.description}" for s in studies if s.description)
     return study, runs
+
+
+def _column(frame, key: str) -> np.ndarray:
+    """A numeric column as float64 (nan where missing or not a number)."""
+    import pandas as pd
+    if key not in frame:
+        return pd.Series(math.nan, index=frame.index).to_numpy()
+    return pd.to_numeric(frame[key].map(_number), errors="coerce").to_numpy(dtype=np.float64)
 
 
 def random_level(metric: str, pairs) -> float | None:
@@ -146,13 +232,11 @@ def failure_levels(study, runs: list[MemberRun], normalization: dict) -> dict[st
 
 
 def score_failure(run: MemberRun, level: float, mode: str) -> None:
-    """Set `last`, `best` and `failure` of `run`: its history with every evaluation from its divergence on
-    at the failure `level`."""
-    scored = run.history.copy()
-    if run.diverged:
-        scored[run.diverged_at - 1:] = level
+    """Set `failure`, `last` and `best` of `run`, every evaluation from its divergence on at `level`."""
+    run.failure = level
+    scored = run.scored_history()
     finite = scored[np.isfinite(scored)]
-    run.failure, run.last = level, float(scored[-1])
+    run.last = float(scored[-1])
     run.best = float((finite.max() if mode == "max" else finite.min())) if len(finite) else math.nan
 
 
@@ -200,6 +284,98 @@ def probability_of_improvement(x: dict[int, float], y: dict[int, float], mode: s
             "seeds": shared if paired else sorted(set(x) | set(y))}
 
 
+def stratified_bootstrap_ci(strata, statistic=iqm) -> tuple[float, float]:
+    """95% percentile-bootstrap CI of `statistic` over the pooled values of several strata (datasets),
+    resampling seeds within each stratum (rliable's StratifiedBootstrap); nans with under two values."""
+    strata = [np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64) for values in strata]
+    strata = [values for values in strata if len(values)]
+    if sum(len(values) for values in strata) < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    resampled = np.concatenate([values[rng.integers(0, len(values), (BOOTSTRAP_RESAMPLES, len(values)))]
+                                for values in strata], axis=1)
+    low, high = np.percentile(statistic(resampled, axis=-1), [2.5, 97.5])
+    return float(low), float(high)
+
+
+def probability_of_improvement_across(pairs: list[tuple[dict, dict]], mode: str = "max") -> dict:
+    """P(X > Y) averaged over datasets, one `(x scores by seed, y scores by seed)` pair per dataset, each
+    as in `probability_of_improvement` (paired over shared seeds where two or more are shared), with a
+    95% CI from resampling seeds within each dataset."""
+    sign = 1.0 if mode == "max" else -1.0
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    point, resampled = [], []
+    for x, y in pairs:
+        shared = sorted(set(x) & set(y))
+        if len(shared) >= 2:
+            a, b = (sign * np.array([s[seed] for seed in shared]) for s in (x, y))
+            pick = rng.integers(0, len(a), (BOOTSTRAP_RESAMPLES, len(a)))
+            point.append(np.mean((a > b) + 0.5 * (a == b)))
+            resampled.append(np.mean((a[pick] > b[pick]) + 0.5 * (a[pick] == b[pick]), axis=-1))
+        elif x and y:
+            a, b = sign * np.array(list(x.values())), sign * np.array(list(y.values()))
+            ra = a[rng.integers(0, len(a), (BOOTSTRAP_RESAMPLES, len(a)))][:, :, None]
+            rb = b[rng.integers(0, len(b), (BOOTSTRAP_RESAMPLES, len(b)))][:, None, :]
+            point.append(np.mean((a[:, None] > b[None]) + 0.5 * (a[:, None] == b[None])))
+            resampled.append(np.mean((ra > rb) + 0.5 * (ra == rb), axis=(-2, -1)))
+    if not point:
+        return {"p": math.nan, "ci_low": math.nan, "ci_high": math.nan, "datasets": 0}
+    low, high = np.percentile(np.mean(resampled, axis=0), [2.5, 97.5])
+    return {"p": float(np.mean(point)), "ci_low": float(low), "ci_high": float(high), "datasets": len(point)}
+
+
+def _rank(setting: Setting, study) -> float:
+    """Higher is better: the mean failure-scored metric (its sign flipped for mode min); -inf if none."""
+    scores = list(setting.scores(study.optimize).values())
+    return (1.0 if study.mode == "max" else -1.0) * float(np.mean(scores)) if scores else -math.inf
+
+
+def aggregate(study, runs: list[MemberRun]) -> tuple[list[dict], list[str]]:
+    """Across datasets, per (study, algorithm): each knob setting and each dataset's best setting (by the
+    mean; chosen on the same seeds, so optimistic), pooled over (dataset, seed) scores: IQM and mean with
+    stratified-bootstrap 95% CIs; and lines of P(one's best beats another's) over their shared datasets.
+    Empty where pooling is meaningless: raw returns of several datasets."""
+    datasets = sorted({run.dataset for run in runs})
+    if len(datasets) > 1 and not study.metric.removesuffix("_best") == "eval/normalized_return":
+        return [], [f"Not pooled across datasets: `{study.metric}` is not normalized."]
+    groups: dict[tuple, dict[str, list[Setting]]] = defaultdict(lambda: defaultdict(list))
+    for setting in settings(runs):
+        groups[(setting.study, setting.algorithm)][json.dumps(setting.knobs, sort_keys=True)].append(setting)
+    rows, best = [], {}
+    for (study_name, algorithm), by_knobs in sorted(groups.items()):
+        per_dataset: dict[str, list[Setting]] = defaultdict(list)
+        for same in by_knobs.values():
+            for setting in same:
+                per_dataset[setting.dataset].append(setting)
+        best[(study_name, algorithm)] = {dataset: max(candidates, key=lambda c: _rank(c, study))
+                                         for dataset, candidates in per_dataset.items()}
+        for label, chosen in [(json.loads(k), v) for k, v in sorted(by_knobs.items())] + [
+                ("best setting per dataset", list(best[(study_name, algorithm)].values()))]:
+            strata = [list(s.scores(study.optimize).values()) for s in chosen]
+            pooled = [v for values in strata for v in values]
+            row = {"study": study_name, "algorithm": algorithm,
+                   "setting": label if isinstance(label, str) else ", ".join(f"{k}={v}" for k, v in label.items()),
+                   "datasets": len(chosen), "used": len(pooled),
+                   "diverged": sum(m.diverged for s in chosen for m in s.members),
+                   "iqm": float(iqm(pooled)) if pooled else math.nan}
+            row["iqm_ci_low"], row["iqm_ci_high"] = stratified_bootstrap_ci(strata)
+            row["mean"] = float(np.mean(pooled)) if pooled else math.nan
+            row["mean_ci_low"], row["mean_ci_high"] = stratified_bootstrap_ci(strata, np.mean)
+            rows.append(row)
+    lines = []
+    keys = sorted(best)
+    for i, first in enumerate(keys):
+        for second in keys[i + 1:]:
+            shared = sorted(set(best[first]) & set(best[second]))
+            result = probability_of_improvement_across(
+                [(best[first][d].scores(study.optimize), best[second][d].scores(study.optimize)) for d in shared],
+                study.mode)
+            lines.append(f"P({' '.join(first)} beats {' '.join(second)}), each at its best setting per dataset, "
+                         f"over {len(shared)} shared dataset(s): {result['p']:.3g}, 95% CI "
+                         f"[{result['ci_low']:.3g}, {result['ci_high']:.3g}]")
+    return rows, lines
+
+
 @dataclass
 class Setting:
     """One (algorithm, dataset, knob setting) and its members across seeds."""
@@ -207,6 +383,7 @@ class Setting:
     dataset: str
     knobs: dict
     members: list[MemberRun]
+    study: str = ""
 
     def scores(self, optimize: str) -> dict[int, float]:
         """{seed: failure-scored metric} of the members that have one."""
@@ -219,19 +396,20 @@ class Setting:
 def settings(runs: list[MemberRun]) -> list[Setting]:
     groups: dict[tuple, list[MemberRun]] = defaultdict(list)
     for run in runs:
-        groups[(run.algorithm, run.dataset, json.dumps(run.knobs, sort_keys=True))].append(run)
-    return [Setting(algorithm, dataset, json.loads(knobs), sorted(members, key=lambda m: m.seed))
-            for (algorithm, dataset, knobs), members in sorted(groups.items())]
+        groups[(run.study, run.algorithm, run.dataset, json.dumps(run.knobs, sort_keys=True))].append(run)
+    return [Setting(algorithm, dataset, json.loads(knobs), sorted(members, key=lambda m: m.seed), study)
+            for (study, algorithm, dataset, knobs), members in sorted(groups.items())]
 
 
 def summarize(study, runs: list[MemberRun]) -> list[dict]:
     """One row per setting: its seeds (finished, diverged, used), the failure level, and for the last and
     best evaluation the mean and IQM with their 95% bootstrap CIs (diverged seeds at the failure level)
     and the plain mean over the survivors; Q overestimation over the survivors."""
-    rows = []
+    rows, several = [], len({run.study for run in runs}) > 1
     for setting in settings(runs):
         members = setting.members
-        row = {"algorithm": setting.algorithm, "dataset": setting.dataset, **setting.knobs,
+        row = {**({"study": setting.study} if several else {}),
+               "algorithm": setting.algorithm, "dataset": setting.dataset, **setting.knobs,
                "seeds": len(members), "finished": sum(m.finished for m in members),
                "diverged": sum(m.diverged for m in members),
                "used": sum(math.isfinite(m.last) for m in members),
@@ -256,13 +434,18 @@ def summarize(study, runs: list[MemberRun]) -> list[dict]:
 SUMMARY_COLUMNS = ("seeds", "finished", "diverged", "used", "diverged_seeds", "failure_level")
 
 
-def write_report(folder: str | Path) -> dict[str, Path]:
-    """report.md, report.csv and sensitivity.png in `<folder>/report/`; returns their paths."""
-    folder = Path(folder).expanduser().resolve()
-    study, runs = collect(folder)
+def write_report(folders, out: str | Path | None = None) -> dict[str, Path]:
+    """report.md, report.csv, sensitivity.png and learning_curves.png for one study folder (in
+    `<folder>/report/`) or several of the same metric side by side (in `out`, by default
+    `report-<name>+<name>/` beside the first); where there are several datasets or studies, also their
+    comparison across datasets (aggregate.csv and a second table). Returns the paths."""
+    folders = [Path(f).expanduser().resolve() for f in ([folders] if isinstance(folders, (str, Path)) else folders)]
+    study, runs = collect_studies(folders)
     rows = summarize(study, runs)
-    out = folder / "report"
-    out.mkdir(exist_ok=True)
+    out = Path(out).expanduser().resolve() if out else (
+        folders[0] / "report" if len(folders) == 1 else
+        folders[0].parent / ("report-" + "+".join(f.name for f in folders)))
+    out.mkdir(parents=True, exist_ok=True)
     columns = list(dict.fromkeys(key for row in rows for key in row))
     with open(out / "report.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
@@ -270,7 +453,7 @@ def write_report(folder: str | Path) -> dict[str, Path]:
         writer.writerows(rows)
     levels = sorted({(m.dataset, m.failure, m.failure_rule) for m in runs})
     # report.md: one cell per statistic with its CI; report.csv has every column apart.
-    table = [(c, c, None) for c in columns if c in ("algorithm", "dataset", *_knob_names(rows), *SUMMARY_COLUMNS)
+    table = [(c, c, None) for c in columns if c in ("study", "algorithm", "dataset", *_knob_names(rows), *SUMMARY_COLUMNS)
              and c != "failure_level"]
     table += [("last: mean [95% CI]", "last_mean", "last_mean_ci"), ("last: IQM [95% CI]", "last_iqm", "last_iqm_ci"),
               ("last: mean of survivors only", "last_mean_survivors", None),
@@ -290,9 +473,31 @@ def write_report(folder: str | Path) -> dict[str, Path]:
     for row in rows:
         lines.append("| " + " | ".join(_cell(row.get(key)) + (f" [{_cell(row[ci + '_low'])}, {_cell(row[ci + '_high'])}]"
                                                              if ci else "") for _, key, ci in table) + " |")
+    paths = {"markdown": out / "report.md", "csv": out / "report.csv", "plot": out / "sensitivity.png",
+             "curves": out / "learning_curves.png"}
+    if len(folders) > 1 or len({m.dataset for m in runs}) > 1:
+        pooled, comparisons = aggregate(study, runs)
+        lines += ["", "## Across datasets", "",
+                  f"Per setting, the {study.optimize} `{study.metric}` of every (dataset, seed), diverged seeds at "
+                  f"the failure level: IQM and mean with 95% stratified-bootstrap CIs (seeds resampled within each "
+                  f"dataset). \"best setting per dataset\" picks each dataset's best mean on the same seeds, so it "
+                  f"is optimistic.", ""]
+        if pooled:
+            with open(out / "aggregate.csv", "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(pooled[0]))
+                writer.writeheader()
+                writer.writerows(pooled)
+            paths["aggregate"] = out / "aggregate.csv"
+            lines += ["| study | algorithm | setting | datasets | used | diverged | IQM [95% CI] | mean [95% CI] |",
+                      "|" + "---|" * 8]
+            lines += [f"| {r['study']} | {r['algorithm']} | {r['setting']} | {r['datasets']} | {r['used']} | "
+                      f"{r['diverged']} | {_cell(r['iqm'])} [{_cell(r['iqm_ci_low'])}, {_cell(r['iqm_ci_high'])}] | "
+                      f"{_cell(r['mean'])} [{_cell(r['mean_ci_low'])}, {_cell(r['mean_ci_high'])}] |" for r in pooled]
+        lines += [""] + [f"- {line}" for line in comparisons]
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    plot_sensitivity(study, rows, runs, out / "sensitivity.png")
-    return {"markdown": out / "report.md", "csv": out / "report.csv", "plot": out / "sensitivity.png"}
+    plot_sensitivity(study, rows, runs, paths["plot"])
+    plot_learning_curves(study, rows, runs, paths["curves"])
+    return paths
 
 
 def _cell(value) -> str:
@@ -356,8 +561,68 @@ def plot_sensitivity(study, rows: list[dict], runs: list[MemberRun], path: Path)
     plt.close(fig)
 
 
+def plot_learning_curves(study, rows: list[dict], runs: list[MemberRun], path: Path) -> None:
+    """One column per (algorithm, knob), one line per knob value (and dataset), darker = stronger
+    constraint: the metric per iteration (mean over seeds, diverged ones at the failure level, and its 95%
+    bootstrap CI as a band), Q overestimation per iteration (survivors), and the metric against the learned
+    Q at the visited states (symlog x: the lecture's return-against-log-Q plot, one point per iteration)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels = _panels(rows)
+    fig, axes = plt.subplots(3, len(panels), figsize=(max(7.0, 5.5 * len(panels)), 11), squeeze=False)
+    members_of = {id(row): setting.members for row, setting in zip(rows, settings(runs))}
+    for column, ((algorithm, knob), lines) in enumerate(panels.items()):
+        ax_metric, ax_q, ax_log_q = axes[:, column]
+        direction = ALGORITHMS[algorithm].CONSTRAINT_KNOBS.get(knob) if algorithm in ALGORITHMS else None
+        values = sorted({x for points in lines.values() for x, _ in points}, reverse=direction == "lower")
+        curves = sorted(((label, x, row) for label, points in lines.items() for x, row in points),
+                        key=lambda c: (c[0], values.index(c[1])))
+        for label, x, row in curves:
+            color = plt.cm.viridis_r(0.15 + 0.75 * values.index(x) / max(1, len(values) - 1))
+            name = f"{label} {knob}={x:g}" if knob != "(single setting)" else label
+            members = members_of[id(row)]
+            length = max(len(m.history) for m in members)
+            def stack(values):
+                return np.array([np.pad(v, (0, length - len(v)), constant_values=np.nan) for v in values])
+            scored = stack([m.scored_history() for m in members])
+            iterations = np.arange(1, length + 1)
+            mean = _nanmean(scored)
+            band = np.array([bootstrap_ci(c) for c in scored.T])
+            ax_metric.plot(iterations, mean, color=color, label=name)
+            ax_metric.fill_between(iterations, band[:, 0], band[:, 1], color=color, alpha=0.2)
+            q = stack([m.curves.get("eval/q_overestimation", np.full(len(m.history), np.nan)) for m in members])
+            q_mean = stack([m.curves.get("eval/q_mean", np.full(len(m.history), np.nan)) for m in members])
+            with np.errstate(all="ignore"):
+                ax_q.plot(iterations, _nanmean(q), color=color, label=name)
+                ax_log_q.plot(_nanmean(q_mean), _nanmean(stack([m.history for m in members])), "o-",
+                              color=color, ms=3, label=name)
+        ax_metric.set_title(f"{algorithm}: {knob}" + (" (darker: stronger constraint)" if direction else ""))
+        ax_metric.set_ylabel(f"{study.metric} (diverged: failure level)")
+        ax_q.set_ylabel("Q - Monte-Carlo return (survivors)")
+        ax_q.axhline(0.0, color="grey", lw=0.8)
+        ax_log_q.set_xscale("symlog")
+        ax_log_q.set_xlabel("learned Q at the visited states (eval/q_mean, symlog)")
+        ax_log_q.set_ylabel(f"{study.metric} (survivors)")
+        for ax in (ax_metric, ax_q):
+            ax.set_xlabel("iteration")
+        for ax in (ax_metric, ax_q, ax_log_q):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{study.name}: learning curves, mean and 95% bootstrap CI over seeds", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _nanmean(values: np.ndarray) -> np.ndarray:
+    """The mean over members (axis 0) of the finite values; nan where there is none."""
+    finite = np.isfinite(values)
+    return np.where(finite.any(0), np.where(finite, values, 0.0).sum(0) / np.maximum(finite.sum(0), 1), np.nan)
+
+
 def _knob_names(rows: list[dict]) -> set[str]:
-    fixed = {"algorithm", "dataset", *SUMMARY_COLUMNS}
+    fixed = {"study", "algorithm", "dataset", *SUMMARY_COLUMNS}
     return {k for row in rows for k in row if k not in fixed and not k.startswith(("last_", "best_", "q_overestimation"))}
 
 
@@ -378,7 +643,8 @@ def _panels(rows: list[dict]) -> dict:
             for row in group:
                 others = ", ".join(f"{k}={row.get(k)}" for k in knobs if k != knob and k in row and
                                    len({json.dumps(r.get(k)) for r in group}) > 1)
-                lines[row["dataset"] + (f" [{others}]" if others else "")].append((row.get(knob, 0.0) if knob else 0.0, row))
+                label = (f"{row['study']}: " if "study" in row else "") + row["dataset"] + (f" [{others}]" if others else "")
+                lines[label].append((row.get(knob, 0.0) if knob else 0.0, row))
             panels[(algorithm, knob or "(single setting)")] = dict(lines)
     return panels
 

@@ -15,8 +15,10 @@ import yaml
 
 from offline_sweeps.algorithms import ALGORITHMS
 from offline_sweeps.algorithms.trainer import flatten_members, split_members
-from offline_sweeps.sweeps.report import (_log_spaced, _panels, bootstrap_ci, collect, export_best, iqm,
-                                          probability_of_improvement, random_level, summarize, write_report)
+from offline_sweeps.sweeps.report import (_log_spaced, _panels, bootstrap_ci, collect, export_best, iqm, load_results,
+                                          probability_of_improvement, probability_of_improvement_across, random_level,
+                                          stratified_bootstrap_ci, summarize, write_report)
+from offline_sweeps.sweeps.study import StudyError
 from offline_sweeps.sweeps.study import STUDY_FILE, parse_study
 
 DATASET = "pendulum/medium-v0"
@@ -40,7 +42,8 @@ def write_study(folder: Path, values: dict, curves: dict, diverged: dict = {}, i
             normalized = np.array([curves[(knob, m["seed"])][i - 1] for m in trial["members"]], dtype=float)
             normalized[dead] = np.nan
             per_member = {"eval/normalized_return": normalized, "eval/return": 10 * normalized - 1000,
-                          "eval/q_overestimation": np.where(dead, np.nan, 5.0), "diverged": dead.astype(float)}
+                          "eval/q_overestimation": np.where(dead, np.nan, 5.0), "eval/q_mean": normalized + 5,
+                          "diverged": dead.astype(float)}
             rows.append({**flatten_members(per_member), "updates": 10 * i, "training_iteration": i,
                          "members_diverged": int(dead.sum()), "done": i == iterations})
         trial_dir = folder / f"trial_{n:02d}"
@@ -216,3 +219,83 @@ def test_one_panel_per_algorithm_and_knob(tmp_path):
     assert sorted(p[0] for p in panels[("brac", "kl_weight")][DATASET]) == [0.01, 0.1, 1.0]
     assert write_report(folder)["plot"].stat().st_size > 10_000
     assert _log_spaced([0.01, 0.1, 1.0]) and not _log_spaced([0.5, 0.7, 0.9]) and not _log_spaced([1, 50, 100])
+
+
+def test_load_results_is_one_row_per_trial_member_and_iteration(tmp_path):
+    folder = iql_study(tmp_path, curves_of({0.7: {0: [1, 2, 3], 1: [4, 5, 6]}, 0.9: {0: [7, 8, 9], 1: [1, 1, 1]}}),
+                       {(0.9, 1): 2})
+    # A trial restored from its checkpoint after iteration 1 reports iterations 2 and 3 again: the last counts.
+    result = folder / "trial_00" / "result.json"          # expectile 0.7
+    rows = result.read_text().splitlines()
+    again = [json.loads(row) for row in rows[1:]]
+    for row in again:
+        row["member_0/eval/normalized_return"] += 100
+    result.write_text("\n".join(rows + [json.dumps(row) for row in again]) + "\n")
+    frame = load_results(folder)
+    assert len(frame) == 2 * 2 * 3
+    assert list(frame.columns[:7]) == ["study", "trial", "member", "iteration", "algorithm", "dataset", "seed"]
+    assert {"expectile", "eval/normalized_return", "eval/return", "diverged", "updates"} <= set(frame.columns)
+    member = frame[(frame.expectile == 0.7) & (frame.seed == 0)]
+    assert member["eval/normalized_return"].tolist() == [1, 102, 103] and member["iteration"].tolist() == [1, 2, 3]
+    diverged = frame[(frame.expectile == 0.9) & (frame.seed == 1)]
+    assert diverged["diverged"].tolist() == [0, 1, 1] and diverged["eval/normalized_return"].isna().tolist() == [
+        False, True, True]
+    assert frame.groupby("expectile")["updates"].max().tolist() == [30, 30]
+
+
+def test_stratified_bootstrap_and_aggregate_probability_of_improvement_against_hand_computation():
+    assert stratified_bootstrap_ci([[0, 0, 0, 100]], np.mean) == pytest.approx((0.0, 75.0))
+    # Seeds resampled within each dataset: [0, 10] gives a sum of 0, 10 or 20 (1/4, 1/2, 1/4), [20, 20]
+    # always 40, so the pooled mean is 10, 12.5 or 15: the CI is [10, 15] (pooled resampling: [5, 17.5]).
+    assert stratified_bootstrap_ci([[0, 10], [20, 20]], np.mean) == pytest.approx((10.0, 15.0))
+    assert stratified_bootstrap_ci([[1.0]]) == (pytest.approx(math.nan, nan_ok=True),) * 2
+    # Dataset 1: x wins on every seed (P = 1), dataset 2: loses on every seed (P = 0): 0.5, whatever the resample.
+    result = probability_of_improvement_across([({0: 2, 1: 2}, {0: 1, 1: 1}), ({0: 0, 1: 0}, {0: 1, 1: 1})])
+    assert (result["p"], result["ci_low"], result["ci_high"], result["datasets"]) == (0.5, 0.5, 0.5, 2)
+    single = probability_of_improvement_across([({0: 80, 1: 60, 2: 70}, {0: 70, 1: 65, 2: 50})])
+    assert (single["p"], single["ci_low"], single["ci_high"]) == pytest.approx((2 / 3, 0.0, 1.0))
+
+
+def test_report_of_two_studies_side_by_side_with_their_comparison(tmp_path):
+    iql = write_study(tmp_path / "iql-tau", {"name": "iql-tau", "algorithm": "iql", "seeds": [0, 1, 2],
+                                             "search": {"expectile": {"grid": [0.7, 0.9]}}},
+                      curves_of({0.7: flat(60.0), 0.9: flat(80.0)}), {(0.9, 2): 2})
+    cql = write_study(tmp_path / "cql-alpha", {"name": "cql-alpha", "algorithm": "cql", "seeds": [0, 1, 2],
+                                               "search": {"conservative_weight": {"grid": [1.0, 5.0]}}},
+                      curves_of({1.0: flat(50.0), 5.0: {0: [40] * 3, 1: [45] * 3, 2: [50] * 3}}))
+    paths = write_report([iql, cql], out=tmp_path / "both")
+    markdown = paths["markdown"].read_text()
+    assert "| study | algorithm | dataset |" in markdown and "| iql-tau | iql |" in markdown and "| cql-alpha | cql |" in markdown
+    study, runs = collect(iql)
+    assert sorted(_panels(summarize(study, collect(iql)[1] + collect(cql)[1]))) == [("cql", "conservative_weight"),
+                                                                                  ("iql", "expectile")]
+    with open(paths["aggregate"], newline="") as handle:
+        pooled = {(row["study"], row["setting"]): row for row in csv.DictReader(handle)}
+    # iql's best setting is 0.7 (60 > (80 + 80 + 0) / 3); cql's is alpha 1 (50 > 45).
+    assert float(pooled[("iql-tau", "best setting per dataset")]["mean"]) == pytest.approx(60.0)
+    assert float(pooled[("cql-alpha", "best setting per dataset")]["mean"]) == pytest.approx(50.0)
+    assert float(pooled[("iql-tau", "expectile=0.9")]["mean"]) == pytest.approx(160 / 3)
+    assert "P(cql-alpha cql beats iql-tau iql), each at its best setting per dataset, over 1 shared dataset(s): 0, " \
+           "95% CI [0, 0]" in markdown
+    assert paths["plot"].stat().st_size > 10_000 and paths["curves"].stat().st_size > 10_000
+
+
+def test_launch_report_takes_several_folders(tmp_path, capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("launch", Path(__file__).resolve().parents[2] / "launch.py")
+    launch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launch)
+    first = write_study(tmp_path / "a", {"name": "a", "algorithm": "iql", "seeds": [0, 1],
+                                         "search": {"expectile": {"grid": [0.7]}}}, {(0.7, 0): [1.0] * 3, (0.7, 1): [2.0] * 3})
+    second = write_study(tmp_path / "b", {"name": "b", "algorithm": "iql", "seeds": [0, 1],
+                                          "search": {"expectile": {"grid": [0.9]}}}, {(0.9, 0): [3.0] * 3, (0.9, 1): [4.0] * 3})
+    assert launch.main(["report", str(first), str(second), "--no-wandb"]) == 0
+    assert (tmp_path / "report-a+b" / "report.md").is_file() and "| a | iql |" in capsys.readouterr().out
+
+
+def test_studies_of_different_metrics_do_not_share_a_report(tmp_path):
+    first = iql_study(tmp_path, curves_of({0.7: flat(60.0), 0.9: flat(80.0)}))
+    second = write_study(tmp_path / "raw", {"name": "raw", "algorithm": "iql", "seeds": [0], "metric": "eval/return",
+                                            "search": {"expectile": {"grid": [0.7]}}}, {(0.7, 0): [1.0] * 3})
+    with pytest.raises(StudyError, match="only studies of the same metric share a report"):
+        write_report([first, second], out=tmp_path / "both")
