@@ -9,6 +9,7 @@ land in `<trial folder>/wandb/` and upload later with `wandb sync`.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -72,9 +73,17 @@ def numeric(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def report_run_id(study) -> str:
+    """The W&B run id of a study's report: the same every time, so a new report updates that run."""
+    key = "/".join(str(part) for part in (study.wandb.get("entity"), study.wandb["project"],
+                                          study.wandb["group"] or study.name, study.name))
+    return "report-" + hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
 def log_report(study, paths: dict[str, Path]) -> Path:
-    """The study's sensitivity table and plot (`write_report`'s paths) as one W&B run (job_type `report`) in
-    the study's group; returns the run's local folder."""
+    """The study's sensitivity table and plots (`write_report`'s paths) as the study's W&B report run
+    (job_type `report`, in the study's group); reporting again resumes that run (a fixed id) and logs the
+    new table over the old, instead of adding a run. Returns the run's local folder."""
     import csv
 
     import wandb
@@ -83,9 +92,10 @@ def log_report(study, paths: dict[str, Path]) -> Path:
         rows = list(csv.reader(handle))
     run = wandb.init(project=study.wandb["project"], group=study.wandb["group"] or study.name,
                      entity=study.wandb.get("entity"), mode=wandb_mode(), dir=str(paths["csv"].parent),
-                     job_type="report", name=f"{study.name}-report", reinit="create_new",
-                     config={"study": study.name, "metric": study.metric, "optimize": study.optimize})
-    run.log({"sensitivity/table": wandb.Table(columns=rows[0], data=rows[1:]),
-             "sensitivity/plot": wandb.Image(str(paths["plot"]))})
+                     job_type="report", name=f"{study.name}-report", id=report_run_id(study), resume="allow",
+                     reinit="create_new", config={"study": study.name, "metric": study.metric,
+                                                  "optimize": study.optimize})
+    images = {f"sensitivity/{key}": wandb.Image(str(paths[key])) for key in ("plot", "curves") if key in paths}
+    run.log({"sensitivity/table": wandb.Table(columns=rows[0], data=rows[1:]), **images})
     run.finish()
     return Path(run.dir).parent

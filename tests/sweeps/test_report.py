@@ -299,3 +299,15 @@ def test_studies_of_different_metrics_do_not_share_a_report(tmp_path):
                                             "search": {"expectile": {"grid": [0.7]}}}, {(0.7, 0): [1.0] * 3})
     with pytest.raises(StudyError, match="only studies of the same metric share a report"):
         write_report([first, second], out=tmp_path / "both")
+
+
+def test_reporting_again_updates_the_same_wandb_report_run(tmp_path, monkeypatch):
+    from offline_sweeps.sweeps.wandb_logging import log_report, report_run_id
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    folder = iql_study(tmp_path, curves_of({0.7: flat(60.0), 0.9: flat(80.0)}), wandb={"enabled": True, "project": "t"})
+    study, _ = collect(folder)
+    runs = [log_report(study, write_report(folder)) for _ in range(2)]
+    assert all(run.name.endswith(report_run_id(study)) for run in runs)      # one W&B run, logged twice
+    assert report_run_id(study) != report_run_id(collect(write_study(
+        tmp_path / "other", {"name": "other", "algorithm": "iql", "seeds": [0], "search": {"expectile": {"grid": [0.7]}},
+                             "wandb": {"enabled": True, "project": "t"}}, {(0.7, 0): [1.0] * 3}))[0])
