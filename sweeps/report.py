@@ -341,14 +341,11 @@ def aggregate(study, runs: list[MemberRun]) -> tuple[list[dict], list[str]]:
     groups: dict[tuple, dict[str, list[Setting]]] = defaultdict(lambda: defaultdict(list))
     for setting in settings(runs):
         groups[(setting.study, setting.algorithm)][json.dumps(setting.knobs, sort_keys=True)].append(setting)
-    rows, best = [], {}
+    best: dict[tuple, dict[str, Setting]] = defaultdict(dict)
+    for (study_name, algorithm, dataset), (_, winner, _) in ranking(study, runs).items():
+        best[(study_name, algorithm)][dataset] = winner
+    rows = []
     for (study_name, algorithm), by_knobs in sorted(groups.items()):
-        per_dataset: dict[str, list[Setting]] = defaultdict(list)
-        for same in by_knobs.values():
-            for setting in same:
-                per_dataset[setting.dataset].append(setting)
-        best[(study_name, algorithm)] = {dataset: max(candidates, key=lambda c: _rank(c, study))
-                                         for dataset, candidates in per_dataset.items()}
         for label, chosen in [(json.loads(k), v) for k, v in sorted(by_knobs.items())] + [
                 ("best setting per dataset", list(best[(study_name, algorithm)].values()))]:
             strata = [list(s.scores(study.optimize).values()) for s in chosen]
@@ -473,6 +470,12 @@ def write_report(folders, out: str | Path | None = None) -> dict[str, Path]:
     for row in rows:
         lines.append("| " + " | ".join(_cell(row.get(key)) + (f" [{_cell(row[ci + '_low'])}, {_cell(row[ci + '_high'])}]"
                                                              if ci else "") for _, key, ci in table) + " |")
+    lines += ["", "## Winners", "",
+              "Per algorithm and dataset, the setting of the highest mean (diverged seeds at the failure level), "
+              "as `export` writes it, and how far the seeds let it be told apart from the rest.", ""]
+    for (study_name, algorithm, dataset), (score, winner, others) in ranking(study, runs).items():
+        lines.append(f"- **{study_name + ' ' if len(folders) > 1 else ''}{algorithm} on {dataset}: {winner.label()}**: "
+                     + "; ".join(_comparison(study, winner, score, others)))
     paths = {"markdown": out / "report.md", "csv": out / "report.csv", "plot": out / "sensitivity.png",
              "curves": out / "learning_curves.png"}
     if len(folders) > 1 or len({m.dataset for m in runs}) > 1:
@@ -668,19 +671,10 @@ def export_best(folder: str | Path) -> list[Path]:
     CI, its diverged seeds, P(winner beats the runner-up) and every setting it cannot be told apart from."""
     folder = Path(folder).expanduser().resolve()
     study, runs = collect(folder)
-    sign = 1.0 if study.mode == "max" else -1.0
-    candidates: dict[tuple, list[tuple[float, int, Setting]]] = defaultdict(list)
-    for setting in settings(runs):
-        scores = list(setting.scores(study.optimize).values())
-        if scores:
-            candidates[(setting.algorithm, setting.dataset)].append(
-                (float(np.mean(scores)), sum(m.diverged for m in setting.members), setting))
     out = folder / "best"
     out.mkdir(exist_ok=True)
     written = []
-    for (algorithm, dataset), ranked in sorted(candidates.items()):
-        ranked.sort(key=lambda c: (-sign * c[0], c[1]))
-        score, _, winner = ranked[0]
+    for (_, algorithm, dataset), (score, winner, others) in ranking(study, runs).items():
         members = winner.members
         config = {k: v for k, v in members[0].trial_config.items() if k != "members"}
         config["algo"] = {**config.get("algo", {}), **{k: v for k, v in winner.knobs.items()
@@ -690,12 +684,27 @@ def export_best(folder: str | Path) -> list[Path]:
                 config[key[6:]] = value
         config["members"] = [{"seed": m.seed} for m in members]
         header = [f"Best {algorithm} on {dataset} in study {study.name}: {winner.label()}",
-                  *_comparison(study, winner, score, [c[2] for c in ranked[1:]]),
+                  *_comparison(study, winner, score, others),
                   "Re-run: python launch.py train --config {this file}"]
         path = out / f"{algorithm}-{dataset.strip('/').replace('/', '_')}.yaml"
         path.write_text("".join(f"# {line}\n" for line in header) + yaml.safe_dump(config, sort_keys=False))
         written.append(path)
     return written
+
+
+def ranking(study, runs: list[MemberRun]) -> dict[tuple, tuple[float, Setting, list[Setting]]]:
+    """{(study, algorithm, dataset): (the winner's score, the winner, the other settings best first)}: by
+    the mean over seeds of the study's metric, diverged seeds at the failure level, fewer diverged seeds
+    breaking a tie; settings without any score are left out."""
+    candidates: dict[tuple, list[Setting]] = defaultdict(list)
+    for setting in settings(runs):
+        if setting.scores(study.optimize):
+            candidates[(setting.study, setting.algorithm, setting.dataset)].append(setting)
+    ranked = {}
+    for key, group in sorted(candidates.items()):
+        group.sort(key=lambda s: (-_rank(s, study), sum(m.diverged for m in s.members)))
+        ranked[key] = ((1.0 if study.mode == "max" else -1.0) * _rank(group[0], study), group[0], group[1:])
+    return ranked
 
 
 def _comparison(study, winner: Setting, score: float, others: list[Setting]) -> list[str]:

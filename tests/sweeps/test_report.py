@@ -97,6 +97,10 @@ def test_report_csv_and_markdown_show_the_counts_and_the_failure_scoring(tmp_pat
     assert "| seeds | finished | diverged | used | diverged_seeds |" in markdown
     assert "failure level: pendulum/medium-v0: 0, the random-policy level" in markdown
     assert "| 26.7 [0, 80] |" in markdown and "| 80 |" in markdown     # mean [CI], survivors only
+    winner = next(line for line in markdown.splitlines() if line.startswith("- **iql on"))
+    assert winner.startswith("- **iql on pendulum/medium-v0: expectile=0.7**: mean last eval/normalized_return = 60")
+    # Paired: 60 < 80 on seed 0, 60 > 0 (diverged) on seeds 1 and 2.
+    assert "P(this beats the runner-up, expectile=0.9) = 0.667, 95% bootstrap CI [0, 1], paired over seeds" in winner
     assert paths["plot"].stat().st_size > 10_000
 
 
