@@ -315,3 +315,17 @@ def test_reporting_again_updates_the_same_wandb_report_run(tmp_path, monkeypatch
     assert report_run_id(study) != report_run_id(collect(write_study(
         tmp_path / "other", {"name": "other", "algorithm": "iql", "seeds": [0], "search": {"expectile": {"grid": [0.7]}},
                              "wandb": {"enabled": True, "project": "t"}}, {(0.7, 0): [1.0] * 3}))[0])
+
+
+def test_progress_lines_show_the_members_range_from_split_members():
+    from types import SimpleNamespace
+
+    from offline_sweeps.sweeps.run import ProgressLines
+    trial = parse_study({"name": "p", "algorithm": "iql", "datasets": [DATASET], "seeds": [0, 1, 2], "pack": ["seed"],
+                         "train": {"eval_every": 10, "total_updates": 30}}).trials()[0]
+    per_member = {"eval/normalized_return": np.array([10.0, np.nan, 30.0]), "diverged": np.array([0.0, 1.0, 0.0])}
+    result = {**flatten_members(per_member), "training_iteration": 1, "updates_per_second": 5.0}
+    lines = []
+    ProgressLines("eval/normalized_return", lines.append).on_trial_result(
+        1, [], SimpleNamespace(config={"trial": trial}, status="RUNNING"), result)
+    assert "eval/normalized_return    20.00 [10.0, 30.0]" in lines[0] and "iter 1/3" in lines[0]
