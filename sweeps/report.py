@@ -324,6 +324,15 @@ def probability_of_improvement_across(pairs: list[tuple[dict, dict]], mode: str 
     return {"p": float(np.mean(point)), "ci_low": float(low), "ci_high": float(high), "datasets": len(point)}
 
 
+def performance_profile(strata, taus) -> np.ndarray:
+    """rliable's score distribution: for each threshold tau, the fraction of runs scoring above it, taken
+    per stratum (dataset) and averaged over them so each dataset weighs the same. [len(taus)]"""
+    taus = np.asarray(taus, dtype=np.float64)
+    fractions = [np.mean(np.asarray(values, dtype=np.float64)[:, None] > taus[None], axis=0)
+                 for values in strata if len(values)]
+    return np.mean(fractions, axis=0) if fractions else np.full(len(taus), np.nan)
+
+
 def _rank(setting: Setting, study) -> float:
     """Higher is better: the mean failure-scored metric (its sign flipped for mode min); -inf if none."""
     scores = list(setting.scores(study.optimize).values())
@@ -500,6 +509,9 @@ def write_report(folders, out: str | Path | None = None) -> dict[str, Path]:
     (out / "report.md").write_text("\n".join(lines) + "\n")
     plot_sensitivity(study, rows, runs, paths["plot"])
     plot_learning_curves(study, rows, runs, paths["curves"])
+    if study.mode == "max":
+        paths["profiles"] = out / "profiles.png"
+        plot_profiles(study, rows, runs, paths["profiles"])
     return paths
 
 
@@ -613,6 +625,49 @@ def plot_learning_curves(study, rows: list[dict], runs: list[MemberRun], path: P
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
     fig.suptitle(f"{study.name}: learning curves, mean and 95% bootstrap CI over seeds", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_profiles(study, rows: list[dict], runs: list[MemberRun], path: Path) -> None:
+    """Performance profiles (Agarwal et al. 2021), one panel per (algorithm, knob), one line per knob value
+    (pooled over datasets, each dataset weighing the same): the fraction of runs whose failure-scored
+    metric exceeds each threshold, with a 95% stratified-bootstrap band. Only where the metric is "max"."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels = _panels(rows)
+    setting_of = {id(row): setting for row, setting in zip(rows, settings(runs))}
+    scores = [m.score(study.optimize) for m in runs if math.isfinite(m.score(study.optimize))]
+    taus = np.linspace(min(scores), max(scores), 101) if scores else np.zeros(1)
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(7.0, 5.5 * len(panels)), 4.5), squeeze=False)
+    for ax, ((algorithm, knob), lines) in zip(axes[0], panels.items()):
+        direction = ALGORITHMS[algorithm].CONSTRAINT_KNOBS.get(knob) if algorithm in ALGORITHMS else None
+        by_value: dict = defaultdict(list)
+        for label, points in lines.items():
+            for x, row in points:     # pooled over datasets: the line's label without its dataset
+                pooled = " ".join(label.replace(row["dataset"], "", 1).replace(":", "").split())
+                by_value[(pooled, x)].append(setting_of[id(row)])
+        values = sorted({x for _, x in by_value}, reverse=direction == "lower")
+        for (prefix, x), chosen in sorted(by_value.items(), key=lambda item: (item[0][0], values.index(item[0][1]))):
+            strata = [np.array(list(s.scores(study.optimize).values())) for s in chosen]
+            color = plt.cm.viridis_r(0.15 + 0.75 * values.index(x) / max(1, len(values) - 1))
+            ax.plot(taus, performance_profile(strata, taus), color=color,
+                    label=f"{prefix + ' ' if prefix else ''}{knob}={x:g}" if knob != "(single setting)" else prefix or algorithm)
+            if sum(len(v) for v in strata) >= 2:
+                resampled = np.array([performance_profile([v[rng.integers(0, len(v), len(v))] for v in strata if len(v)], taus)
+                                      for _ in range(1000)])
+                low, high = np.percentile(resampled, [2.5, 97.5], axis=0)
+                ax.fill_between(taus, low, high, color=color, alpha=0.15)
+        ax.set_title(f"{algorithm}: {knob}" + (" (darker: stronger constraint)" if direction else ""))
+        ax.set_xlabel(f"threshold tau on {study.optimize} {study.metric}")
+        ax.set_ylabel("fraction of runs scoring > tau")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{study.name}: performance profiles over seeds and datasets (diverged runs at the failure level)",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -16,7 +16,8 @@ import yaml
 from offline_sweeps.algorithms import ALGORITHMS
 from offline_sweeps.algorithms.trainer import flatten_members, split_members
 from offline_sweeps.sweeps.report import (_log_spaced, _panels, bootstrap_ci, collect, export_best, iqm, load_results,
-                                          probability_of_improvement, probability_of_improvement_across, random_level,
+                                          performance_profile, probability_of_improvement,
+                                          probability_of_improvement_across, random_level,
                                           stratified_bootstrap_ci, summarize, write_report)
 from offline_sweeps.sweeps.study import StudyError
 from offline_sweeps.sweeps.study import STUDY_FILE, parse_study
@@ -281,7 +282,7 @@ def test_report_of_two_studies_side_by_side_with_their_comparison(tmp_path):
     assert float(pooled[("iql-tau", "expectile=0.9")]["mean"]) == pytest.approx(160 / 3)
     assert "P(cql-alpha cql beats iql-tau iql), each at its best setting per dataset, over 1 shared dataset(s): 0, " \
            "95% CI [0, 0]" in markdown
-    assert paths["plot"].stat().st_size > 10_000 and paths["curves"].stat().st_size > 10_000
+    assert all(paths[key].stat().st_size > 10_000 for key in ("plot", "curves", "profiles"))
 
 
 def test_launch_report_takes_several_folders(tmp_path, capsys):
@@ -329,3 +330,9 @@ def test_progress_lines_show_the_members_range_from_split_members():
     ProgressLines("eval/normalized_return", lines.append).on_trial_result(
         1, [], SimpleNamespace(config={"trial": trial}, status="RUNNING"), result)
     assert "eval/normalized_return    20.00 [10.0, 30.0]" in lines[0] and "iter 1/3" in lines[0]
+
+
+def test_performance_profile_against_hand_computation():
+    assert performance_profile([[0, 50, 100]], [25, 75, 100]) == pytest.approx([2 / 3, 1 / 3, 0])
+    # Each dataset weighs the same: (1/2 + 4/4) / 2 at tau 25, however many seeds each has.
+    assert performance_profile([[0, 100], [50, 50, 50, 50]], [25]) == pytest.approx([0.75])
