@@ -580,10 +580,12 @@ def plot_learning_curves(study, rows: list[dict], runs: list[MemberRun], path: P
     """One column per (algorithm, knob), one line per knob value (and dataset), darker = stronger
     constraint: the metric per iteration (mean over seeds, diverged ones at the failure level, and its 95%
     bootstrap CI as a band), Q overestimation per iteration (survivors), and the metric against the learned
-    Q at the visited states (symlog x: the lecture's return-against-log-Q plot, one point per iteration)."""
+    Q at the visited states (the lecture's return-against-log-Q plot, one point per iteration; log x where
+    Q spans decades)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     panels = _panels(rows)
     fig, axes = plt.subplots(3, len(panels), figsize=(max(7.0, 5.5 * len(panels)), 11), squeeze=False)
     members_of = {id(row): setting.members for row, setting in zip(rows, settings(runs))}
@@ -616,11 +618,20 @@ def plot_learning_curves(study, rows: list[dict], runs: list[MemberRun], path: P
         ax_metric.set_ylabel(f"{study.metric} (diverged: failure level)")
         ax_q.set_ylabel("Q - Monte-Carlo return (survivors)")
         ax_q.axhline(0.0, color="grey", lw=0.8)
-        ax_log_q.set_xscale("symlog")
-        ax_log_q.set_xlabel("learned Q at the visited states (eval/q_mean, symlog)")
+        q_seen = np.concatenate([m.curves.get("eval/q_mean", np.empty(0)) for m in runs if m.algorithm == algorithm])
+        q_seen = q_seen[np.isfinite(q_seen)]
+        scale = "linear"
+        if len(q_seen) and np.ptp(q_seen) > 0:     # log where Q spans decades (symlog when it crosses zero)
+            if q_seen.min() > 0 and q_seen.max() / q_seen.min() > 10:
+                scale = "log"
+            elif q_seen.min() < 0 < q_seen.max() and np.abs(q_seen).max() > 100:
+                scale = "symlog"
+        ax_log_q.set_xscale(scale)
+        ax_log_q.set_xlabel(f"learned Q at the visited states (eval/q_mean{', ' + scale if scale != 'linear' else ''})")
         ax_log_q.set_ylabel(f"{study.metric} (survivors)")
         for ax in (ax_metric, ax_q):
             ax.set_xlabel("iteration")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         for ax in (ax_metric, ax_q, ax_log_q):
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
