@@ -397,9 +397,11 @@ def test_lambda_zero_mopo_exploits_its_model_and_a_positive_lambda_closes_the_ga
     uncertainty) closes most of that gap and lifts the real return with it. Rollouts of h = 20 steps, 12,000
     updates, three seeds per lambda packed in one population.
 
-    Measured here, seeds 0-7, gap = model_return - return: lambda 0: 815, 841, 743, 1091, 998, 1161, 782, 711
-    (real returns -775 to -1222); lambda 10: 56, 299, 58, 124, 184, 76, 543, 75 (real returns -132 to -373 but
-    seed 6's -619). What it takes: at 8000 updates lambda 10 had closed only a third of the gap (630/636/535/238,
+    Measured here with the uncertainty over every model (MOPO's code, the default) and the evaluation's tail past
+    the time limit, seeds 0-2, gap = model_return - return: lambda 0: 737, 773, 709 (real returns -794, -836, -767);
+    lambda 10: 59, 65, 297 (real returns -132, -136, -370). Earlier, with the uncertainty over the elites, seeds 0-7:
+    lambda 0: 815, 841, 743, 1091, 998, 1161, 782, 711 (real returns -775 to -1222); lambda 10: 56, 299, 58, 124,
+    184, 76, 543, 75 (real returns -132 to -373 but seed 6's -619). What it takes: at 8000 updates lambda 10 had closed only a third of the gap (630/636/535/238,
     measured before PackedAdam took the fused kernel, when the 12,000-update gaps were 839/840/779/913 and
     40/142/42/170).
     With h = 5 it does not close (12,000 updates, seeds 0/1: lambda 0 1184/1300, lambda 10 577/1010; on 50
