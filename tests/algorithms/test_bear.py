@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -27,15 +26,6 @@ def randn(*shape: int, seed: int = 0) -> torch.Tensor:
 def make(members: list[dict], **shared) -> BEAR:
     configs = [BEARConfig.from_dict({**SHARED, **shared, **member}) for member in members]
     return BEAR(configs, OBS, ACT, -2 * torch.ones(ACT), 2 * torch.ones(ACT))
-
-
-def toy_buffer(n: int = 200) -> TransitionBuffer:
-    rng = np.random.default_rng(0)
-    obs = rng.standard_normal((n, OBS)).astype(np.float32)
-    actions = np.clip(2 * np.tanh(obs[:, :ACT]) + 0.2 * rng.standard_normal((n, ACT)), -2, 2)
-    buffer = TransitionBuffer(n, OBS, ACT)
-    buffer.add(obs, actions, rng.standard_normal(n), np.roll(obs, 1, 0), rng.random(n) < 0.1, np.zeros(n))
-    return buffer
 
 
 def train(learner: BEAR, buffer: TransitionBuffer, updates: int) -> dict:
@@ -128,7 +118,7 @@ def test_td_target_is_the_max_over_sampled_actions_of_the_soft_clipped_double_q(
     torch.testing.assert_close(target[0], batch.rewards[0] + 0.9 * (1 - batch.terminals[0]) * value)
 
 
-def test_pretraining_fits_only_the_behaviour_policy_then_freezes_it():
+def test_pretraining_fits_only_the_behaviour_policy_then_freezes_it(toy_buffer):
     buffer = toy_buffer()
     learner = make([{"seed": 0}, {"seed": 1, "mmd_threshold": 0.2}], behavior_pretrain_steps=40, behavior_lr=1e-2)
     fixed = buffer.sample(64, 2, torch.Generator().manual_seed(7))
@@ -153,7 +143,7 @@ def test_pretraining_fits_only_the_behaviour_policy_then_freezes_it():
         assert metrics[key].shape == (2,) and torch.isfinite(metrics[key]).all(), key
 
 
-def test_the_multiplier_grows_for_a_tight_threshold_and_shrinks_for_a_loose_one():
+def test_the_multiplier_grows_for_a_tight_threshold_and_shrinks_for_a_loose_one(toy_buffer):
     """Two members identical but for eps; the constrained one also ends closer to pi_beta-hat."""
     buffer = toy_buffer()
     learner = make([{"seed": 0, "mmd_threshold": 1e-3}, {"seed": 0, "mmd_threshold": 10.0}], behavior_pretrain_steps=0,
@@ -169,7 +159,7 @@ def test_the_multiplier_grows_for_a_tight_threshold_and_shrinks_for_a_loose_one(
 
 
 @pytest.mark.parametrize("kernel", ["laplacian", "gaussian"])
-def test_packed_member_equals_solo_run(kernel):
+def test_packed_member_equals_solo_run(kernel, toy_buffer):
     buffer = toy_buffer()
     population = [{"seed": 0, "mmd_threshold": 0.05}, {"seed": 1, "mmd_threshold": 0.3, "critic_lr": 1e-3}]
     shared = {"kernel": kernel, "behavior_pretrain_steps": 3, "lagrange_lr": 0.05}

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from offline_sweeps.algorithms import ALGORITHMS
 from offline_sweeps.algorithms.base import ConfigError, DataContext
-from offline_sweeps.algorithms.bear import BEARConfig
 from offline_sweeps.algorithms.brac import BRACConfig
 from offline_sweeps.algorithms.combo import COMBOConfig
 from offline_sweeps.algorithms.cql import CQLConfig
@@ -36,15 +34,6 @@ def make(name: str, members: list[dict], **shared):
     learner_class = ALGORITHMS[name]
     configs = [learner_class.Config.from_dict({**SHARED, **shared, **member}) for member in members]
     return learner_class(configs, OBS, ACT, -2 * torch.ones(ACT), 2 * torch.ones(ACT))
-
-
-def toy_buffer(n: int = 200) -> TransitionBuffer:
-    rng = np.random.default_rng(0)
-    obs = rng.standard_normal((n, OBS)).astype(np.float32)
-    actions = np.clip(2 * np.tanh(obs[:, :ACT]) + 0.2 * rng.standard_normal((n, ACT)), -2, 2)
-    buffer = TransitionBuffer(n, OBS, ACT)
-    buffer.add(obs, actions, rng.standard_normal(n), np.roll(obs, 1, 0), rng.random(n) < 0.1, np.zeros(n))
-    return buffer
 
 
 def train(learner, buffer: TransitionBuffer, updates: int) -> dict:
@@ -145,7 +134,7 @@ def test_cql_target_leaves_the_entropy_out_unless_asked(backup_entropy):
 
 
 # --- item 4: BRAC's entropy weight, the BRAC and BEAR warm starts ----------------------------------------------------
-def test_brac_keeps_the_entropy_weight_at_zero_and_untrained_by_default():
+def test_brac_keeps_the_entropy_weight_at_zero_and_untrained_by_default(toy_buffer):
     assert BRACConfig().entropy_bonus is False
     buffer = toy_buffer()
     learner = make("brac", [{"seed": 0}], behavior_pretrain_steps=0, warm_start_updates=0)
@@ -160,7 +149,7 @@ def test_brac_keeps_the_entropy_weight_at_zero_and_untrained_by_default():
 
 @pytest.mark.parametrize("name, field, default", [("brac", "warm_start_updates", 20_000),
                                                   ("bear", "warm_start_updates", 40_000)])
-def test_warm_start_trains_the_actor_on_the_penalty_alone(name, field, default):
+def test_warm_start_trains_the_actor_on_the_penalty_alone(name, field, default, toy_buffer):
     """During the warm start the actor's step does not depend on the critic: two learners whose critics differ
     move their actors identically; after it they do not."""
     assert getattr(ALGORITHMS[name].Config(), field) == default
@@ -213,7 +202,7 @@ def test_bear_acts_with_the_sampled_action_the_first_critic_scores_highest():
 
 
 # --- item 6: IQL's actor lr decays over the run ----------------------------------------------------------------
-def test_iql_actor_lr_decays_to_zero_over_the_runs_total_updates():
+def test_iql_actor_lr_decays_to_zero_over_the_runs_total_updates(toy_buffer):
     buffer = toy_buffer()
     learner = make("iql", [{"seed": 0, "actor_lr": 1e-3}])
     learner.attach_data(DataContext(None, buffer, total_updates=8))
