@@ -70,7 +70,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def _log_report(folder, paths, use_wandb: bool) -> None:
     from offline_sweeps.sweeps.study import STUDY_FILE, load_study
-    study = load_study(Path(folder) / STUDY_FILE)
+    study = load_study(Path(folder) / STUDY_FILE, resolve=False)
     if use_wandb and study.wandb["enabled"]:
         from offline_sweeps.sweeps.wandb_logging import log_report
         print(f"report logged to W&B: {log_report(study, paths)}")

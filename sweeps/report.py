@@ -92,7 +92,7 @@ def _read(folder: str | Path) -> tuple[object, list[tuple[str, dict, list[dict]]
     folder = Path(folder).expanduser().resolve()
     if not (folder / STUDY_FILE).is_file():
         raise StudyError(f"{folder} is not a study folder (no {STUDY_FILE}); give <storage>/<study name>")
-    study = load_study(folder / STUDY_FILE)
+    study = load_study(folder / STUDY_FILE, resolve=False)     # a received folder's ${oc.env:...} stays text
     trials = []
     for params_file in sorted(folder.glob("*/params.json")):
         results_file = params_file.with_name("result.json")

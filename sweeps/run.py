@@ -177,6 +177,9 @@ def run_study(study: Study, address: str | None = None, use_wandb: bool = True, 
         folder.mkdir(parents=True, exist_ok=True)
         (folder / STUDY_FILE).write_text(yaml.safe_dump(study.source, sort_keys=False))
     members = sum(len(t["members"]) for t in trials)
+    if study.interpolated:
+        log(f"Study {study.name}: resolved the interpolations in {', '.join(study.interpolated)}; their values "
+            f"(environment variables included) are written into {STUDY_FILE} and the trial configs")
     log(f"Study {study.name}: {len(trials)} trial(s), {members} member run(s) -> {folder}")
     init_ray(address, num_cpus)
     if address or os.environ.get("RAY_ADDRESS"):
@@ -234,7 +237,7 @@ def resume_study(folder: str | Path, address: str | None = None, use_wandb: bool
     if not (folder / STUDY_FILE).is_file() or not tune.Tuner.can_restore(str(folder)):
         raise StudyError(f"{folder} holds no study to resume (no {STUDY_FILE} and Tune state); give the folder "
                          f"`launch.py sweep` printed, <storage>/<study name>")
-    study = load_study(folder / STUDY_FILE)
+    study = load_study(folder / STUDY_FILE, resolve=False)
     init_ray(address, num_cpus)
     trainable, _ = _tuner_parts(study)
     tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True, resume_errored=True)

@@ -114,6 +114,7 @@ class Study:
     keep_checkpoints: int = 2            # newest checkpoints kept per trial (Tune's num_to_keep)
     searcher: str = "default"            # default: the expansion below; optuna: Optuna picks the random axes
     source: dict = dataclasses.field(default_factory=dict)   # the merged YAML, as written to the study folder
+    interpolated: tuple = ()             # keys whose ${...} interpolations were resolved (e.g. ${oc.env:VAR})
 
     def sampled_axes(self) -> list[Axis]:
         """With `searcher: optuna`, the axes Optuna chooses trial by trial (the choice/uniform/loguniform ones)."""
@@ -132,8 +133,12 @@ class Study:
         return trials
 
 
-def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Study:
-    """Read a study YAML, apply `key=value` overrides, validate, and return the Study."""
+def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), resolve: bool = True) -> Study:
+    """Read a study YAML, apply `key=value` overrides, validate, and return the Study.
+
+    `resolve=False` leaves `${...}` interpolations as the text they are: a study read back from a results folder,
+    which may come from someone else, must not pull this machine's environment variables (`${oc.env:TOKEN}`)
+    into a report. A resolved study lists the keys it resolved in `interpolated`."""
     path = Path(path)
     if not path.is_file():
         raise StudyError(f"study file {path} does not exist; the shipped studies are in sweeps/*.yaml")
@@ -141,14 +146,26 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         config = OmegaConf.load(path)
         if overrides:
             config = OmegaConf.merge(config, OmegaConf.from_dotlist(list(overrides)))
-        values = OmegaConf.to_container(config, resolve=True)
+        interpolated = tuple(_interpolated_keys(OmegaConf.to_container(config, resolve=False))) if resolve else ()
+        values = OmegaConf.to_container(config, resolve=resolve)
     except OmegaConfBaseException as error:
         raise StudyError(f"{path}: {str(error).splitlines()[0]}") from error
     except Exception as error:  # YAML syntax errors come from the yaml package
         raise StudyError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from error
     if not isinstance(values, dict):
         raise StudyError(f"{path} must hold a mapping of study keys")
-    return parse_study(values)
+    return dataclasses.replace(parse_study(values), interpolated=interpolated)
+
+
+def _interpolated_keys(values, where: str = ""):
+    """The dotted keys of `values` (an unresolved OmegaConf container) whose value holds a `${...}` interpolation."""
+    items = values.items() if isinstance(values, dict) else enumerate(values) if isinstance(values, list) else ()
+    for key, value in items:
+        path = f"{where}.{key}" if where else str(key)
+        if isinstance(value, str) and "${" in value:
+            yield path
+        else:
+            yield from _interpolated_keys(value, path)
 
 
 def parse_study(values: dict[str, Any]) -> Study:

@@ -336,3 +336,22 @@ def test_performance_profile_against_hand_computation():
     assert performance_profile([[0, 50, 100]], [25, 75, 100]) == pytest.approx([2 / 3, 1 / 3, 0])
     # Each dataset weighs the same: (1/2 + 4/4) / 2 at tau 25, however many seeds each has.
     assert performance_profile([[0, 100], [50, 50, 50, 50]], [25]) == pytest.approx([0.75])
+
+
+def test_a_received_folder_does_not_resolve_environment_interpolations(tmp_path, monkeypatch):
+    """A study.yaml from someone else naming ${oc.env:SECRET_TOKEN} must not put this machine's token into the
+    report (issue 15, item 3); a sweep that resolves one lists the key."""
+    from offline_sweeps.sweeps.study import load_study
+    monkeypatch.setenv("SECRET_TOKEN", "s3cr3t-value")
+    folder = iql_study(tmp_path, curves_of({0.7: flat(80.0), 0.9: flat(70.0)}))
+    received = yaml.safe_load((folder / STUDY_FILE).read_text())
+    received["description"] = "leak ${oc.env:SECRET_TOKEN}"
+    (folder / STUDY_FILE).write_text(yaml.safe_dump(received))
+    paths = write_report(folder)
+    report = paths["markdown"].read_text()
+    assert "s3cr3t-value" not in report and "${oc.env:SECRET_TOKEN}" in report
+    for path in export_best(folder):
+        assert "s3cr3t-value" not in path.read_text()
+    resolved = load_study(folder / STUDY_FILE)
+    assert resolved.description == "leak s3cr3t-value" and resolved.interpolated == ("description",)
+    assert load_study(folder / STUDY_FILE, resolve=False).interpolated == ()
