@@ -103,7 +103,8 @@ def sweep(args: argparse.Namespace) -> int:
     from offline_sweeps.sweeps.run import experiment_dir, run_study
     from offline_sweeps.sweeps.study import load_study
     study = load_study(args.study, args.overrides)
-    results = run_study(study, args.address, use_wandb=not args.no_wandb, num_cpus=args.num_cpus)
+    results = run_study(study, args.address, use_wandb=not args.no_wandb, num_cpus=args.num_cpus,
+                        overwrite=args.overwrite)
     return _finish_study(results, experiment_dir(study), not args.no_wandb)
 
 
@@ -268,6 +269,8 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--address", help="join a running Ray cluster (auto or host:port; or set RAY_ADDRESS)")
         sub.add_argument("--no-wandb", action="store_true", help="do not log to Weights & Biases")
         sub.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="clear the study folder's earlier results first (a sweep into a non-empty folder is refused)")
     run.set_defaults(run=sweep)
     resume_parser.add_argument("folder", help="the study folder, <storage>/<study name>")
     resume_parser.set_defaults(run=resume)

@@ -29,6 +29,7 @@ import copy
 import csv
 import json
 import math
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +95,10 @@ def _read(folder: str | Path) -> tuple[object, list[tuple[str, dict, list[dict]]
         raise StudyError(f"{folder} is not a study folder (no {STUDY_FILE}); give <storage>/<study name>")
     study = load_study(folder / STUDY_FILE, resolve=False)     # a received folder's ${oc.env:...} stays text
     trials = []
+    own = experiment_trial_ids(folder)
     for params_file in sorted(folder.glob("*/params.json")):
+        if own is not None and params_file.parent.name.split("_", 1)[0] not in own:
+            continue            # a trial of another experiment that ran in this folder: not this study's
         results_file = params_file.with_name("result.json")
         if not results_file.is_file() or results_file.stat().st_size == 0:
             continue
@@ -103,6 +107,23 @@ def _read(folder: str | Path) -> tuple[object, list[tuple[str, dict, list[dict]]
     if not trials:
         raise StudyError(f"{folder} has no trial results yet; run or resume the study first")
     return study, trials
+
+
+def experiment_trial_ids(folder: Path) -> set[str] | None:
+    """The trial ids of the folder's own experiment: those in Tune's newest `experiment_state-*.json`, read as
+    plain JSON (the cloudpickled parts stay undecoded text, nothing is unpickled). None where the folder has
+    no readable experiment state (then every trial folder counts)."""
+    states = sorted(folder.glob("experiment_state-*.json"))
+    if not states:
+        return None
+    try:
+        state = json.loads(states[-1].read_text())
+        ids = {json.loads(entry[0])["trial_id"] for entry in state["trial_data"]}
+    except (ValueError, KeyError, TypeError, IndexError, OSError) as error:
+        print(f"warning: {states[-1]} is unreadable ({type(error).__name__}); reading every trial folder",
+              file=sys.stderr)
+        return None
+    return ids
 
 
 def _knobs(trial: dict, member: dict) -> dict:

@@ -8,10 +8,17 @@ so reports never depend on W&B.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
+import hmac
 import json
 import math
 import os
 import re
+import secrets
+import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -167,15 +174,21 @@ def _tuner_parts(study: Study):
 
 
 def run_study(study: Study, address: str | None = None, use_wandb: bool = True, num_cpus: int | None = None,
-              log: Callable[[str], None] = print, callbacks: tuple = ()):
+              log: Callable[[str], None] = print, callbacks: tuple = (), overwrite: bool = False):
     """Run every trial of `study`; returns Tune's ResultGrid. The study YAML is kept beside the results.
-    `callbacks` are extra `tune.Callback`s (the W&B one is added from the study's settings)."""
+    `callbacks` are extra `tune.Callback`s (the W&B one is added from the study's settings). The study
+    folder must be empty (or `overwrite` clears its old trials) and is locked while the sweep runs."""
     ensure_datasets(study, log)
     folder = experiment_dir(study)
     trials = with_model_cache(study.trials(), folder)
-    if isinstance(folder, Path):
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / STUDY_FILE).write_text(yaml.safe_dump(study.source, sort_keys=False))
+    with contextlib.ExitStack() as held:
+        if isinstance(folder, Path):
+            held.enter_context(claim_folder(folder, trials, overwrite))
+            (folder / STUDY_FILE).write_text(yaml.safe_dump(study.source, sort_keys=False))
+        return _run_claimed(study, folder, trials, address, use_wandb, num_cpus, log, callbacks)
+
+
+def _run_claimed(study: Study, folder, trials: list[dict], address, use_wandb, num_cpus, log, callbacks):
     members = sum(len(t["members"]) for t in trials)
     if study.interpolated:
         log(f"Study {study.name}: resolved the interpolations in {', '.join(study.interpolated)}; their values "
@@ -205,6 +218,49 @@ def run_study(study: Study, address: str | None = None, use_wandb: bool = True, 
             callbacks=[ProgressLines(study.metric, log), *wandb_callbacks(study, use_wandb), *callbacks],
             verbose=0))
     return tuner.fit()
+
+
+LOCK_FILE = ".sweep.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path):
+    """Hold `<folder>/.sweep.lock` for one driver: a second sweep or resume on the folder stops at once."""
+    from filelock import FileLock, Timeout
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise StudyError(f"{folder} is in use by another sweep or resume (lock {folder / LOCK_FILE}); wait for it "
+                         f"to end, or give this study another name=") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def claim_folder(folder: Path, trials: list[dict], overwrite: bool = False):
+    """One study per folder: lock it, then refuse it if an earlier study left anything there (a study.yaml
+    alone, from a sweep that stopped before Ray started, does not count), or clear it with `overwrite`,
+    keeping a dynamics cache (a trial's `model_dir`) that lives inside it."""
+    with folder_lock(folder):
+        entries = [p for p in folder.iterdir() if p.name != LOCK_FILE]
+        if [p.name for p in entries] not in ([], [STUDY_FILE]):
+            if not overwrite:
+                raise StudyError(f"{folder} already holds a study's results; continue it with `python launch.py "
+                                 f"resume {folder}`, give this one a new name=..., or pass --overwrite to clear it")
+            keep = {Path(t["model_dir"]).resolve() for t in trials if t.get("model_dir")}
+            for entry in entries:
+                resolved = entry.resolve()
+                if any(resolved == k or resolved in k.parents for k in keep):
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        yield
 
 
 def with_model_cache(trials: list[dict], folder: Path | str) -> list[dict]:
@@ -237,11 +293,12 @@ def resume_study(folder: str | Path, address: str | None = None, use_wandb: bool
     if not (folder / STUDY_FILE).is_file() or not tune.Tuner.can_restore(str(folder)):
         raise StudyError(f"{folder} holds no study to resume (no {STUDY_FILE} and Tune state); give the folder "
                          f"`launch.py sweep` printed, <storage>/<study name>")
-    study = load_study(folder / STUDY_FILE, resolve=False)
-    init_ray(address, num_cpus)
-    trainable, _ = _tuner_parts(study)
-    tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True, resume_errored=True)
-    return tuner.fit()
+    with folder_lock(folder):
+        study = load_study(folder / STUDY_FILE, resolve=False)
+        init_ray(address, num_cpus)
+        trainable, _ = _tuner_parts(study)
+        tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        return tuner.fit()
 
 
 def unfinished_trials(results) -> list[str]:
