@@ -111,7 +111,8 @@ def sweep(args: argparse.Namespace) -> int:
 def resume(args: argparse.Namespace) -> int:
     from pathlib import Path as _Path
     from offline_sweeps.sweeps.run import resume_study
-    results = resume_study(args.folder, args.address, use_wandb=not args.no_wandb, num_cpus=args.num_cpus)
+    results = resume_study(args.folder, args.address, use_wandb=not args.no_wandb, num_cpus=args.num_cpus,
+                           trust=args.trust)
     return _finish_study(results, _Path(args.folder).expanduser().resolve(), not args.no_wandb)
 
 
@@ -273,6 +274,9 @@ def parser() -> argparse.ArgumentParser:
                      help="clear the study folder's earlier results first (a sweep into a non-empty folder is refused)")
     run.set_defaults(run=sweep)
     resume_parser.add_argument("folder", help="the study folder, <storage>/<study name>")
+    resume_parser.add_argument("--trust", action="store_true",
+                               help="resume a folder this installation did not sign (its Ray files are unpickled, "
+                                    "which can run code): only one you trust")
     resume_parser.set_defaults(run=resume)
     reporting = commands.add_parser("report", help="sensitivity table (Markdown, CSV) and plots of one or more studies")
     reporting.add_argument("folders", nargs="+", metavar="folder",

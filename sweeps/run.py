@@ -185,6 +185,7 @@ def run_study(study: Study, address: str | None = None, use_wandb: bool = True, 
         if isinstance(folder, Path):
             held.enter_context(claim_folder(folder, trials, overwrite))
             (folder / STUDY_FILE).write_text(yaml.safe_dump(study.source, sort_keys=False))
+            sign_folder(folder)
         return _run_claimed(study, folder, trials, address, use_wandb, num_cpus, log, callbacks)
 
 
@@ -217,7 +218,82 @@ def _run_claimed(study: Study, folder, trials: list[dict], address, use_wandb, n
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
             callbacks=[ProgressLines(study.metric, log), *wandb_callbacks(study, use_wandb), *callbacks],
             verbose=0))
-    return tuner.fit()
+    if not isinstance(folder, Path):
+        return tuner.fit()
+    try:
+        return tuner.fit()
+    finally:                # every exit of the driver that runs Python: the end, SIGINT/SIGTERM, an error
+        sign_folder(folder)
+
+
+SIGNATURE_FILE = ".resume-signature.json"
+CONFIG_DIR_ENV = "OFFLINE_SWEEPS_CONFIG_DIR"
+
+
+def config_dir() -> Path:
+    """$OFFLINE_SWEEPS_CONFIG_DIR, else $XDG_CONFIG_HOME/offline_sweeps, else ~/.config/offline_sweeps."""
+    if os.environ.get(CONFIG_DIR_ENV):
+        return Path(os.environ[CONFIG_DIR_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config").expanduser() / "offline_sweeps"
+
+
+def resume_key() -> bytes:
+    """This installation's key for signing study folders (`<config dir>/resume.key`, made 0600 on first use)."""
+    path = config_dir() / "resume.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        temporary = path.with_name(f".resume.key-{secrets.token_hex(6)}")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_hex(32) + "\n")
+        try:
+            os.link(temporary, path)        # never replaces a key another process made meanwhile
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink()
+    return bytes.fromhex(path.read_text().strip())
+
+
+def ray_state_files(folder: Path) -> list[Path]:
+    """What `Tuner.restore` may unpickle: every file at the top of the folder (tuner.pkl, experiment_state-*.json
+    with its cloudpickle blobs, searcher and variant states, study.yaml) and every .pkl below it (a trial's
+    error.pkl, a dict checkpoint)."""
+    top = [p for p in folder.iterdir() if p.is_file() and p.name not in (SIGNATURE_FILE, LOCK_FILE)]
+    below = [p for p in folder.glob("*/**/*.pkl") if p.is_file()]
+    return sorted(set(top + below))
+
+
+def _folder_mac(folder: Path) -> str:
+    mac = hmac.new(resume_key(), digestmod=hashlib.sha256)
+    for path in ray_state_files(folder):
+        mac.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        mac.update(hashlib.sha256(path.read_bytes()).digest())
+    return mac.hexdigest()
+
+
+def sign_folder(folder: Path) -> None:
+    """Record that this installation wrote the folder's Ray state as it is now (an HMAC-SHA256 under
+    resume_key()); `resume` restores only a folder whose files still match."""
+    temporary = folder / f"{SIGNATURE_FILE}.tmp"
+    temporary.write_text(json.dumps({"hmac_sha256": _folder_mac(folder)}))
+    os.replace(temporary, folder / SIGNATURE_FILE)
+
+
+def check_signature(folder: Path) -> None:
+    """Refuse, before anything is unpickled, a folder whose Ray files this installation did not sign."""
+    trust = f"if you trust the folder and where it came from, run `python launch.py resume --trust {folder}`"
+    try:
+        recorded = json.loads((folder / SIGNATURE_FILE).read_text())["hmac_sha256"]
+    except FileNotFoundError:
+        raise StudyError(f"{folder} was not written by this installation (no signature); resuming unpickles its "
+                         f"Ray files, which can run code: {trust}") from None
+    except (ValueError, KeyError, TypeError):
+        recorded = ""
+    if not hmac.compare_digest(str(recorded), _folder_mac(folder)):
+        raise StudyError(f"{folder}'s Ray files do not match this installation's signature (changed since, made "
+                         f"elsewhere, or left by a driver killed with SIGKILL, which cannot sign); resuming "
+                         f"unpickles them, which can run code: {trust}")
 
 
 LOCK_FILE = ".sweep.lock"
@@ -247,7 +323,7 @@ def claim_folder(folder: Path, trials: list[dict], overwrite: bool = False):
     keeping a dynamics cache (a trial's `model_dir`) that lives inside it."""
     with folder_lock(folder):
         entries = [p for p in folder.iterdir() if p.name != LOCK_FILE]
-        if [p.name for p in entries] not in ([], [STUDY_FILE]):
+        if sorted(p.name for p in entries if p.name != SIGNATURE_FILE) not in ([], [STUDY_FILE]):
             if not overwrite:
                 raise StudyError(f"{folder} already holds a study's results; continue it with `python launch.py "
                                  f"resume {folder}`, give this one a new name=..., or pass --overwrite to clear it")
@@ -286,19 +362,26 @@ def check_cluster_storage(study: Study, log: Callable[[str], None]) -> None:
 
 
 def resume_study(folder: str | Path, address: str | None = None, use_wandb: bool = True,
-                 num_cpus: int | None = None):
+                 num_cpus: int | None = None, trust: bool = False):
     """Continue an interrupted study where it stopped: finished trials stay, unfinished and errored ones
-    restart from their last checkpoints."""
+    restart from their last checkpoints. Tune's restore unpickles the folder's files, so a folder this
+    installation did not sign (check_signature) is refused unless `trust`."""
     folder = Path(folder).expanduser().resolve()
     if not (folder / STUDY_FILE).is_file() or not tune.Tuner.can_restore(str(folder)):
         raise StudyError(f"{folder} holds no study to resume (no {STUDY_FILE} and Tune state); give the folder "
                          f"`launch.py sweep` printed, <storage>/<study name>")
     with folder_lock(folder):
+        if not trust:
+            check_signature(folder)
         study = load_study(folder / STUDY_FILE, resolve=False)
         init_ray(address, num_cpus)
         trainable, _ = _tuner_parts(study)
-        tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True, resume_errored=True)
-        return tuner.fit()
+        try:
+            tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True)
+            return tuner.fit()
+        finally:
+            sign_folder(folder)
 
 
 def unfinished_trials(results) -> list[str]:

@@ -1,10 +1,18 @@
-"""One study per folder (issue 15, item 1): a sweep into a used folder is refused before Ray starts, or
-cleared with --overwrite; a lock stops a second driver; report and export read only the folder's own
-experiment. No Ray, no training."""
+"""Study folders (issue 15). One study per folder (item 1): a sweep into a used folder is refused before
+Ray starts, or cleared with --overwrite; a lock stops a second driver; report and export read only the
+folder's own experiment. No code from a received folder (item 2): resume refuses a folder this installation
+did not sign before anything is unpickled, unless --trust; report and export never unpickle. No Ray, no
+training."""
 from __future__ import annotations
 
+import builtins
 import json
 import math
+import os
+import pickle
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +23,8 @@ from offline_sweeps.algorithms.trainer import flatten_members
 from offline_sweeps.sweeps import run
 from offline_sweeps.sweeps.report import export_best, load_results
 from offline_sweeps.sweeps.study import STUDY_FILE, StudyError, parse_study
+
+LAUNCH = Path(__file__).resolve().parents[2] / "launch.py"
 
 
 def study_of(storage: Path, name: str = "study", **values):
@@ -46,6 +56,14 @@ def experiment_state(folder: Path, ids: list[str], stamp: str) -> None:
     trial_data = [[json.dumps({"trial_id": i, "config": {"_type": "CLOUDPICKLE_FALLBACK", "value": "80049500"}}),
                    "{}"] for i in ids]
     (folder / f"experiment_state-{stamp}.json").write_text(json.dumps({"trial_data": trial_data}))
+
+
+@pytest.fixture(autouse=True)
+def config_dir(tmp_path, monkeypatch):
+    """This installation's config dir (its resume key) in the test's folder."""
+    folder = tmp_path / "config"
+    monkeypatch.setenv(run.CONFIG_DIR_ENV, str(folder))
+    return folder
 
 
 @pytest.fixture
@@ -92,7 +110,7 @@ def test_overwrite_clears_the_old_trials_but_keeps_a_dynamics_cache_inside_the_f
     monkeypatch.setattr(run, "_run_claimed", lambda *args: seen.setdefault(
         "left", sorted(p.name for p in folder.iterdir())))
     run.run_study(study, log=lambda _: None, overwrite=True)
-    assert seen["left"] == sorted([run.LOCK_FILE, STUDY_FILE, "dynamics-cache"])
+    assert seen["left"] == sorted([run.LOCK_FILE, run.SIGNATURE_FILE, STUDY_FILE, "dynamics-cache"])
     assert (cache / "abc" / "model.pt").read_bytes() == b"weights"
 
 
@@ -124,3 +142,82 @@ def test_report_and_export_use_only_the_trials_of_the_folders_own_experiment(tmp
     assert math.isclose(frame["eval/normalized_return"].max(), 2.0)
     best = yaml.safe_load(export_best(folder)[0].read_text())
     assert best["algo"]["expectile"] == 0.9          # new00002's setting; old00001's 99 is not this study's
+
+
+class Marker:
+    """Unpickling it creates the file `path`: what a crafted tuner.pkl could do with a shell command."""
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return builtins.open, (str(self.path), "w")
+
+
+def received_folder(tmp_path) -> tuple[Path, Path]:
+    """A study folder from elsewhere whose tuner.pkl creates a marker file when unpickled."""
+    study = study_of(tmp_path, name="received")
+    folder = tmp_path / "received"
+    write_trials(folder, study, ["abcd0001", "abcd0002"], {"abcd0001": 1.0, "abcd0002": 2.0})
+    experiment_state(folder, ["abcd0001", "abcd0002"], "2026-12-01_00-00-00")
+    marker = tmp_path / "code-ran"
+    (folder / "tuner.pkl").write_bytes(pickle.dumps(Marker(marker)))
+    return folder, marker
+
+
+def test_resume_refuses_a_received_folder_without_unpickling_it_and_names_trust(tmp_path, config_dir):
+    folder, marker = received_folder(tmp_path)
+    refused = subprocess.run([sys.executable, str(LAUNCH), "resume", str(folder), "--no-wandb"], capture_output=True,
+                             text=True, timeout=300, env={**os.environ, run.CONFIG_DIR_ENV: str(config_dir)})
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    error = refused.stderr.strip()
+    assert "\n" not in error and "not written by this installation" in error
+    assert f"launch.py resume --trust {folder}" in error
+    assert not marker.exists()
+
+
+def test_resume_trust_passes_a_received_folder_on_to_tune(tmp_path, config_dir, monkeypatch):
+    folder, marker = received_folder(tmp_path)
+    monkeypatch.setattr(run, "init_ray", lambda *args: None)
+    with pytest.raises(Exception):          # Tune unpickles the crafted file (which is no tuner state)
+        run.resume_study(folder, use_wandb=False, trust=True)
+    assert marker.exists()
+
+
+def test_a_folder_this_installation_signed_passes_and_one_changed_since_is_refused(tmp_path, config_dir):
+    folder, marker = received_folder(tmp_path)
+    run.sign_folder(folder)
+    run.check_signature(folder)
+    key = config_dir / "resume.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(bytes.fromhex(key.read_text().strip())) == 32
+    (folder / "tuner.pkl").write_bytes(pickle.dumps(Marker(tmp_path / "other")))        # tampered with
+    with pytest.raises(StudyError, match="killed with SIGKILL.*resume --trust"):
+        run.check_signature(folder)
+    run.sign_folder(folder)
+    (folder / "abcd0001_iql,n" / "dict_checkpoint.pkl").write_bytes(b"x")       # a pickle added below
+    with pytest.raises(StudyError, match="do not match"):
+        run.check_signature(folder)
+
+
+def test_another_installations_signature_is_refused(tmp_path, config_dir, monkeypatch):
+    folder, _ = received_folder(tmp_path)
+    run.sign_folder(folder)
+    monkeypatch.setenv(run.CONFIG_DIR_ENV, str(tmp_path / "elsewhere"))
+    with pytest.raises(StudyError, match="do not match"):
+        run.check_signature(folder)
+
+
+def test_report_and_export_never_unpickle(tmp_path, monkeypatch):
+    import cloudpickle
+    from offline_sweeps.sweeps.report import write_report
+    folder, marker = received_folder(tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("report/export unpickled something")
+    for module in (pickle, cloudpickle):
+        for name in ("load", "loads", "Unpickler"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, refuse)
+    monkeypatch.setattr(pickle, "_loads", refuse, raising=False)
+    write_report(folder)
+    assert export_best(folder)
+    assert not marker.exists()
