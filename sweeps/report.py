@@ -97,7 +97,7 @@ def _read(folder: str | Path) -> tuple[object, list[tuple[str, dict, list[dict]]
     trials = []
     own = experiment_trial_ids(folder)
     for params_file in sorted(folder.glob("*/params.json")):
-        if own is not None and params_file.parent.name.split("_", 1)[0] not in own:
+        if own is not None and not any(params_file.parent.name.startswith(f"{i}_") for i in own):
             continue            # a trial of another experiment that ran in this folder: not this study's
         results_file = params_file.with_name("result.json")
         if not results_file.is_file() or results_file.stat().st_size == 0:

@@ -133,15 +133,15 @@ def test_report_and_export_use_only_the_trials_of_the_folders_own_experiment(tmp
     newest experiment state names the folder's own."""
     study = study_of(tmp_path)
     folder = tmp_path / "study"
-    write_trials(folder, study, ["old00001", "old00002"], {"old00001": 99.0, "old00002": -99.0})
-    write_trials(folder, study, ["new00001", "new00002"], {"new00001": 1.0, "new00002": 2.0})
-    experiment_state(folder, ["old00001", "old00002"], "2026-01-01_00-00-00")
-    experiment_state(folder, ["new00001", "new00002"], "2026-12-01_00-00-00")
+    write_trials(folder, study, ["0ld_00001", "0ld_00002"], {"0ld_00001": 99.0, "0ld_00002": -99.0})
+    write_trials(folder, study, ["n3w_00001", "n3w_00002"], {"n3w_00001": 1.0, "n3w_00002": 2.0})
+    experiment_state(folder, ["0ld_00001", "0ld_00002"], "2026-01-01_00-00-00")
+    experiment_state(folder, ["n3w_00001", "n3w_00002"], "2026-12-01_00-00-00")
     frame = load_results(folder)
-    assert sorted({name.split("_")[0] for name in frame["trial"]}) == ["new00001", "new00002"]
+    assert sorted({name.rsplit("_", 1)[0] for name in frame["trial"]}) == ["n3w_00001", "n3w_00002"]
     assert math.isclose(frame["eval/normalized_return"].max(), 2.0)
     best = yaml.safe_load(export_best(folder)[0].read_text())
-    assert best["algo"]["expectile"] == 0.9          # new00002's setting; old00001's 99 is not this study's
+    assert best["algo"]["expectile"] == 0.9          # n3w_00002's setting; 0ld_00001's 99 is not this study's
 
 
 class Marker:
