@@ -133,6 +133,8 @@ def export(args: argparse.Namespace) -> None:
 
 def train(args: argparse.Namespace) -> None:
     from offline_sweeps.sweeps.run import train_from_file
+    from offline_sweeps.sweeps.study import check_train_file
+    check_train_file(args.config)      # malformed YAML, wrong types, a GPU that is not here, an unknown env
     train_from_file(args.config, args.output)
 
 
@@ -304,7 +306,7 @@ def parser() -> argparse.ArgumentParser:
     make.add_argument("--kinds", type=_csv, default=ds.KINDS, help=f"comma-separated subset of {','.join(ds.KINDS)}")
     make.add_argument("--name", help="dataset name (default: the env's name in lower case, e.g. hopper)")
     make.add_argument("--version", type=int, default=0)
-    make.add_argument("--transitions", type=int, default=100_000, help="transitions per dataset (whole episodes)")
+    make.add_argument("--transitions", type=int, default=100_000, help="transitions per dataset, at least: whole episodes, so rounded up to the next episode end")
     make.add_argument("--medium-return", type=float, help="eval return at which the medium policy is frozen")
     make.add_argument("--expert-return", type=float, help="eval return at which the expert policy is frozen")
     make.add_argument("--expert", choices=("sac", "scripted"), default="sac",
@@ -313,7 +315,7 @@ def parser() -> argparse.ArgumentParser:
     make.add_argument("--sac-start-steps", type=int, default=5_000, help="uniform-random steps before learning")
     make.add_argument("--sac-hidden", type=_ints, default=(256, 256), help="SAC hidden sizes, e.g. 256,256")
     make.add_argument("--eval-every", type=int, default=5_000, help="online steps between evaluations")
-    make.add_argument("--num-envs", type=int, default=10, help="envs stepped together when collecting")
+    make.add_argument("--num-envs", type=int, default=10, help="envs stepped together when collecting (at most 256)")
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
     make.add_argument("--overwrite", action="store_true", help="replace datasets of the same id")

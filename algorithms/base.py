@@ -9,12 +9,16 @@ config p.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, ClassVar, Sequence
 
 import torch
 import torch.nn as nn
 
 from .networks import init_members
+
+
+MAX_BATCH_SIZE = 1 << 20    # a minibatch past a million transitions is a typo (batch_size: 1e9 hung)
 
 
 class ConfigError(ValueError):
@@ -39,6 +43,40 @@ class CheckedConfig:
         return cls(**values)
 
 
+def _fits(value, annotation: str) -> bool:
+    """Does `value` (from YAML) fit the field annotation `annotation` (a string: annotations are postponed)?"""
+    options = [option.strip() for option in annotation.split("|")]
+    if "None" in options and value is None:
+        return True
+    for option in options:
+        if option == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if option == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return math.isfinite(value)
+        if option == "bool" and isinstance(value, bool):
+            return True
+        if option == "str" and isinstance(value, str):
+            return True
+        if option == "tuple[int, ...]" and isinstance(value, (list, tuple)) and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return True
+        if option in ("dict", "list") and isinstance(value, {"dict": dict, "list": (list, tuple)}[option]):
+            return True
+        if option not in ("int", "float", "bool", "str", "tuple[int, ...]", "dict", "list", "None"):
+            return True            # a type this check does not know: left to the config's own checks
+    return False
+
+
+def check_field_types(config) -> None:
+    """Refuse a field whose value has the wrong type (`total_updates: lots`, `expectile: '0.7'`) or a float
+    that is NaN or infinite, with a ConfigError naming the field, before any comparison can raise a TypeError."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(field.type, str) and not _fits(value, field.type):
+            raise ConfigError(f"{type(config).__name__}.{field.name}={value!r} must be {field.type.replace('|', 'or')}"
+                              f"{' (finite)' if 'float' in field.type else ''}")
+
+
 @dataclasses.dataclass
 class LearnerConfig(CheckedConfig):
     """Fields every algorithm has; each algorithm's config extends it with its own knobs."""
@@ -49,9 +87,12 @@ class LearnerConfig(CheckedConfig):
     divergence_bound: float = 1e6     # |Q| or |loss| past this marks a member diverged
 
     def __post_init__(self):
+        check_field_types(self)
         self.hidden = tuple(int(h) for h in self.hidden)
         self.check(bool(self.hidden) and min(self.hidden) > 0, "hidden", "a list of positive layer sizes")
-        self.check(self.batch_size >= 1, "batch_size", "at least 1")
+        self.check(isinstance(self.batch_size, int) and not isinstance(self.batch_size, bool)
+                   and 1 <= self.batch_size <= MAX_BATCH_SIZE, "batch_size",
+                   f"a whole number from 1 to {MAX_BATCH_SIZE}")
         self.check(0.0 <= self.gamma < 1.0, "gamma", "in [0, 1)")
         self.check(self.divergence_bound > 0, "divergence_bound", "positive")
 

@@ -486,7 +486,11 @@ def default_model_dir() -> Path:
 def _read_entry(folder: Path, config: DynamicsConfig, obs_dim: int, act_dim: int, device) -> DynamicsEnsemble:
     ensemble = DynamicsEnsemble(config, obs_dim, act_dim, device)
     ensemble.load_state_dict(torch.load(folder / "model.pt", map_location=ensemble.device, weights_only=True))
-    ensemble.report = json.loads((folder / "report.json").read_text())["report"]
+    entry = json.loads((folder / "report.json").read_text())
+    report = entry.get("report") if isinstance(entry, dict) else None
+    if not isinstance(report, dict):
+        raise ValueError(f"{folder / 'report.json'} holds no report mapping")
+    ensemble.report = report
     return ensemble
 
 
@@ -511,8 +515,8 @@ def load_or_train(dataset, config: DynamicsConfig | dict, cache_dir: str | os.Pa
             try:
                 ensemble = _read_entry(folder, config, obs_dim, act_dim, device)
                 ensemble.report["cached"] = True
-            except Exception:             # torch.load raises many types for a damaged file
-                shutil.rmtree(folder)     # renames are atomic, so damage came from outside: rebuild the entry
+            except Exception:             # torch.load and a malformed report.json raise many types
+                pass                      # renames are atomic, so damage came from outside: a miss, rebuilt below
         if ensemble is None:
             ensemble = train_ensemble(dataset, config, device)
             temporary = root / f".{key}.{os.getpid()}.tmp"
@@ -523,7 +527,14 @@ def load_or_train(dataset, config: DynamicsConfig | dict, cache_dir: str | os.Pa
                 {"format": FORMAT_VERSION, "dataset_id": getattr(dataset, "dataset_id", None),
                  "env_id": getattr(dataset, "env_id", None), "config": dataclasses.asdict(config),
                  "report": ensemble.report}, indent=1))
-            os.rename(temporary, folder)
+            if folder.exists():           # the damaged entry: swapped out only once its replacement is whole
+                retired = root / f".{key}.{os.getpid()}.retired"
+                shutil.rmtree(retired, ignore_errors=True)
+                os.rename(folder, retired)
+                os.rename(temporary, folder)
+                shutil.rmtree(retired, ignore_errors=True)
+            else:
+                os.rename(temporary, folder)
     ensemble.report.update(key=key, path=str(folder))
     ensemble.termination = termination
     return ensemble

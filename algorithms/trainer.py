@@ -22,7 +22,7 @@ import torch
 from ..datasets import DatasetError, TransitionBuffer, check_env_compatible, iql_reward_scale, load, make_env
 from ..datasets.loading import normalized_score
 from . import ALGORITHMS
-from .base import CheckedConfig, ConfigError, DataContext
+from .base import CheckedConfig, ConfigError, DataContext, check_field_types
 from .dynamics import DynamicsConfig
 from .evaluation import evaluate_population
 from .host_memory import keep_freed_memory
@@ -52,6 +52,7 @@ class TrainConfig(CheckedConfig):
     model_dir: str | None = None           # dynamics cache; None: $OFFLINE_SWEEPS_MODEL_DIR or ~/.cache/offline_sweeps/models
 
     def __post_init__(self):
+        check_field_types(self)
         if self.algorithm not in ALGORITHMS:
             raise ConfigError(f"algorithm={self.algorithm!r} is unknown; choose from {', '.join(sorted(ALGORITHMS))}")
         if not isinstance(self.members, (list, tuple)) or not self.members:
@@ -59,6 +60,9 @@ class TrainConfig(CheckedConfig):
         for key in ("eval_every", "eval_episodes", "total_updates"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be at least 1")
+        if self.eval_every > self.total_updates:
+            raise ConfigError(f"eval_every={self.eval_every} is larger than total_updates={self.total_updates}: "
+                              f"no evaluation would fall inside the run")
         self.check(self.mc_tail_steps is None or (type(self.mc_tail_steps) is int and self.mc_tail_steps >= 0),
                    "mc_tail_steps", "null (ceil(5 / (1 - gamma))) or a whole number of steps >= 0")
         if self.reward_normalization not in ("none", "iql"):
@@ -88,6 +92,10 @@ class TrainRun:
             keep_freed_memory()
         configs = config.member_configs()          # validate before any expensive work
         self.dataset = load(config.dataset, download=config.download)
+        for member in configs:
+            if member.batch_size > self.dataset.num_transitions:
+                raise ConfigError(f"batch_size={member.batch_size} is more than {config.dataset}'s "
+                                  f"{self.dataset.num_transitions} transitions; use a smaller batch_size")
         self.env_id = config.env or self.dataset.env_id
         if self.env_id is None:
             raise DatasetError(f"dataset {config.dataset} names no env; set env: to the Gymnasium id to evaluate in")
@@ -131,6 +139,9 @@ class TrainRun:
             evaluation[key] = np.where(alive, value, np.nan)
         self.iterations += 1
         per_member = {key: value.detach().cpu().numpy().astype(np.float64) for key, value in train.items()}
+        for key in per_member:     # a diverged member's losses are its frozen garbage (-6.5e9): not a measurement
+            if key != "diverged":
+                per_member[key] = np.where(alive, per_member[key], np.nan)
         per_member.update(evaluation)
         if self.dataset.ref_min_score is not None and self.dataset.ref_max_score is not None:
             per_member["eval/normalized_return"] = normalized_score(self.dataset, evaluation["eval/return"])

@@ -17,6 +17,7 @@ import contextlib
 import copy
 import math
 import os
+import re
 import shutil
 import time
 import uuid
@@ -32,7 +33,7 @@ from ..algorithms.sac import SAC, SACConfig
 from .buffer import TransitionBuffer
 from .controllers import SCRIPTED_CONTROLLERS
 from .loading import DatasetError, datasets_root, flat_dim, local_dataset_ids
-from .rollout import Episode, Policy, make_env, random_policy, rollout
+from .rollout import Episode, Policy, make_env, random_policy, rollout, time_limit
 
 KINDS = ("random", "medium", "expert", "medium-replay", "medium-expert")
 
@@ -45,13 +46,21 @@ PRESETS: dict[str, dict[str, float]] = {
 }
 
 
+MAX_NUM_ENVS = 256     # more envs than this in one SyncVectorEnv only costs memory and start-up time
+
+
+def _safe_name(name) -> bool:
+    return isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", name) is not None
+
+
 @dataclass
 class BuildConfig:
     env_id: str
     kinds: tuple[str, ...] = KINDS
     name: str | None = None                # dataset ids are "<name>/<kind>-v<version>"; default from env_id
     version: int = 0
-    transitions: int = 100_000             # per dataset (medium-expert holds both halves)
+    transitions: int = 100_000             # per dataset, at least (medium-expert holds both halves); whole
+                                           # episodes, so rounded up: transitions 1 writes one episode
     medium_return: float | None = None     # None: the env's preset
     expert_return: float | None = None
     expert: str = "sac"                    # "sac", or "scripted" where a controller is shipped
@@ -62,7 +71,7 @@ class BuildConfig:
     eval_every: int | None = None          # online steps between evaluations; None: the preset, else 5000
     eval_episodes: int = 10
     ref_episodes: int = 20
-    num_envs: int = 10                     # envs stepped together when collecting
+    num_envs: int = 10                     # envs stepped together when collecting (at most MAX_NUM_ENVS)
     seed: int = 0
     overwrite: bool = False
 
@@ -84,6 +93,12 @@ class BuildConfig:
                     "sac_batch_size"):
             if getattr(self, key) < 1:
                 raise DatasetError(f"{key}={getattr(self, key)} must be at least 1")
+        if self.num_envs > MAX_NUM_ENVS:
+            raise DatasetError(f"num_envs={self.num_envs} must be at most {MAX_NUM_ENVS} (envs stepped together "
+                               f"in one process)")
+        if self.name is not None and not _safe_name(self.name):
+            raise DatasetError(f"name={self.name!r} must be one folder name: letters, digits, '_', '-' and '.', "
+                               f"not starting with '.' (dataset ids are <name>/<kind>-v<version>)")
         if self.medium_return is None:
             self.medium_return = preset.get("medium_return")
         if self.expert_return is None and self.expert == "sac":
@@ -313,12 +328,16 @@ def build(config: BuildConfig, log: Callable[[str], None] = print) -> list[Built
     ref_max = mean_return(config.env_id, expert_act, config.ref_episodes, config.seed + 30_000)
     log(f"  expert ({expert_name}): mean return {ref_max:.1f} (ref_max_score)")
 
-    per_env = math.ceil(config.transitions / config.num_envs)
+    # Whole episodes: each env finishes its last one. Fewer envs for a small request, so `transitions`
+    # is rounded up to the next whole episode or so, not to one episode per env (transitions 1 wrote 2000).
+    episode_steps = time_limit(config.env_id) or 1
+    num_envs = max(1, min(config.num_envs, math.ceil(config.transitions / episode_steps)))
+    per_env = math.ceil(config.transitions / num_envs)
     collected: dict[str, list[Episode]] = {}
 
     def collect(kind: str, act: Policy, seed_offset: int) -> list[Episode]:
         if kind not in collected:
-            collected[kind] = rollout(config.env_id, act, config.num_envs, config.seed + seed_offset,
+            collected[kind] = rollout(config.env_id, act, num_envs, config.seed + seed_offset,
                                       transitions_per_env=per_env)
         return collected[kind]
 
