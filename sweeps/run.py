@@ -219,11 +219,32 @@ def _run_claimed(study: Study, folder, trials: list[dict], address, use_wandb, n
             callbacks=[ProgressLines(study.metric, log), *wandb_callbacks(study, use_wandb), *callbacks],
             verbose=0))
     if not isinstance(folder, Path):
-        return tuner.fit()
+        with sigterm_as_sigint():
+            return tuner.fit()
     try:
-        return tuner.fit()
+        with sigterm_as_sigint():
+            return tuner.fit()
     finally:                # every exit of the driver that runs Python: the end, SIGINT/SIGTERM, an error
         sign_folder(folder)
+
+
+@contextlib.contextmanager
+def sigterm_as_sigint():
+    """While Tune runs, SIGTERM (what a cluster scheduler sends) is SIGINT: Tune stops the trials, saves the
+    experiment state and `fit` returns, so the driver prints the resume hint and exits 3. (Without this, Ray's
+    own SIGTERM handler aborts the driver with no message.) A second signal makes Tune stop at once."""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def as_sigint(signum, frame):
+        signal.raise_signal(signal.SIGINT)
+    previous = signal.signal(signal.SIGTERM, as_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 SIGNATURE_FILE = ".resume-signature.json"
@@ -379,7 +400,8 @@ def resume_study(folder: str | Path, address: str | None = None, use_wandb: bool
         try:
             tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)
-            return tuner.fit()
+            with sigterm_as_sigint():
+                return tuner.fit()
         finally:
             sign_folder(folder)
 
