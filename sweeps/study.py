@@ -22,8 +22,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import inspect
 import itertools
 import math
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +72,15 @@ TOP_KEYS = PART_KEYS | {"name", "description", "parts", "search_seed", "build", 
                         "mode", "optimize", "wandb", "storage", "max_failures", "checkpoint_every", "keep_checkpoints",
                         "searcher"}
 SCHEDULERS = ("none", "asha")
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")         # one path component, never '.', '..' or hidden
+WANDB_PROJECT = re.compile(r"[^/\\#?%:\s]{1,128}")                # W&B refuses / \ # ? % : in a project name
+# What every run reports (trainer.TrainRun.train_iteration and evaluation.evaluate_population), and what only
+# critics (eval/q_*) or model-based learners add; train/* keys are the algorithm's own (reported_metrics).
+RUN_METRICS = {"eval/return", "eval/return_std", "eval/length", "eval/normalized_return", "eval/return_best",
+               "eval/normalized_return_best", "updates", "updates_per_second", "members_diverged", "diverged"}
+CRITIC_METRICS = {"eval/q_mean", "eval/mc_return_mean", "eval/q_overestimation"}
+MODEL_METRICS = {"eval/model_return", "model/holdout_nll", "model/uncertainty_mean", "rollout/reward_mean",
+                 "model/loaded_from_cache"}
 SEARCHERS = ("default", "optuna")
 
 
@@ -133,6 +146,37 @@ class Study:
         return trials
 
 
+@functools.lru_cache(maxsize=None)
+def reported_metrics(algorithm: str) -> frozenset[str]:
+    """The metric keys a run of `algorithm` reports: the run's own, the critics' or model-based ones where they
+    apply, and the `"train/..."`/`"rollout/..."` keys written in the source of the learner's classes (every
+    update's metrics dict names its keys literally; a test checks that against real updates)."""
+    learner = ALGORITHMS[algorithm]
+    keys = set(RUN_METRICS)
+    if getattr(learner, "USES_MODEL", False):
+        keys |= MODEL_METRICS
+    from ..algorithms.base import Learner
+    if learner.q_value is not Learner.q_value:      # Learner.has_critic: evaluation compares Q with returns
+        keys |= CRITIC_METRICS
+    for klass in learner.__mro__:
+        if not (klass.__module__ or "").startswith(ALGORITHMS[algorithm].__module__.rsplit(".", 1)[0]):
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        keys |= set(re.findall(r"[\"'](train/[a-z0-9_]+|rollout/[a-z0-9_]+|precision/[a-z0-9_]+)[\"']", source))
+        if "sampled_q_dtype" in source:
+            keys.add("precision/sampled_q_bf16")
+    return frozenset(keys)
+
+
+def check_overrides(overrides) -> None:
+    for override in overrides:
+        if not isinstance(override, str) or "=" not in override or not override.split("=", 1)[0].strip():
+            raise StudyError(f"override {override!r}: write key=value (e.g. train.total_updates=2000)")
+
+
 def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), resolve: bool = True) -> Study:
     """Read a study YAML, apply `key=value` overrides, validate, and return the Study.
 
@@ -142,6 +186,7 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), re
     path = Path(path)
     if not path.is_file():
         raise StudyError(f"study file {path} does not exist; the shipped studies are in sweeps/*.yaml")
+    check_overrides(overrides)
     try:
         config = OmegaConf.load(path)
         if overrides:
@@ -169,10 +214,20 @@ def _interpolated_keys(values, where: str = ""):
 
 
 def parse_study(values: dict[str, Any]) -> Study:
+    """Validate a study's values (from YAML) into a Study; every bad value is a StudyError naming its key."""
+    if not isinstance(values, dict):
+        raise StudyError("study: must be a mapping of study keys")
     _reject_unknown(values, TOP_KEYS, "")
     name = values.get("name")
-    if not isinstance(name, str) or not name or "/" in name:
-        raise StudyError("name: give the study a non-empty name without '/' (it names the results folder)")
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        raise StudyError(f"name: {name!r} must be one folder name (letters, digits, '_', '-', '.', not starting "
+                         f"with '.'): it names the results folder inside storage")
+    if not isinstance(values.get("description", ""), str):
+        raise StudyError("description: must be text")
+    if not isinstance(values.get("storage", "results"), str) or not values.get("storage", "results"):
+        raise StudyError("storage: give a folder path (or a URI such as s3://bucket/path)")
+    if not isinstance(values.get("metric", "eval/normalized_return"), str):
+        raise StudyError("metric: must be a metric name such as eval/normalized_return")
     parts_values = values.get("parts") or [{}]
     if not isinstance(parts_values, list):
         raise StudyError("parts: must be a list of per-algorithm settings")
@@ -191,12 +246,17 @@ def parse_study(values: dict[str, Any]) -> Study:
         study.resources = _parse_resources(values["resources"])
     if "scheduler" in values:
         study.scheduler = _parse_scheduler(values["scheduler"])
-    study.metric = str(values.get("metric", study.metric))
+    study.metric = values.get("metric", study.metric)
+    for index, part in enumerate(study.parts):
+        if study.metric not in reported_metrics(part.algorithm):
+            raise StudyError(f"metric: {part.algorithm} does not report {study.metric!r}; it reports "
+                             f"{', '.join(sorted(reported_metrics(part.algorithm)))}")
     study.mode = _one_of(values.get("mode", "max"), ("max", "min"), "mode")
     study.optimize = _one_of(values.get("optimize", "last"), ("last", "best"), "optimize")
     if "wandb" in values:
         study.wandb = _parse_wandb(values["wandb"])
-    study.storage = str(values.get("storage", study.storage))
+    study.storage = values.get("storage", study.storage)
+    _check_storage(study.storage)
     study.max_failures = _integer(values, "max_failures", 2, minimum=0)
     study.checkpoint_every = _integer(values, "checkpoint_every", 1, minimum=1)
     study.keep_checkpoints = _integer(values, "keep_checkpoints", 2, minimum=1)
@@ -232,25 +292,40 @@ def _check_optuna(study: Study) -> None:
 
 def _parse_part(values: dict, where: str) -> Part:
     algorithm = values.get("algorithm")
-    if algorithm not in ALGORITHMS:
+    if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
         raise StudyError(f"{where}algorithm: {algorithm!r} is not one of {', '.join(sorted(ALGORITHMS))}")
     datasets = values.get("datasets")
     if isinstance(datasets, str):
         datasets = [datasets]
-    if not datasets or not all(isinstance(d, str) for d in datasets):
+    if not isinstance(datasets, list) or not datasets or not all(isinstance(d, str) and d for d in datasets):
         raise StudyError(f"{where}datasets: give a list of Minari dataset ids or folders")
-    train = dict(values.get("train") or {})
+    train = values.get("train") or {}
     _reject_unknown(train, TRAIN_KEYS, f"{where}train.")
+    train = dict(train)
     config_class = ALGORITHMS[algorithm].Config
     algo_fields = {f.name for f in dataclasses.fields(config_class)}
     _reject_unknown(train.get("algo") or {}, algo_fields, f"{where}train.algo.")
+    if not isinstance(train.get("model") or {}, dict):
+        raise StudyError(f"{where}train.model: must be a mapping of dynamics-model settings")
+    if train.get("env") is not None:
+        check_env_id(train["env"], f"{where}train.env")
     axes = []
-    for key, space in (values.get("search") or {}).items():
-        axes.append(_parse_axis(key, space, algo_fields, config_class.__name__, f"{where}search.{key}"))
+    search = values.get("search") or {}
+    if not isinstance(search, dict):
+        raise StudyError(f"{where}search: must be a mapping of key: {{grid|choice|uniform|loguniform: ...}}")
+    for key, space in search.items():
+        if not isinstance(key, str):
+            raise StudyError(f"{where}search.{key}: search keys are field names")
+        axes.append(_parse_axis(key, space, algo_fields, config_class.__name__, f"{where}search.{_show(key)}"))
     seeds = values.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                            for s in seeds):
         raise StudyError(f"{where}seeds: give a non-empty list of integers")
+    if len(set(seeds)) != len(seeds):
+        raise StudyError(f"{where}seeds: {seeds} repeats a seed; each seed once")
     pack = values.get("pack") or []
+    if not isinstance(pack, list) or not all(isinstance(key, str) for key in pack):
+        raise StudyError(f"{where}pack: give a list of axis names (seed or search keys)")
     axis_keys = {axis.key: axis for axis in axes}
     for key in pack:
         if key == "seed":
@@ -282,8 +357,9 @@ def _parse_axis(key: str, space: Any, algo_fields: set[str], config_name: str, w
             raise StudyError(f"{where}.{kind}: give a non-empty list of values")
         return Axis(key, kind, values=tuple(spec))
     if not (isinstance(spec, list) and len(spec) == 2 and all(isinstance(v, (int, float)) for v in spec)
+            and not any(isinstance(v, bool) for v in spec) and all(math.isfinite(v) for v in spec)
             and spec[0] < spec[1]):
-        raise StudyError(f"{where}.{kind}: give [low, high] with low < high")
+        raise StudyError(f"{where}.{kind}: give [low, high], finite numbers with low < high")
     if kind == "loguniform" and spec[0] <= 0:
         raise StudyError(f"{where}.loguniform: bounds must be positive")
     return Axis(key, kind, low=float(spec[0]), high=float(spec[1]))
@@ -320,7 +396,7 @@ def _part_trials(part: Part, part_index: int, dataset: str, rng: np.random.Gener
         config = {"algorithm": part.algorithm, "dataset": dataset, **train, "algo": algo, "members": members}
         try:
             TrainConfig.from_dict(config).member_configs()
-        except ValueError as error:
+        except (ValueError, TypeError) as error:     # TypeError: a value of a type no check foresaw
             raise StudyError(f"{'parts[%d].' % part_index if part_index else ''}train/search: {error}") from error
         config["study"] = {"part": part_index, "axes": [a.key for a in part.axes], "pack": part.pack,
                            "point": {k: v for k, v in group[0].items() if k not in part.pack}}
@@ -337,15 +413,91 @@ def _draw(axis: Axis, rng: np.random.Generator):
 
 
 def _hashable(value):
-    return tuple(value) if isinstance(value, list) else value
+    if isinstance(value, dict):
+        return tuple(sorted((str(k), _hashable(v)) for k, v in value.items()))
+    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
+
+
+def check_inputs(study: Study) -> None:
+    """What a study needs from this machine, checked before Ray starts: each dataset is local, or buildable
+    (`build:`), or downloadable (not when offline: said at once, not after three failed trial attempts)."""
+    from ..datasets.loading import _network_unreachable_reason, local_dataset_ids
+    local = set(local_dataset_ids())
+    missing = sorted({d for part in study.parts for d in part.datasets if d not in local and not Path(d).exists()})
+    if missing and not study.build:
+        reason = _network_unreachable_reason()
+        if reason is not None:
+            raise StudyError(f"datasets: {', '.join(missing)} not found locally and cannot be downloaded ({reason}); "
+                             f"build it with `launch.py dataset make`, or add build: to the study")
+    if isinstance(study.build, dict) and study.build.get("env") is not None:
+        check_env_id(study.build["env"], "build.env")
+
+
+def check_train_file(path) -> dict:
+    """`launch.py train --config`: the file's training values, checked as a StudyError/ConfigError one-liner
+    (malformed YAML, wrong types, `device: cuda` without a GPU, an unknown env) before anything is loaded."""
+    import torch
+    import yaml
+    path = Path(path)
+    if not path.is_file():
+        raise StudyError(f"config file {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise StudyError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from error
+    if not isinstance(values, dict):
+        raise StudyError(f"{path} must hold a mapping of training keys")
+    values = {k: v for k, v in values.items() if k != "study"}
+    try:
+        config = TrainConfig.from_dict(values)
+        config.member_configs()
+    except TypeError as error:
+        raise StudyError(f"{path}: {error}") from error
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise StudyError(f"{path}: device: {config.device} but no CUDA GPU is available here; use auto or cpu")
+    if config.env is not None:
+        check_env_id(config.env, f"{path}: env")
+    return values
+
+
+def check_env_id(env_id, where: str) -> None:
+    """`env_id` names a registered Gymnasium env (a `module:Env-v0` id is left to Gymnasium's import)."""
+    import gymnasium as gym
+    if not isinstance(env_id, str) or not env_id:
+        raise StudyError(f"{where}: {env_id!r} must be a Gymnasium env id such as Pendulum-v1")
+    if ":" not in env_id and env_id not in gym.registry:
+        raise StudyError(f"{where}: {env_id!r} is not a registered Gymnasium env")
+
+
+def _check_storage(storage: str) -> None:
+    """A local storage path must be (or be creatable as) a writable folder; URIs (s3://, gs://) are left to Ray."""
+    if "://" in storage:
+        return
+    if "\x00" in storage:
+        raise StudyError(f"storage: {storage!r} is not a usable path")
+    try:
+        existing = Path(storage).expanduser().absolute()
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise StudyError(f"storage: {existing} is a file, not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise StudyError(f"storage: {existing} is not writable")
+    except (OSError, RuntimeError) as error:        # a name too long, a home folder that cannot be found
+        raise StudyError(f"storage: {storage!r} is not a usable folder ({error})") from error
+
+
+def _show(key: str) -> str:
+    """A key as an error message names it: as written when plain, else quoted (so the message stays one line)."""
+    return key if re.fullmatch(r"[\w./-]+", key) else repr(key)
 
 
 def _reject_unknown(values: dict, allowed: set[str], where: str) -> None:
     if not isinstance(values, dict):
         raise StudyError(f"{where.rstrip('.') or 'study'}: must be a mapping")
-    unknown = sorted(set(values) - allowed)
+    unknown = sorted((str(key) for key in set(values) - allowed))
     if unknown:
-        raise StudyError(f"{where}{unknown[0]}: unknown key; allowed here: {', '.join(sorted(allowed))}")
+        raise StudyError(f"{where}{_show(unknown[0])}: unknown key; allowed here: {', '.join(sorted(allowed))}")
 
 
 def _integer(values: dict, key: str, default: int, minimum: int) -> int:
@@ -361,15 +513,19 @@ def _one_of(value, allowed: tuple, key: str):
     return value
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _parse_resources(values) -> dict:
     _reject_unknown(values, {"cpu", "gpu", "custom"}, "resources.")
     cpu, gpu = values.get("cpu", 1), values.get("gpu", 0)
-    if not isinstance(cpu, (int, float)) or cpu <= 0:
+    if not _number(cpu) or cpu <= 0:
         raise StudyError(f"resources.cpu: {cpu!r} must be positive")
-    if not isinstance(gpu, (int, float)) or gpu < 0:
+    if not _number(gpu) or gpu < 0:
         raise StudyError(f"resources.gpu: {gpu!r} must be >= 0 (fractions share a GPU)")
     custom = values.get("custom") or {}
-    if not isinstance(custom, dict) or not all(isinstance(v, (int, float)) and v > 0 for v in custom.values()):
+    if not isinstance(custom, dict) or not all(_number(v) and v > 0 for v in custom.values()):
         raise StudyError("resources.custom: give {resource_name: amount} with positive amounts")
     return {"cpu": cpu, "gpu": gpu, **custom}
 
@@ -379,14 +535,21 @@ def _parse_scheduler(values) -> dict:
     name = _one_of(values.get("name", "none"), SCHEDULERS, "scheduler.name")
     result = {"name": name, "grace_period": values.get("grace_period", 1),
               "reduction_factor": values.get("reduction_factor", 3)}
-    if not isinstance(result["grace_period"], int) or result["grace_period"] < 1:
+    if not _number(result["grace_period"]) or not isinstance(result["grace_period"], int) or result["grace_period"] < 1:
         raise StudyError("scheduler.grace_period: must be an integer >= 1 (iterations)")
-    if not isinstance(result["reduction_factor"], (int, float)) or result["reduction_factor"] <= 1:
+    if not _number(result["reduction_factor"]) or result["reduction_factor"] <= 1:
         raise StudyError("scheduler.reduction_factor: must be > 1")
     return result
 
 
 def _parse_wandb(values) -> dict:
     _reject_unknown(values, {"enabled", "project", "group", "entity"}, "wandb.")
-    return {"enabled": bool(values.get("enabled", True)), "project": str(values.get("project", "offline-rl-sweeps")),
-            "group": values.get("group"), "entity": values.get("entity")}
+    enabled, project = values.get("enabled", True), values.get("project", "offline-rl-sweeps")
+    if not isinstance(enabled, bool):
+        raise StudyError(f"wandb.enabled: {enabled!r} must be true or false")
+    if not isinstance(project, str) or not WANDB_PROJECT.fullmatch(project):
+        raise StudyError(f"wandb.project: {project!r} must be 1-128 characters without / \\ # ? % : or spaces")
+    for key in ("group", "entity"):
+        if values.get(key) is not None and not isinstance(values[key], str):
+            raise StudyError(f"wandb.{key}: {values[key]!r} must be text")
+    return {"enabled": enabled, "project": project, "group": values.get("group"), "entity": values.get("entity")}

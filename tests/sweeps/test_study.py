@@ -77,7 +77,7 @@ def test_bad_studies_name_the_key(change, message):
 def test_yaml_overrides_and_errors(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("name: s\nalgorithm: iql\ndatasets: [d/medium-v0]\nsearch:\n  expectile: {grid: [0.5]}\n")
-    study = load_study(path, ["seeds=[3,4]", "search.expectile.grid=[0.6,0.8]", "train.total_updates=50"])
+    study = load_study(path, ["seeds=[3,4]", "search.expectile.grid=[0.6,0.8]", "train.total_updates=50", "train.eval_every=25"])
     assert len(study.trials()) == 4 and study.trials()[0]["total_updates"] == 50
     with pytest.raises(StudyError, match="^seeds: give a non-empty list"):
         load_study(path, ["seeds=[]"])
