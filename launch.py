@@ -379,6 +379,13 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        import errno
+        if error.errno != errno.ENOSPC:
+            raise
+        print(f"error: no space left on the device{f' writing {error.filename}' if error.filename else ''}; free "
+              f"space, then `launch.py resume <folder>` continues a sweep", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

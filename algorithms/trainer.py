@@ -171,7 +171,16 @@ class TrainRun:
         self.best = {k: v.cpu().numpy() for k, v in state["best"].items()}
 
     def save(self, path: str | os.PathLike) -> None:
-        torch.save(self.state(), path)
+        """Written to a temporary file beside `path` and renamed over it: a full disk or a kill mid-write
+        never leaves a partial checkpoint under the real name."""
+        folder, name = os.path.split(os.fspath(path))
+        temporary = os.path.join(folder, f".{name}.tmp-{os.getpid()}")
+        try:
+            torch.save(self.state(), temporary)
+            os.replace(temporary, path)
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
 
     def load(self, path: str | os.PathLike) -> None:
         """Restore from a file `save` wrote. It is read onto the CPU (`weights_only`: a checkpoint cannot execute

@@ -102,11 +102,26 @@ def _read(folder: str | Path) -> tuple[object, list[tuple[str, dict, list[dict]]
         results_file = params_file.with_name("result.json")
         if not results_file.is_file() or results_file.stat().st_size == 0:
             continue
-        results = [json.loads(line) for line in results_file.read_text().splitlines() if line.strip()]
+        results = result_lines(results_file)
         trials.append((params_file.parent.name, apply_sampled(json.loads(params_file.read_text())), results))
     if not trials:
         raise StudyError(f"{folder} has no trial results yet; run or resume the study first")
     return study, trials
+
+
+def result_lines(path: Path) -> list[dict]:
+    """The JSON lines of a trial's result.json; a truncated last line (a full disk, a killed writer) is skipped
+    and named on stderr. A bad line before the last is an error: the file is not Tune's."""
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    results = []
+    for n, line in enumerate(lines):
+        try:
+            results.append(json.loads(line))
+        except ValueError:
+            if n < len(lines) - 1:
+                raise StudyError(f"{path} line {n + 1} is not JSON; the file is damaged") from None
+            print(f"warning: skipped the truncated last line ({len(line)} characters) of {path}", file=sys.stderr)
+    return results
 
 
 def experiment_trial_ids(folder: Path) -> set[str] | None:

@@ -183,6 +183,7 @@ def run_study(study: Study, address: str | None = None, use_wandb: bool = True, 
     trials = with_model_cache(study.trials(), folder)
     with contextlib.ExitStack() as held:
         if isinstance(folder, Path):
+            check_free_space(folder)
             held.enter_context(claim_folder(folder, trials, overwrite))
             (folder / STUDY_FILE).write_text(yaml.safe_dump(study.source, sort_keys=False))
             sign_folder(folder)
@@ -318,6 +319,17 @@ def check_signature(folder: Path) -> None:
 
 
 LOCK_FILE = ".sweep.lock"
+MIN_FREE_BYTES = 100 * 2**20
+
+
+def check_free_space(folder: Path) -> None:
+    """Refuse a sweep onto storage with less than MIN_FREE_BYTES (100 MiB) free: checkpoints, results and
+    Tune's state would fill it mid-run."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE_BYTES:
+        raise StudyError(f"storage {existing} has {free / 2**20:.0f} MiB free, below the {MIN_FREE_BYTES // 2**20} MiB "
+                         f"a sweep needs at least (checkpoints, results, Tune's state); free space or set storage=")
 
 
 @contextlib.contextmanager

@@ -221,3 +221,63 @@ def test_report_and_export_never_unpickle(tmp_path, monkeypatch):
     write_report(folder)
     assert export_best(folder)
     assert not marker.exists()
+
+
+# Disk full and partial files (issue 15, item 6)
+
+def test_a_sweep_onto_storage_with_too_little_free_space_stops_before_ray_with_one_line(tmp_path, no_ray,
+                                                                                       monkeypatch):
+    import shutil
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(run.shutil, "disk_usage", lambda path: usage._replace(free=10 * 2**20))
+    with pytest.raises(StudyError, match=r"10 MiB free, below the 100 MiB") as refused:
+        run.run_study(study_of(tmp_path), log=lambda _: None)
+    assert "\n" not in str(refused.value) and not (tmp_path / "study").exists()
+
+
+def test_report_and_export_skip_a_truncated_last_result_line_and_name_it(tmp_path, capsys):
+    study = study_of(tmp_path)
+    folder = tmp_path / "study"
+    write_trials(folder, study, ["abcd_00001", "abcd_00002"], {"abcd_00001": 1.0, "abcd_00002": 2.0})
+    damaged = folder / "abcd_00002_iql,n" / "result.json"
+    damaged.write_text(damaged.read_text() + '{"eval/normalized_return": 5')        # the disk filled mid-line
+    frame = load_results(folder)
+    assert len(frame[frame["trial"] == "abcd_00002_iql,n"]) == 3 * 2         # 3 iterations x 2 members
+    assert f"skipped the truncated last line (28 characters) of {damaged}" in capsys.readouterr().err
+    assert export_best(folder)
+
+
+def test_enospc_during_a_command_is_one_line(monkeypatch, capsys):
+    import errno
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("launch_cli", LAUNCH)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/results/study/x/state.pt")
+    monkeypatch.setattr(cli, "sweep", full)
+    assert cli.main(["sweep", "study.yaml"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "no space left on the device writing /results/study/x/state.pt" in error
+
+
+def test_a_checkpoint_is_written_atomically_so_a_partial_one_never_takes_the_name(tmp_path, monkeypatch):
+    import errno
+    from types import SimpleNamespace
+
+    import torch
+    from offline_sweeps.algorithms.trainer import TrainRun
+    (tmp_path / "checkpoint").mkdir()
+    path = tmp_path / "checkpoint" / "state.pt"
+    TrainRun.save(SimpleNamespace(state=lambda: {"step": torch.tensor(1)}), path)
+
+    def full_disk(obj, target):
+        Path(target).write_bytes(b"PK\x03\x04partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError):
+        TrainRun.save(SimpleNamespace(state=lambda: {"step": torch.tensor(2)}), path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["step"].item() == 1          # the previous checkpoint, whole
+    assert sorted(p.name for p in path.parent.iterdir()) == ["state.pt"]       # no partial file left
