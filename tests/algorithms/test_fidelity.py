@@ -175,8 +175,8 @@ def test_phases_that_fill_the_whole_budget_are_refused(name):
     algo = {"behavior_pretrain_steps": 100, "warm_start_updates": 50}
     with pytest.raises(ConfigError, match=r"behavior_pretrain_steps \(100\) \+ warm_start_updates \(50\) leave no "
                                           r"update.*total_updates \(150\)"):
-        TrainConfig(name, "unused", algo=algo, total_updates=150).member_configs()
-    TrainConfig(name, "unused", algo=algo, total_updates=151).member_configs()
+        TrainConfig(name, "unused", algo=algo, total_updates=150, eval_every=50).member_configs()
+    TrainConfig(name, "unused", algo=algo, total_updates=151, eval_every=50).member_configs()
 
 
 # --- item 5: BEAR acts with the best of 10 sampled actions -------------------------------------------------------
