@@ -31,7 +31,7 @@ from ..algorithms import ALGORITHMS
 from ..algorithms.trainable import OfflineTrainable
 from ..algorithms.trainer import TrainConfig, TrainRun, split_members
 from ..datasets import BuildConfig, build, local_dataset_ids
-from .study import STUDY_FILE, Study, StudyError, apply_sampled, load_study, trial_train_config
+from .study import STUDY_FILE, Study, StudyError, apply_sampled, check_inputs, load_study, trial_train_config
 
 class StudyTrainable(OfflineTrainable):
     """OfflineTrainable fed by a study trial: `config["trial"]` is a TrainConfig dict plus `study` metadata."""
@@ -178,13 +178,15 @@ def run_study(study: Study, address: str | None = None, use_wandb: bool = True, 
     """Run every trial of `study`; returns Tune's ResultGrid. The study YAML is kept beside the results.
     `callbacks` are extra `tune.Callback`s (the W&B one is added from the study's settings). The study
     folder must be empty (or `overwrite` clears its old trials) and is locked while the sweep runs."""
-    ensure_datasets(study, log)
     folder = experiment_dir(study)
     trials = with_model_cache(study.trials(), folder)
     with contextlib.ExitStack() as held:
         if isinstance(folder, Path):
             check_free_space(folder)
             held.enter_context(claim_folder(folder, trials, overwrite))
+        check_inputs(study)          # before any dataset build: a dataset that cannot be had is said at once
+        ensure_datasets(study, log)
+        if isinstance(folder, Path):
             (folder / STUDY_FILE).write_text(yaml.safe_dump(study.source, sort_keys=False))
             sign_folder(folder)
         return _run_claimed(study, folder, trials, address, use_wandb, num_cpus, log, callbacks)

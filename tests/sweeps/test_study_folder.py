@@ -89,6 +89,7 @@ def test_a_sweep_into_a_used_folder_stops_before_ray_with_one_line_offering_resu
 
 
 def test_a_folder_holding_only_the_study_yaml_of_a_sweep_that_never_started_is_reused(tmp_path, monkeypatch):
+    monkeypatch.setattr(run, "check_inputs", lambda study: None)     # its datasets are never used
     study = study_of(tmp_path)
     (tmp_path / "study").mkdir()
     (tmp_path / "study" / STUDY_FILE).write_text("name: study\n")
@@ -97,6 +98,7 @@ def test_a_folder_holding_only_the_study_yaml_of_a_sweep_that_never_started_is_r
 
 
 def test_overwrite_clears_the_old_trials_but_keeps_a_dynamics_cache_inside_the_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(run, "check_inputs", lambda study: None)     # its datasets are never used
     folder = tmp_path / "study"
     cache = folder / "dynamics-cache"
     study = study_of(tmp_path, algorithm="mopo", search={"penalty": {"grid": [0.0, 1.0]}},

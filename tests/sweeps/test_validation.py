@@ -153,7 +153,8 @@ def _with(place, value) -> dict:
     return values
 
 
-@settings(max_examples=1500, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+# derandomize: the same 1,500 examples on every run, so CI never fails on a draw a local run did not see.
+@settings(max_examples=1500, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(place=st.sampled_from(PLACES), value=VALUES)
 def test_any_value_at_any_key_gives_a_study_or_a_study_error(place, value, tmp_path_factory):
     try:
