@@ -29,6 +29,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def config_dir(tmp_path, monkeypatch):
+    """Each test signs and checks study folders with its own resume key, never the user's (~/.config)."""
+    monkeypatch.setenv("OFFLINE_SWEEPS_CONFIG_DIR", str(tmp_path / "config"))
+
+
+@pytest.fixture(autouse=True)
 def minari_root(tmp_path, monkeypatch):
     """An empty MINARI_DATASETS_PATH per test, so tests never see the user's datasets or each other's."""
     root = tmp_path / "minari"
