@@ -5,6 +5,8 @@ Only `ray.tune.*` is used here (Ray 2.60 runs Tune trials outside Train V2). Che
 """
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 from ray import tune
@@ -12,6 +14,7 @@ from ray import tune
 from .trainer import TrainConfig, TrainRun
 
 CHECKPOINT_FILE = "state.pt"
+GATE_ENV = "OFFLINE_SWEEPS_TEST_GATE"
 
 
 class OfflineTrainable(tune.Trainable):
@@ -26,6 +29,7 @@ class OfflineTrainable(tune.Trainable):
         self.run = TrainRun(TrainConfig.from_dict(dict(config)))
 
     def step(self) -> dict:
+        wait_at_gate(self.iteration)
         return self.run.train_iteration()
 
     def save_checkpoint(self, checkpoint_dir: str) -> str:
@@ -39,3 +43,18 @@ class OfflineTrainable(tune.Trainable):
         """Lets Tune reuse this actor for the next trial (reuse_actors) instead of starting a process."""
         self.setup(new_config)
         return True
+
+
+def wait_at_gate(reported: int) -> None:
+    """A hook for fault tests, inert unless $OFFLINE_SWEEPS_TEST_GATE names a folder: while
+    `<gate>/hold-<n>` exists, a trial that has reported n results waits before its next iteration.
+
+    A test can then kill the trial, or its driver, at a known iteration however slow the machine is,
+    instead of racing it. By then Tune has logged result n and saved (and registered) the checkpoint
+    due at n: the next `train` is scheduled only after both. Checked once per iteration.
+    """
+    gate = os.environ.get(GATE_ENV)
+    if gate:
+        hold = Path(gate) / f"hold-{reported}"
+        while hold.exists():
+            time.sleep(0.05)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from offline_sweeps.algorithms.trainable import GATE_ENV
 from offline_sweeps.sweeps.run import experiment_dir, run_study
 
 pytestmark = pytest.mark.slow
@@ -23,44 +24,77 @@ def results_of(trial_dir: Path) -> list[dict]:
     path = trial_dir / "result.json"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    complete = text[:text.rfind("\n") + 1]       # a line Tune is still writing is no result yet
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
+def trial_dirs(folder: Path) -> list[Path]:
+    return [d for d in folder.glob("*_iql*") if d.is_dir()] if folder.is_dir() else []
+
+
+def wait_for(condition, what: str, given_up=lambda: None, hang_guard: float = 1800):
+    """Waits on an event, not a deadline: `given_up()` (the sweep that should bring it has ended) says
+    why it will never come; `hang_guard` only stops a hung run from hanging the suite."""
+    deadline = time.monotonic() + hang_guard
     while not (found := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+        if (reason := given_up()) or time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}: {reason or 'hung'}")
         time.sleep(0.05)
     return found
 
 
-def test_killed_trial_restarts_from_its_checkpoint(pendulum_datasets, tmp_path, local_ray, tiny_study):
+@pytest.fixture(scope="module")
+def gate(tmp_path_factory):
+    """The folder of `hold-<n>` files that stop trials after their n-th result (trainable.wait_at_gate)."""
+    folder = tmp_path_factory.mktemp("gate")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(GATE_ENV, str(folder))
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def local_ray(gate, local_ray):
+    """conftest's Ray, started with the gate set: Ray's workers take the environment of `ray.init`."""
+    yield
+
+
+def test_killed_trial_restarts_from_its_checkpoint(pendulum_datasets, tmp_path, gate, local_ray, tiny_study):
     """SIGKILL a trial's process mid-run: Tune restarts it (max_failures) from its last checkpoint, with the
     learner's state, and the trial finishes."""
     _, study = tiny_study("killed-trial", pendulum_datasets["medium"], tmp_path / "results",
                           seeds=[0], search={"expectile": {"grid": [0.7]}}, checkpoint_every=2, max_failures=2,
                           train={"total_updates": 400})
     folder = Path(experiment_dir(study))
-    killed = {}
+    hold = gate / "hold-5"          # after its 5th result, with the checkpoints of iterations 2 and 4 saved
+    hold.touch()
+    killed, study_over = {}, threading.Event()
 
-    def kill_after_two_checkpoints():
-        def ready():
-            trials = [d for d in folder.glob("*_iql*") if d.is_dir()] if folder.is_dir() else []
-            if trials and len(list(trials[0].glob("checkpoint_*"))) >= 2 and len(results_of(trials[0])) >= 5:
-                return trials[0]
-        trial = wait_for(ready, 120, "two checkpoints")
-        killed["pid"] = results_of(trial)[-1]["pid"]
-        killed["iteration"] = results_of(trial)[-1]["training_iteration"]
-        os.kill(killed["pid"], signal.SIGKILL)
+    def kill_at_the_gate():
+        try:
+            def held():
+                return next((d for d in trial_dirs(folder) if len(results_of(d)) >= 5), None)
+            trial = wait_for(held, "the trial's 5th result", lambda: study_over.is_set() and "the study ended")
+            killed["checkpoints"] = len(list(trial.glob("checkpoint_*")))
+            killed["pid"] = results_of(trial)[-1]["pid"]
+            killed["iteration"] = results_of(trial)[-1]["training_iteration"]
+            os.kill(killed["pid"], signal.SIGKILL)
+        except AssertionError as error:
+            killed["error"] = str(error)
+        finally:
+            hold.unlink()       # the restarted trial, or one the killer gave up on, may go on
 
-    killer = threading.Thread(target=kill_after_two_checkpoints, daemon=True)
+    killer = threading.Thread(target=kill_at_the_gate, daemon=True)
     killer.start()
-    results = run_study(study, use_wandb=False, log=lambda _: None)
-    killer.join(timeout=1)
-    assert "pid" in killed, "the trial finished before it could be killed"
+    try:
+        results = run_study(study, use_wandb=False, log=lambda _: None)
+    finally:
+        study_over.set()
+        killer.join()
+    assert "pid" in killed, killed["error"]
+    assert killed["iteration"] == 5 and killed["checkpoints"] >= 2
     assert results.num_errors == 0
-    rows = results_of(next(d for d in folder.glob("*_iql*") if d.is_dir()))
+    rows = results_of(trial_dirs(folder)[0])
     iterations = [row["training_iteration"] for row in rows]
     assert iterations[-1] == 20 and rows[-1]["done"] and rows[-1]["updates"] == 400
     restart = next(i for i, row in enumerate(rows) if row["pid"] != killed["pid"])
@@ -70,13 +104,16 @@ def test_killed_trial_restarts_from_its_checkpoint(pendulum_datasets, tmp_path, 
     assert rows[restart]["updates"] == (resumed_at + 1) * 20  # the learner's state came back with it
 
 
-def test_killed_driver_resumes_without_redoing_finished_trials(pendulum_datasets, tmp_path):
+def test_killed_driver_resumes_without_redoing_finished_trials(pendulum_datasets, tmp_path, gate):
     """SIGKILL `launch.py sweep` while its second trial runs; `launch.py resume` finishes the study, keeps
     the first trial's results as they were and continues the second from its checkpoint.
 
-    The kill comes just after Tune has saved its experiment state (every second here), and no checkpoint is
-    deleted (`keep_checkpoints` above the trial's 30): Tune deletes an old checkpoint before it saves the
-    state that stops naming it, and a kill in that gap is Tune's own failure (README, Faults), not this one."""
+    The trials run one after the other on one CPU. The first waits at a gate after its 29th result while the
+    test sets the second's gate after its 5th, so that the driver dies while the second trial is mid-run
+    however fast or slow the machine. The kill comes just after Tune has saved its experiment state (every
+    second here), and no checkpoint is deleted (`keep_checkpoints` above the trial's 30): Tune deletes an old
+    checkpoint before it saves the state that stops naming it, and a kill in that gap is Tune's own failure
+    (README, Faults), not this one."""
     values = {"name": "killed-driver", "algorithm": "iql", "datasets": [pendulum_datasets["medium"]],
               "seeds": [0], "search": {"expectile": {"grid": [0.6, 0.9]}}, "checkpoint_every": 1,
               "keep_checkpoints": 100,
@@ -85,37 +122,55 @@ def test_killed_driver_resumes_without_redoing_finished_trials(pendulum_datasets
               "resources": {"cpu": 1}, "storage": str(tmp_path / "results"), "wandb": {"enabled": False}}
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(values))
     folder = tmp_path / "results" / "killed-driver"
+    first_hold, second_hold = gate / "hold-29", gate / "hold-5"
+    first_hold.touch()
     command = [sys.executable, str(LAUNCH)]
+    started = time.monotonic()
     driver = subprocess.Popen(command + ["sweep", str(tmp_path / "study.yaml"), "--no-wandb", "--num-cpus", "1"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                               env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"})
     try:
-        def second_trial_running():
-            trials = sorted((d for d in folder.glob("*_iql*") if d.is_dir()), key=lambda d: d.stat().st_mtime)
-            finished = [d for d in trials if (rows := results_of(d)) and rows[-1]["done"]]
-            running = [d for d in trials if d not in finished and len(results_of(d)) >= 3
-                       and list(d.glob("checkpoint_*"))]
-            return (finished[0], running[0]) if finished and running else None
-        finished, running = wait_for(second_trial_running, 240, "one finished and one running trial")
+        def exited():
+            return driver.poll() is not None and (f"the sweep exited with {driver.returncode}:\n"
+                                                  + driver.stdout.read().decode(errors="replace")[-3000:])
+
+        def trial_with(results: int, other_than: Path | None = None):
+            return lambda: next((d for d in trial_dirs(folder) if d != other_than and len(results_of(d)) >= results),
+                                None)
+        finished = wait_for(trial_with(29), "the first trial's 29th result", exited)
+        second_hold.touch()         # the first trial is past its 5th result: only the second stops there
+        first_hold.unlink()
+        running = wait_for(trial_with(5, other_than=finished), "the second trial's 5th result", exited)
         seen = time.time()
 
         def state_saved_since():
             return max((p.stat().st_mtime for p in folder.glob("experiment_state-*.json")), default=0) > seen + 0.2
-        wait_for(state_saved_since, 30, "Tune's next experiment-state save")
+        wait_for(state_saved_since, "Tune's next experiment-state save", exited)
         finished_before = (finished / "result.json").read_bytes()
+        sweep_seconds = time.monotonic() - started
         os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
+        driver.wait()
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
+        for hold in (first_hold, second_hold):
+            hold.unlink(missing_ok=True)
+    assert results_of(finished)[-1]["done"]
     rows_before = results_of(running)
-    assert not rows_before[-1]["done"]
+    assert len(rows_before) == 5 and not rows_before[-1]["done"]
 
-    resumed = subprocess.run(command + ["resume", str(folder), "--no-wandb", "--num-cpus", "1"],
-                             capture_output=True, text=True, timeout=300)
+    # The resume has less left to do than the sweep had done (one Ray start, at most one trial's iterations):
+    # a limit of ten times the sweep's time follows the machine's speed, leaves room for a load that grows
+    # meanwhile (a busy machine here ran the resume 2.2 times slower than the sweep), and still catches a hang.
+    # --trust: a SIGKILLed driver cannot sign the experiment state Tune wrote after its last signature (README,
+    # Security), so resume takes the folder only when told to.
+    resumed = subprocess.run(command + ["resume", str(folder), "--trust", "--no-wandb", "--num-cpus", "1"],
+                             capture_output=True, text=True, timeout=10 * sweep_seconds)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert (finished / "result.json").read_bytes() == finished_before        # not redone, not lost
     rows = results_of(running)
-    assert rows[-1]["done"] and rows[-1]["updates"] == 600
+    assert rows[-1]["done"] and rows[-1]["updates"] == 600 and rows[-1]["training_iteration"] == 30
     assert rows[:len(rows_before)] == rows_before                            # earlier results kept
-    assert rows[len(rows_before)]["training_iteration"] > 1                  # continued from a checkpoint
+    continued = rows[len(rows_before)]
+    assert continued["training_iteration"] > 1                               # continued from a checkpoint
+    assert continued["updates"] == continued["training_iteration"] * 20      # ... with the learner's state
