@@ -88,13 +88,16 @@ class LearnerConfig(CheckedConfig):
 
     def __post_init__(self):
         check_field_types(self)
-        self.hidden = tuple(int(h) for h in self.hidden)
-        self.check(bool(self.hidden) and min(self.hidden) > 0, "hidden", "a list of positive layer sizes")
-        self.check(isinstance(self.batch_size, int) and not isinstance(self.batch_size, bool)
-                   and 1 <= self.batch_size <= MAX_BATCH_SIZE, "batch_size",
+        self.layer_sizes("hidden")
+        self.check(1 <= self.batch_size <= MAX_BATCH_SIZE, "batch_size",
                    f"a whole number from 1 to {MAX_BATCH_SIZE}")
         self.check(0.0 <= self.gamma < 1.0, "gamma", "in [0, 1)")
         self.check(self.divergence_bound > 0, "divergence_bound", "positive")
+
+    def layer_sizes(self, name: str) -> None:
+        """Field `name` (a list of layer sizes, type-checked already) as a tuple of positive ints."""
+        setattr(self, name, tuple(int(h) for h in getattr(self, name)))
+        self.check(bool(getattr(self, name)) and min(getattr(self, name)) > 0, name, "a list of positive layer sizes")
 
 
 @dataclasses.dataclass
@@ -162,9 +165,10 @@ class Learner(nn.Module):
         self.to(self.device)
         init_members(self, self.generators)
 
-    def normal(self, *shape: int) -> torch.Tensor:
-        """`[P, *shape]` standard normal noise, member p's from its own generator."""
-        return torch.stack([torch.randn(shape, generator=g, device=self.device) for g in self.generators])
+    def normal(self, *shape: int, generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+        """`[P, *shape]` standard normal noise, member p's from its own generator (`generators[p]` when given)."""
+        return torch.stack([torch.randn(shape, generator=g, device=self.device)
+                            for g in (self.generators if generators is None else generators)])
 
     def uniform(self, *shape: int) -> torch.Tensor:
         """`[P, *shape]` uniform noise in [0, 1), member p's from its own generator."""

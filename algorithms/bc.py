@@ -19,10 +19,10 @@ def negative_log_likelihood(log_prob: torch.Tensor) -> torch.Tensor:
     return -log_prob.mean(-1).sum()
 
 
-def mse_loss(actions: torch.Tensor, dataset_actions: torch.Tensor) -> torch.Tensor:
-    """`[P, B, act]` each -> the sum over members of the batch mean of the squared error (CORL's F.mse_loss,
-    which also averages over action dimensions)."""
-    return (actions - dataset_actions).pow(2).mean(dim=(1, 2)).sum()
+def action_mse(actions: torch.Tensor, dataset_actions: torch.Tensor) -> torch.Tensor:
+    """`[P, B, act]` each -> `[P]`: each member's mean squared error over its batch and the action dimensions
+    (CORL's F.mse_loss)."""
+    return (actions - dataset_actions).pow(2).mean(dim=(1, 2))
 
 
 LOSSES = ("mse", "nll")
@@ -55,9 +55,9 @@ class BC(Learner):
 
     def update(self, batch) -> dict[str, torch.Tensor]:
         if self.config.loss == "mse":
-            actions = self.policy.deterministic(batch.observations)
-            loss = mse_loss(actions, batch.actions)
-            per_member = (actions.detach() - batch.actions).pow(2).mean(dim=(1, 2))
+            per_member = action_mse(self.policy.deterministic(batch.observations), batch.actions)
+            loss = per_member.sum()
+            per_member = per_member.detach()
             metrics = {"train/actor_loss": per_member, "train/action_mse": per_member}
         else:
             log_prob = self.policy.log_prob(batch.observations, batch.actions)
@@ -68,6 +68,5 @@ class BC(Learner):
         self.actor_optimizer.step()
         if self.config.loss == "nll":
             with torch.no_grad():
-                metrics["train/action_mse"] = (self.policy.deterministic(batch.observations)
-                                               - batch.actions).pow(2).mean(dim=(1, 2))
+                metrics["train/action_mse"] = action_mse(self.policy.deterministic(batch.observations), batch.actions)
         return metrics

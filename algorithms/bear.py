@@ -159,8 +159,7 @@ class BEAR(BehaviorPretraining, Learner):
         if cfg.evaluation_actions == "mean":
             return self.policy.deterministic(observations)
         N, M = observations.shape[1], cfg.num_evaluation_samples
-        noise = torch.stack([torch.randn((N, M, self.act_dim), generator=g, device=self.device)
-                             for g in self.evaluation_generators])
+        noise = self.normal(N, M, self.act_dim, generators=self.evaluation_generators)
         candidates = self.policy.sample(observations, noise)[0]                           # [P, N, M, act]
         q_first = q_at_samples(self.critic, observations, candidates)[:, 0]               # [P, N, M]
         best = q_first.argmax(dim=-1)[..., None, None].expand(-1, -1, 1, self.act_dim)

@@ -60,9 +60,7 @@ class SACConfig(LearnerConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.critic_hidden is not None:
-            self.critic_hidden = tuple(int(h) for h in self.critic_hidden)
-            self.check(bool(self.critic_hidden) and min(self.critic_hidden) > 0, "critic_hidden",
-                       "a list of positive layer sizes, or null for hidden")
+            self.layer_sizes("critic_hidden")
         self.check(0.0 < self.polyak <= 1.0, "polyak", "in (0, 1]")
         for name in ("actor_lr", "critic_lr", "temperature_lr", "init_temperature"):
             self.check(getattr(self, name) > 0, name, "positive")

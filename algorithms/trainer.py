@@ -63,7 +63,7 @@ class TrainConfig(CheckedConfig):
         if self.eval_every > self.total_updates:
             raise ConfigError(f"eval_every={self.eval_every} is larger than total_updates={self.total_updates}: "
                               f"no evaluation would fall inside the run")
-        self.check(self.mc_tail_steps is None or (type(self.mc_tail_steps) is int and self.mc_tail_steps >= 0),
+        self.check(self.mc_tail_steps is None or self.mc_tail_steps >= 0,
                    "mc_tail_steps", "null (ceil(5 / (1 - gamma))) or a whole number of steps >= 0")
         if self.reward_normalization not in ("none", "iql"):
             raise ConfigError(f"reward_normalization={self.reward_normalization!r}: choose 'none' or 'iql'")

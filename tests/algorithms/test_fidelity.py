@@ -239,9 +239,9 @@ def test_combo_pushes_q_down_on_model_states_or_on_all(monkeypatch, states, rows
 
 # --- item 8: BC as CORL runs it --------------------------------------------------------------------------------------
 def test_bc_regresses_the_deterministic_policy_on_the_actions_by_default():
-    from offline_sweeps.algorithms.bc import mse_loss
+    from offline_sweeps.algorithms.bc import action_mse
     actions, data = torch.tensor([[[0.0, 1.0], [1.0, 1.0]]]), torch.tensor([[[1.0, 1.0], [1.0, -1.0]]])
-    assert mse_loss(actions, data).item() == pytest.approx((1 + 0 + 0 + 4) / 4)
+    assert action_mse(actions, data).item() == pytest.approx((1 + 0 + 0 + 4) / 4)
     learner = make("bc", [{"seed": 0}])
     assert learner.config.loss == "mse" and learner.config.actor_lr == 3e-4
     batch = toy_batch()
