@@ -8,6 +8,7 @@
       expectile: {grid: [0.5, 0.7, 0.9]}        # grid | choice | uniform | loguniform
     seeds: [0, 1, 2]
     pack: [seed]                                 # axes packed into one trial's population
+    select: online                               # export's pick: online (test env) | fqe | critic | td_error
 
 Search keys name fields of the algorithm's config (`expectile`) or of the training config
 (`train.reward_scale`). Grid axes and seeds multiply; `num_samples` random draws of the choice /
@@ -70,7 +71,7 @@ TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} - {"algorithm", "
 PART_KEYS = {"algorithm", "datasets", "train", "search", "seeds", "pack", "num_samples"}
 TOP_KEYS = PART_KEYS | {"name", "description", "parts", "search_seed", "build", "resources", "scheduler", "metric",
                         "mode", "optimize", "wandb", "storage", "max_failures", "checkpoint_every", "keep_checkpoints",
-                        "searcher"}
+                        "searcher", "select"}
 SCHEDULERS = ("none", "asha")
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")         # one path component, never '.', '..' or hidden
 WANDB_PROJECT = re.compile(r"[^/\\#?%:\s]{1,128}")                # W&B refuses / \ # ? % : in a project name
@@ -82,6 +83,9 @@ CRITIC_METRICS = {"eval/q_mean", "eval/mc_return_mean", "eval/q_overestimation"}
 MODEL_METRICS = {"eval/model_return", "model/holdout_nll", "model/uncertainty_mean", "rollout/reward_mean",
                  "model/loaded_from_cache"}
 SEARCHERS = ("default", "optuna")
+# How `export` picks a setting: online, by the test environment's returns (the oracle); or offline, from the data
+# alone, by a metric each member reports at its final result (report.SELECTION_METRICS names them).
+SELECT_CRITERIA = ("online", "fqe", "critic", "td_error")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +130,7 @@ class Study:
     checkpoint_every: int = 1            # iterations between checkpoints
     keep_checkpoints: int = 2            # newest checkpoints kept per trial (Tune's num_to_keep)
     searcher: str = "default"            # default: the expansion below; optuna: Optuna picks the random axes
+    select: str = "online"               # export's default criterion (SELECT_CRITERIA)
     source: dict = dataclasses.field(default_factory=dict)   # the merged YAML, as written to the study folder
     interpolated: tuple = ()             # keys whose ${...} interpolations were resolved (e.g. ${oc.env:VAR})
 
@@ -263,6 +268,7 @@ def parse_study(values: dict[str, Any]) -> Study:
     if study.build is not None and not isinstance(study.build, dict):
         raise StudyError("build: must be a mapping of dataset-builder settings (env, transitions, ...)")
     study.searcher = _one_of(values.get("searcher", "default"), SEARCHERS, "searcher")
+    study.select = _one_of(values.get("select", "online"), SELECT_CRITERIA, "select")
     if study.searcher == "optuna":
         _check_optuna(study)
     study.trials()   # expanding validates packing against each algorithm
