@@ -22,6 +22,13 @@ the mean and the interquartile mean (IQM) over seeds, each with a 95% percentile
 probability of improvement P(X > Y) between settings, paired by seed where seeds are shared. Settings
 are ranked by the mean, not the IQM: the IQM trims a quarter of the seeds at each end and could trim a
 diverged seed away.
+
+Every ranking above is made with the test environment (the online oracle). Offline model selection ranks the
+settings instead by what the dataset alone can tell, each member's final `ope/*` metric (`SELECTION_METRICS`:
+Fitted Q Evaluation's value, the critic's own initial Q, its held-out TD error), and reports what each choice
+costs in test-environment score (regret against the oracle, Spearman's rho), and the Expected Online
+Performance of Kurenkov & Kolesnikov 2022 ("Showing Your Offline Reinforcement Learning Work: Online
+Evaluation Budget Matters", ICML): the expected best score when only k settings can be tried online.
 """
 from __future__ import annotations
 
@@ -40,10 +47,14 @@ from scipy import stats
 
 from ..algorithms import ALGORITHMS
 from ..algorithms.trainer import TrainConfig, split_members
-from .study import STUDY_FILE, StudyError, apply_sampled, load_study, trial_train_config
+from .study import SELECT_CRITERIA, STUDY_FILE, StudyError, apply_sampled, load_study, trial_train_config
 
 BOOTSTRAP_RESAMPLES = 9_999
 BOOTSTRAP_SEED = 0
+# Offline model selection: each criterion other than `online` is a metric every member reports at its final
+# result, computed from the dataset alone, and whether higher or lower is better.
+SELECTION_METRICS = {"fqe": ("ope/fqe_value", "max"), "critic": ("ope/critic_initial_q", "max"),
+                     "td_error": ("ope/td_error", "min")}
 
 
 @dataclass
@@ -65,6 +76,7 @@ class MemberRun:
     failure_rule: str = ""     # how that level was chosen
     curves: dict = field(default_factory=dict)   # per evaluation: "eval/q_overestimation", "eval/q_mean"
     study: str = ""            # the study's name
+    ope: dict = field(default_factory=dict)      # {"ope/fqe_value": its last reported value, ...} (nan: none)
 
     @property
     def diverged(self) -> bool:
@@ -199,7 +211,8 @@ def collect_studies(folders) -> tuple[object, list[MemberRun]]:
         studies.append(study)
         frame = _frame(study, trials)
         numbers = {key: _column(frame, key) for key in (study.metric, "diverged", "eval/q_overestimation", "updates",
-                                                        "eval/return", "eval/normalized_return", "eval/q_mean")}
+                                                        "eval/return", "eval/normalized_return", "eval/q_mean",
+                                                        *(key for key, _ in SELECTION_METRICS.values()))}
         by_name = {name: trial for name, trial, _ in trials}
         for (name, k), rows in frame.groupby(["trial", "member"], sort=True):
             config, index = trial_train_config(by_name[name]), rows.index
@@ -211,7 +224,8 @@ def collect_studies(folders) -> tuple[object, list[MemberRun]]:
                 int(diverged[0]) + 1 if len(diverged) else None,
                 bool(numbers["updates"][index][-1] >= config.get("total_updates", TrainConfig.total_updates)),
                 len(index), config, member, study=study.name,
-                curves={key: numbers[key][index] for key in ("eval/q_overestimation", "eval/q_mean")}))
+                curves={key: numbers[key][index] for key in ("eval/q_overestimation", "eval/q_mean")},
+                ope={key: _last_finite(numbers[key][index]) for key, _ in SELECTION_METRICS.values()}))
             normalization[config["dataset"]] += list(zip(numbers["eval/return"][index],
                                                           numbers["eval/normalized_return"][index]))
     study = studies[0]
@@ -225,6 +239,11 @@ def collect_studies(folders) -> tuple[object, list[MemberRun]]:
         study.name, study.description = " + ".join(s.name for s in studies), "; ".join(
             f"{s.name}: {s.description}" for s in studies if s.description)
     return study, runs
+
+
+def _last_finite(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite[-1]) if len(finite) else math.nan
 
 
 def _column(frame, key: str) -> np.ndarray:
@@ -480,7 +499,9 @@ def write_report(folders, out: str | Path | None = None) -> dict[str, Path]:
     """report.md, report.csv, sensitivity.png and learning_curves.png for one study folder (in
     `<folder>/report/`) or several of the same metric side by side (in `out`, by default
     `report-<name>+<name>/` beside the first); where there are several datasets or studies, also their
-    comparison across datasets (aggregate.csv and a second table). Returns the paths."""
+    comparison across datasets (aggregate.csv and a second table); offline model selection against the online
+    oracle (selection.csv) and Expected Online Performance (eop.csv, eop.png), see `selection`. Returns the
+    paths."""
     folders = [Path(f).expanduser().resolve() for f in ([folders] if isinstance(folders, (str, Path)) else folders)]
     study, runs = collect_studies(folders)
     rows = summarize(study, runs)
@@ -517,7 +538,13 @@ def write_report(folders, out: str | Path | None = None) -> dict[str, Path]:
                                                              if ci else "") for _, key, ci in table) + " |")
     lines += ["", "## Winners", "",
               "Per algorithm and dataset, the setting of the highest mean (diverged seeds at the failure level), "
-              "as `export` writes it, and how far the seeds let it be told apart from the rest.", ""]
+              "as `export` writes it by default, and how far the seeds let it be told apart from the rest. It is "
+              "chosen with the test environment (online oracle)"
+              + (", and so is each seed's score: `optimize: best` takes its best evaluation during training, a "
+                 "checkpoint picked by test-environment returns, which no offline user can do"
+                 if study.optimize == "best" else "")
+              + "; Expected online performance (and Offline model selection, where the members reported `ope/*` "
+                "metrics) show what choosing without it costs.", ""]
     for (study_name, algorithm, dataset), (score, winner, others) in ranking(study, runs).items():
         lines.append(f"- **{study_name + ' ' if len(folders) > 1 else ''}{algorithm} on {dataset}: {winner.label()}**: "
                      + "; ".join(_comparison(study, winner, score, others)))
@@ -542,13 +569,77 @@ def write_report(folders, out: str | Path | None = None) -> dict[str, Path]:
                       f"{r['diverged']} | {_cell(r['iqm'])} [{_cell(r['iqm_ci_low'])}, {_cell(r['iqm_ci_high'])}] | "
                       f"{_cell(r['mean'])} [{_cell(r['mean_ci_low'])}, {_cell(r['mean_ci_high'])}] |" for r in pooled]
         lines += [""] + [f"- {line}" for line in comparisons]
+    chosen, curves = selection(study, runs)
+    lines += _selection_lines(study, chosen, curves, several=len(folders) > 1)
+    for key, table in (("selection", chosen), ("eop", curves)):
+        paths[key] = out / f"{key}.csv"
+        with open(paths[key], "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(table[0]) if table else ["study", "algorithm", "dataset"])
+            writer.writeheader()
+            writer.writerows(table)
     (out / "report.md").write_text("\n".join(lines) + "\n")
+    if curves:
+        paths["eop_plot"] = out / "eop.png"
+        plot_eop(study, curves, paths["eop_plot"])
     plot_sensitivity(study, rows, runs, paths["plot"])
     plot_learning_curves(study, rows, runs, paths["curves"])
     if study.mode == "max":
         paths["profiles"] = out / "profiles.png"
         plot_profiles(study, rows, runs, paths["profiles"])
     return paths
+
+
+def _selection_lines(study, chosen: list[dict], curves: list[dict], several: bool) -> list[str]:
+    """report.md's sections on offline model selection (only where some member reported a criterion) and on
+    Expected Online Performance."""
+    score = f"mean {study.optimize} `{study.metric}`"
+    flipped = "the other way round for a metric to minimize, " if study.mode == "min" else ""
+    lines = []
+    if any(row["criterion"] != "online" for row in chosen):
+        lines += ["", "## Offline model selection", "",
+                  f"Which setting each criterion picks per algorithm and dataset, and what that costs in the test "
+                  f"environment. **online**: the Winners' setting, the highest {score}, **chosen with the test "
+                  f"environment (online oracle)**. The others use the dataset alone, each member's last reported "
+                  f"value averaged over the setting's seeds (a diverged seed at the criterion's worst value among "
+                  f"the dataset's survivors): "
+                  + ", ".join(f"**{name}** (`{key}`, {'higher' if mode == 'max' else 'lower'} is better)"
+                              for name, (key, mode) in SELECTION_METRICS.items())
+                  + f". Score: the picked setting's {score} (diverged seeds at the failure level). Regret: the "
+                    f"online pick's score minus the picked one's ({flipped}>= 0); regret %: as a share of the "
+                    f"online pick's score minus the worst setting's (0%: the oracle's pick, 100%: the worst). "
+                    f"Spearman rho: the rank correlation over members between the criterion and the score, both "
+                    f"oriented so higher is better (td_error negated; +1: the criterion ranks the members as the "
+                    f"test environment does), n: members with both.", "",
+                  "| " + ("study | " if several else "") + "algorithm | dataset | criterion | picks | criterion "
+                  "value | score | regret | regret % | Spearman rho (n) |", "|" + "---|" * (9 + several)]
+        for row in chosen:
+            name = ("online (chosen with the test environment)" if row["criterion"] == "online"
+                    else f"{row['criterion']} (`{row['metric']}`)")
+            rho = "-" if row["criterion"] == "online" else f"{_cell(row['spearman'])} (n={row['spearman_n']})"
+            lines.append("| " + (f"{row['study']} | " if several else "") + f"{row['algorithm']} | {row['dataset']} | "
+                         f"{name} | {row['setting']} | {_cell(row['criterion_value'])} | {_cell(row['score'])} | "
+                         f"{_cell(row['regret'])} | {_cell(row['regret_pct'])}% | {rho} |")
+    lines += ["", "## Expected online performance", "",
+              f"Kurenkov & Kolesnikov 2022, \"Showing Your Offline Reinforcement Learning Work: Online Evaluation "
+              f"Budget Matters\" (ICML): the expected best {score} of a setting when only k of the N settings can "
+              f"be evaluated in the test environment and the best of those is kept. **random**: the k drawn "
+              f"uniformly without replacement (exact, by order statistics); **top k by** a criterion: the k the "
+              f"offline criterion ranks highest (ties entered in random order). At k = N every row reaches the "
+              f"online oracle's pick; a criterion whose row lies below random at small k costs more test "
+              f"evaluations than picking blind. Curves: eop.png; every k: eop.csv."
+              + ("" if any(row["criterion"] != "online" for row in chosen) else
+                 " No member reported an offline criterion (`ope/*` metrics), so only random is shown.")]
+    panels: dict = defaultdict(lambda: defaultdict(dict))
+    for row in curves:
+        panels[(row["study"], row["algorithm"], row["dataset"])][row["selection"]][row["k"]] = row["expected_best"]
+    for (study_name, algorithm, dataset), by_selection in panels.items():
+        budgets = _budgets(len(by_selection["random"]))
+        lines += ["", f"**{study_name + ' ' if several else ''}{algorithm} on {dataset}** "
+                      f"(N = {len(by_selection['random'])} settings)", "",
+                  "| selection | " + " | ".join(f"k={k}" for k in budgets) + " |", "|" + "---|" * (len(budgets) + 1)]
+        lines += [f"| {'random' if name == 'random' else 'top k by ' + name} | "
+                  + " | ".join(_cell(expected[k]) for k in budgets) + " |" for name, expected in by_selection.items()]
+    return lines
 
 
 def _cell(value) -> str:
@@ -766,17 +857,36 @@ def _log_spaced(xs: list[float]) -> bool:
     return unevenness(np.log(xs)) < unevenness(xs)
 
 
-def export_best(folder: str | Path) -> list[Path]:
-    """The best knob setting per (algorithm, dataset), by the mean over seeds of the study's metric (its
-    last or best evaluation, as the study says; diverged seeds at the failure level; fewer diverged seeds
-    break a tie), as a standalone YAML for `launch.py train --config`. The header states the winner's 95%
-    CI, its diverged seeds, P(winner beats the runner-up) and every setting it cannot be told apart from."""
+def export_best(folder: str | Path, select: str | None = None) -> list[Path]:
+    """The best knob setting per (algorithm, dataset) as a standalone YAML for `launch.py train --config`, in
+    `<folder>/best/`, picked by `select` (None: the study's `select:`, by default "online"):
+    - "online": the mean over seeds of the study's metric (its last or best evaluation, as the study says;
+      diverged seeds at the failure level; fewer diverged seeds break a tie), chosen with the test
+      environment. The header states the winner's 95% CI, its diverged seeds, P(winner beats the
+      runner-up) and every setting it cannot be told apart from.
+    - "fqe", "critic", "td_error": the mean over seeds of the members' final `SELECTION_METRICS` value,
+      from the data alone (see `selection`). The header states the criterion's value, and the setting's
+      test-environment score and regret against the online pick for reference. A panel whose members
+      reported no value of the criterion is skipped, named on stderr; a StudyError if that is every one."""
     folder = Path(folder).expanduser().resolve()
     study, runs = collect(folder)
+    select = study.select if select is None else select
+    if select not in SELECT_CRITERIA:
+        raise StudyError(f"select: {select!r} must be one of {', '.join(SELECT_CRITERIA)}")
+    ranked = ranking(study, runs)
+    picks = {panel: (winner, score) for panel, (score, winner, _) in ranked.items()} if select == "online" else \
+        offline_picks(study, runs, select)
+    for _, algorithm, dataset in sorted(set(ranked) - set(picks)):
+        print(f"warning: {algorithm} on {dataset} not exported: no member reported {SELECTION_METRICS[select][0]} "
+              f"(select: {select}); export it with select online", file=sys.stderr)
+    if not picks:
+        raise StudyError(f"select: {select} needs {SELECTION_METRICS[select][0]}, which no member of study "
+                         f"{study.name} reported; use select online, or a criterion the algorithms report")
     out = folder / "best"
     out.mkdir(exist_ok=True)
     written = []
-    for (_, algorithm, dataset), (score, winner, others) in ranking(study, runs).items():
+    for (study_name, algorithm, dataset), (winner, estimate) in picks.items():
+        score, oracle, others = ranked[(study_name, algorithm, dataset)]
         members = winner.members
         config = {k: v for k, v in members[0].trial_config.items() if k != "members"}
         config["algo"] = {**config.get("algo", {}), **{k: v for k, v in winner.knobs.items()
@@ -785,13 +895,36 @@ def export_best(folder: str | Path) -> list[Path]:
             if key.startswith("train."):
                 config[key[6:]] = value
         config["members"] = [{"seed": m.seed} for m in members]
-        header = [f"Best {algorithm} on {dataset} in study {study.name}: {winner.label()}",
-                  *_comparison(study, winner, score, others),
-                  "Re-run: python launch.py train --config {this file}"]
+        if select == "online":
+            header = [f"Best {algorithm} on {dataset} in study {study.name}, chosen with the test environment "
+                      f"(online oracle): {winner.label()}", *_comparison(study, winner, score, others)]
+        else:
+            header = _offline_header(study, select, (algorithm, dataset), winner, estimate, (score, oracle))
+        header.append("Re-run: python launch.py train --config {this file}")
         path = out / f"{algorithm}-{dataset.strip('/').replace('/', '_')}.yaml"
         path.write_text("".join(f"# {line}\n" for line in header) + yaml.safe_dump(config, sort_keys=False))
         written.append(path)
     return written
+
+
+def _offline_header(study, select: str, panel: tuple[str, str], pick: Setting, value: float,
+                    online: tuple[float, Setting]) -> list[str]:
+    """The export header's lines for a setting picked offline by `select`, its test-environment score beside."""
+    key, mode = SELECTION_METRICS[select]
+    failure = [m.seed for m in pick.members if m.diverged]
+    scores = pick.scores(study.optimize)
+    low, high = bootstrap_ci(list(scores.values()))
+    oracle_score, oracle = online
+    picked = float(np.mean(list(scores.values())))
+    return [f"Best {panel[0]} on {panel[1]} in study {study.name}, chosen offline (from the dataset alone) by "
+            f"{select}: {pick.label()}",
+            f"{select}: mean final {key} = {value:.4g} over seeds {sorted(m.seed for m in pick.members)} "
+            f"({'higher' if mode == 'max' else 'lower'} is better; diverged seeds {failure or 'none'} at the "
+            f"criterion's failure level)",
+            f"for reference, measured in the test environment (not used to choose): mean {study.optimize} "
+            f"{study.metric} = {picked:.4g}, 95% bootstrap CI [{low:.4g}, {high:.4g}]; the online oracle picks "
+            f"{oracle.label()} at {oracle_score:.4g}, regret "
+            f"{(1 if study.mode == 'max' else -1) * (oracle_score - picked):.4g}"]
 
 
 def ranking(study, runs: list[MemberRun]) -> dict[tuple, tuple[float, Setting, list[Setting]]]:
@@ -838,3 +971,171 @@ def _comparison(study, winner: Setting, score: float, others: list[Setting]) -> 
     lines.append("cannot be told apart (95% CIs of the mean overlap, or the CI of P(this beats it) contains 0.5 or "
                  "cannot be computed) from: " + ("; ".join(tied) if tied else "none"))
     return lines
+
+
+def criterion_values(runs: list[MemberRun], criterion: str) -> dict[int, float]:
+    """{id(member): its last reported value of the criterion's metric}, a diverged member at the worst value
+    of the metric among the survivors of its dataset (the failure rule of any other metric, see the module
+    docstring). Nan where a member reported none; no entry for a dataset where no survivor reported any."""
+    key, mode = SELECTION_METRICS[criterion]
+    values = {}
+    for dataset in sorted({run.dataset for run in runs}):
+        members = [run for run in runs if run.dataset == dataset]
+        seen = [v for v in (run.ope.get(key, math.nan) for run in members if not run.diverged) if math.isfinite(v)]
+        if seen:
+            failure = min(seen) if mode == "max" else max(seen)
+            values.update({id(run): failure if run.diverged else run.ope.get(key, math.nan) for run in members})
+    return values
+
+
+def expected_max_random(values) -> np.ndarray:
+    """Expected Online Performance of uniform selection (Kurenkov & Kolesnikov 2022): for k = 1..N, the
+    expected maximum of k of the N `values` drawn uniformly without replacement, exactly, by order
+    statistics: sum_i v_(i) C(i - 1, k - 1) / C(N, k), v_(1) <= ... <= v_(N) (v_(i) is the maximum of the
+    C(i - 1, k - 1) draws whose other k - 1 values rank below it). [N]"""
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    n = len(v)
+    return np.array([sum(v[i - 1] * (math.comb(i - 1, k - 1) / math.comb(n, k)) for i in range(k, n + 1))
+                     for k in range(1, n + 1)])
+
+
+def expected_max_top(values, criterion) -> np.ndarray:
+    """Expected Online Performance of selection by an offline criterion: for k = 1..N, the maximum of
+    `values` over the k settings of the highest `criterion` (nan: ranked last). Settings tied on the
+    criterion enter in random order, exactly: over a tie, the expected maximum of the settings above it and a
+    uniform draw from it. [N]"""
+    values = np.asarray(values, dtype=np.float64)
+    keyed = np.nan_to_num(np.asarray(criterion, dtype=np.float64), nan=-np.inf)
+    curve, above = [], -np.inf
+    for level in np.unique(keyed)[::-1]:
+        tied = values[keyed == level]
+        curve.extend(expected_max_random(np.maximum(above, tied)))
+        above = max(above, float(tied.max()))
+    return np.array(curve)
+
+
+def rank_correlation(x, y) -> tuple[float, int]:
+    """Spearman's rho over the pairs where both values are finite, and their number; nan under three pairs or
+    where either side is constant."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    n = int(keep.sum())
+    if n < 3 or np.ptp(x[keep]) == 0 or np.ptp(y[keep]) == 0:
+        return math.nan, n
+    return float(stats.spearmanr(x[keep], y[keep])[0]), n
+
+
+def _mean_finite(values) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def _criterion_means(candidates: list[Setting], values: dict[int, float]) -> np.ndarray:
+    """Each setting's criterion: the mean over its seeds of their final values (diverged at the failure level)."""
+    return np.array([_mean_finite([values.get(id(m), math.nan) for m in s.members]) for s in candidates])
+
+
+def _offline_pick(candidates: list[Setting], keyed: np.ndarray) -> int:
+    """The index of the setting of the highest `keyed` criterion; a tie goes to fewer diverged seeds, then to
+    the knobs' order, never to the test environment's scores."""
+    order = sorted((i for i in range(len(candidates)) if math.isfinite(keyed[i])),
+                   key=lambda i: json.dumps(candidates[i].knobs, sort_keys=True))
+    return max(order, key=lambda i: (keyed[i], -sum(m.diverged for m in candidates[i].members)))
+
+
+def selection(study, runs: list[MemberRun]) -> tuple[list[dict], list[dict]]:
+    """Offline model selection per (study, algorithm, dataset), against the online oracle (`ranking`).
+
+    rows, one per panel and criterion the panel's members reported (`online` always): the setting it picks,
+    its criterion value, its score (the report's: mean failure-scored metric), the regret (the oracle's score
+    minus the picked one's, in the metric's units, >= 0; and in % of the oracle's score minus the worst
+    setting's), and Spearman's rho over the members between the criterion and the score, both oriented so
+    that higher is better (+1: ranks the members as the test environment does), with n.
+    curves, one per panel, selection ("random" or a criterion) and budget k = 1..N settings tried online: the
+    expected best score (Expected Online Performance, `expected_max_random` and `expected_max_top`)."""
+    sign = 1.0 if study.mode == "max" else -1.0
+    values = {criterion: criterion_values(runs, criterion) for criterion in SELECTION_METRICS}
+    rows, curves = [], []
+    for (study_name, algorithm, dataset), (oracle, winner, others) in ranking(study, runs).items():
+        candidates = [winner, *others]
+        scores = np.array([np.mean(list(s.scores(study.optimize).values())) for s in candidates])
+        spread = sign * (oracle - (scores.min() if sign > 0 else scores.max()))
+        panel = {"study": study_name, "algorithm": algorithm, "dataset": dataset, "settings": len(candidates)}
+        rows.append({**panel, "criterion": "online", "metric": f"{study.optimize} {study.metric}",
+                     "setting": winner.label(), "criterion_value": oracle, "score": oracle, "regret": 0.0,
+                     "regret_pct": 0.0, "spearman": math.nan, "spearman_n": 0})
+        curves += [{**panel, "selection": "random", "k": k, "expected_best": float(v)}
+                   for k, v in enumerate(sign * expected_max_random(sign * scores), 1)]
+        for criterion, (key, mode) in SELECTION_METRICS.items():
+            orient = 1.0 if mode == "max" else -1.0
+            keyed = orient * _criterion_means(candidates, values[criterion])
+            if not np.isfinite(keyed).any():
+                continue
+            pick = _offline_pick(candidates, keyed)
+            regret = sign * (oracle - scores[pick])
+            rho, n = rank_correlation(
+                [orient * values[criterion].get(id(m), math.nan) for s in candidates for m in s.members],
+                [sign * m.score(study.optimize) for s in candidates for m in s.members])
+            rows.append({**panel, "criterion": criterion, "metric": key, "setting": candidates[pick].label(),
+                         "criterion_value": orient * keyed[pick], "score": float(scores[pick]),
+                         "regret": float(regret), "regret_pct": 100.0 * regret / spread if spread > 0 else 0.0,
+                         "spearman": rho, "spearman_n": n})
+            curves += [{**panel, "selection": criterion, "k": k, "expected_best": float(v)}
+                       for k, v in enumerate(sign * expected_max_top(sign * scores, keyed), 1)]
+    return rows, curves
+
+
+def offline_picks(study, runs: list[MemberRun], criterion: str) -> dict[tuple, tuple[Setting, float]]:
+    """{(study, algorithm, dataset): (the setting `criterion` picks, its criterion value)} for the panels
+    whose members reported the criterion's metric (`selection`'s pick)."""
+    key, mode = SELECTION_METRICS[criterion]
+    orient = 1.0 if mode == "max" else -1.0
+    values, picks = criterion_values(runs, criterion), {}
+    for panel, (_, winner, others) in ranking(study, runs).items():
+        candidates = [winner, *others]
+        keyed = orient * _criterion_means(candidates, values)
+        if np.isfinite(keyed).any():
+            pick = _offline_pick(candidates, keyed)
+            picks[panel] = (candidates[pick], float(orient * keyed[pick]))
+    return picks
+
+
+def _budgets(n: int) -> list[int]:
+    """The budgets k a table shows: every one up to 10 settings, then 1, 2, 3, 5, 10, 20, 50, ... and N."""
+    if n <= 10:
+        return list(range(1, n + 1))
+    steps = [k for decade in (1, 10, 100, 1000, 10_000) for k in (decade, 2 * decade, 5 * decade)] + [3]
+    return sorted({k for k in steps if k < n} | {n})
+
+
+def plot_eop(study, curves: list[dict], path: Path) -> None:
+    """One panel per (study, algorithm, dataset): the Expected Online Performance against the online budget k,
+    for uniform selection and for each offline criterion, the online oracle's score dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+    panels: dict = defaultdict(lambda: defaultdict(list))
+    for row in curves:
+        panel = panels[(row["study"], row["algorithm"], row["dataset"])]
+        panel[row["selection"]].append((row["k"], row["expected_best"]))
+    several = len({key[0] for key in panels}) > 1
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(7.0, 5.5 * len(panels)), 4.5), squeeze=False)
+    for ax, ((study_name, algorithm, dataset), lines) in zip(axes[0], panels.items()):
+        for n, (name, points) in enumerate(lines.items()):
+            ks, expected = zip(*points)
+            ax.plot(ks, expected, "o-" if name != "random" else "-", color=f"C{n % 10}", ms=3,
+                    label="uniform at random (exact)" if name == "random" else f"top k by {name}")
+        oracle = lines["random"][-1][1]
+        ax.axhline(oracle, color="grey", lw=0.8, ls="--", label="online oracle (all settings tried)")
+        ax.set_title(f"{study_name + ': ' if several else ''}{algorithm} on {dataset}")
+        ax.set_xlabel("online budget k (settings evaluated in the test environment)")
+        ax.set_ylabel(f"expected best mean {study.optimize} {study.metric}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{study.name}: Expected Online Performance (Kurenkov & Kolesnikov 2022), diverged seeds at the "
+                 f"failure level", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
