@@ -623,10 +623,11 @@ def _selection_lines(study, chosen: list[dict], curves: list[dict], several: boo
               f"Kurenkov & Kolesnikov 2022, \"Showing Your Offline Reinforcement Learning Work: Online Evaluation "
               f"Budget Matters\" (ICML): the expected best {score} of a setting when only k of the N settings can "
               f"be evaluated in the test environment and the best of those is kept. **random**: the k drawn "
-              f"uniformly without replacement (exact, by order statistics); **top k by** a criterion: the k the "
-              f"offline criterion ranks highest (ties entered in random order). At k = N every row reaches the "
-              f"online oracle's pick; a criterion whose row lies below random at small k costs more test "
-              f"evaluations than picking blind. Curves: eop.png; every k: eop.csv."
+              f"uniformly with replacement, as the authors' eop.py (after Dodge et al. 2019; exact, by order "
+              f"statistics: even k = N may miss the best); **top k by** a criterion: the k distinct settings the "
+              f"offline criterion ranks highest (ties entered in random order), which reach the online oracle's "
+              f"pick at k = N. A criterion whose row lies below random at small k costs more test evaluations "
+              f"than picking blind. Curves: eop.png; every k: eop.csv."
               + ("" if any(row["criterion"] != "online" for row in chosen) else
                  " No member reported an offline criterion (`ope/*` metrics), so only random is shown.")]
     panels: dict = defaultdict(lambda: defaultdict(dict))
@@ -988,13 +989,18 @@ def criterion_values(runs: list[MemberRun], criterion: str) -> dict[int, float]:
     return values
 
 
-def expected_max_random(values) -> np.ndarray:
+def expected_max_random(values, replacement: bool = True) -> np.ndarray:
     """Expected Online Performance of uniform selection (Kurenkov & Kolesnikov 2022): for k = 1..N, the
-    expected maximum of k of the N `values` drawn uniformly without replacement, exactly, by order
-    statistics: sum_i v_(i) C(i - 1, k - 1) / C(N, k), v_(1) <= ... <= v_(N) (v_(i) is the maximum of the
-    C(i - 1, k - 1) draws whose other k - 1 values rank below it). [N]"""
+    expected maximum of k of the N `values` drawn uniformly, exactly, by order statistics over
+    v_(1) <= ... <= v_(N). With `replacement` (the authors' eop.py, after Dodge et al. 2019's "Show Your
+    Work"): sum_i v_(i) ((i / N)^k - ((i - 1) / N)^k), so even k = N may miss the best. Without: k distinct
+    settings, sum_i v_(i) C(i - 1, k - 1) / C(N, k) (v_(i) is the maximum of the C(i - 1, k - 1) draws whose
+    other k - 1 values rank below it), which reaches the best at k = N. [N]"""
     v = np.sort(np.asarray(values, dtype=np.float64))
     n = len(v)
+    if replacement:
+        below = np.arange(n + 1) / n
+        return np.array([float(v @ (below[1:] ** k - below[:-1] ** k)) for k in range(1, n + 1)])
     return np.array([sum(v[i - 1] * (math.comb(i - 1, k - 1) / math.comb(n, k)) for i in range(k, n + 1))
                      for k in range(1, n + 1)])
 
@@ -1009,7 +1015,7 @@ def expected_max_top(values, criterion) -> np.ndarray:
     curve, above = [], -np.inf
     for level in np.unique(keyed)[::-1]:
         tied = values[keyed == level]
-        curve.extend(expected_max_random(np.maximum(above, tied)))
+        curve.extend(expected_max_random(np.maximum(above, tied), replacement=False))
         above = max(above, float(tied.max()))
     return np.array(curve)
 

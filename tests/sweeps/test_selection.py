@@ -45,12 +45,22 @@ def ranked_study(tmp_path, **values):
 
 
 def test_eop_of_uniform_selection_against_hand_computation():
-    # v = 1, 2, 3, 4: k = 1 the mean; k = 2 (2*1 + 3*2 + 4*3) / 6; k = 3 (3*1 + 4*3) / 4; k = 4 the maximum.
-    assert expected_max_random([4, 2, 1, 3]) == pytest.approx([2.5, 20 / 6, 3.75, 4.0])
-    values = np.random.default_rng(0).normal(size=7)
-    for k in range(1, 8):     # against every subset of k of the 7
-        brute = np.mean([max(subset) for subset in itertools.combinations(values, k)])
-        assert expected_max_random(values)[k - 1] == pytest.approx(brute)
+    # With replacement (the authors' eop.py), v = 1, 2, 3, 4: P(max = v_(i)) = (i/4)^k - ((i-1)/4)^k, so
+    # k = 2: (1*1 + 2*3 + 3*5 + 4*7) / 16; k = 4: (1*1 + 2*15 + 3*65 + 4*175) / 256, short of the best.
+    assert expected_max_random([4, 2, 1, 3]) == pytest.approx([2.5, 50 / 16, expected_three(), 926 / 256])
+    # Without replacement: k = 2 (2*1 + 3*2 + 4*3) / 6; k = 3 (3*1 + 4*3) / 4; k = 4 the maximum.
+    assert expected_max_random([4, 2, 1, 3], replacement=False) == pytest.approx([2.5, 20 / 6, 3.75, 4.0])
+    values = np.random.default_rng(0).normal(size=5)
+    for k in range(1, 6):     # against every subset, and every ordered draw with repeats, of k of the 5
+        distinct = np.mean([max(subset) for subset in itertools.combinations(values, k)])
+        repeated = np.mean([max(draw) for draw in itertools.product(values, repeat=k)])
+        assert expected_max_random(values, replacement=False)[k - 1] == pytest.approx(distinct)
+        assert expected_max_random(values)[k - 1] == pytest.approx(repeated)
+
+
+def expected_three() -> float:
+    """k = 3 with replacement over 1, 2, 3, 4 by hand: P(max = i) = (i^3 - (i-1)^3) / 64 = 1, 7, 19, 37 / 64."""
+    return (1 * 1 + 2 * 7 + 3 * 19 + 4 * 37) / 64
 
 
 def test_eop_by_criterion_takes_the_top_k_and_breaks_ties_at_random():
