@@ -68,7 +68,7 @@ def test_eop_by_criterion_takes_the_top_k_and_breaks_ties_at_random():
     assert expected_max_top([5.0, 9.0, 1.0], [3.0, 1.0, 2.0]) == pytest.approx([5.0, 5.0, 9.0])
     # Settings 0 and 1 tie on top: k = 1 draws one of them (mean of 10 and 0); nan ranks last.
     assert expected_max_top([10.0, 0.0, 50.0], [1.0, 1.0, math.nan]) == pytest.approx([5.0, 10.0, 50.0])
-    assert expected_max_top([3.0, 1.0, 2.0], [7.0, 7.0, 7.0]) == pytest.approx(expected_max_random([3.0, 1.0, 2.0]))
+    assert expected_max_top([3.0, 1.0, 2.0], [7.0, 7.0, 7.0]) == pytest.approx(expected_max_random([3.0, 1.0, 2.0], replacement=False))
 
 
 def test_rank_correlation_is_nan_safe_and_counts_its_pairs():
@@ -92,8 +92,9 @@ def test_fqe_ranks_like_the_test_environment_and_the_critic_the_other_way_round(
     assert by["critic"]["regret"] == pytest.approx(60.0) and by["critic"]["regret_pct"] == pytest.approx(100.0)
     assert by["critic"]["spearman"] == pytest.approx(-1.0)
     eop = {(row["selection"], row["k"]): row["expected_best"] for row in curves}
-    # Settings 30.5, 60.5, 90.5: random k = 1 their mean, k = 2 (60.5 * 1 + 90.5 * 2) / 3.
-    assert [eop[("random", k)] for k in (1, 2, 3)] == pytest.approx([60.5, 80.5, 90.5])
+    # Settings 30.5, 60.5, 90.5 drawn with replacement: k = 1 their mean, k = 2 (30.5 * 1 + 60.5 * 3 + 90.5 * 5) / 9,
+    # k = 3 (30.5 * 1 + 60.5 * 7 + 90.5 * 19) / 27.
+    assert [eop[("random", k)] for k in (1, 2, 3)] == pytest.approx([60.5, 664.5 / 9, 80.5])
     assert [eop[("fqe", k)] for k in (1, 2, 3)] == pytest.approx([90.5] * 3)
     assert [eop[("critic", k)] for k in (1, 2, 3)] == pytest.approx([30.5, 60.5, 90.5])
 
@@ -105,7 +106,7 @@ def test_report_shows_the_selection_and_eop_sections_and_their_csvs(tmp_path):
     assert "| iql | pendulum/medium-v0 | online (chosen with the test environment) | expectile=0.9 |" in markdown
     assert "| iql | pendulum/medium-v0 | critic (`ope/critic_initial_q`) | expectile=0.5 | -30.5 | 30.5 | 60 | 100% " \
            "| -1 (n=6) |" in markdown
-    assert "| random | 60.5 | 80.5 | 90.5 |" in markdown and "| top k by critic | 30.5 | 60.5 | 90.5 |" in markdown
+    assert "| random | 60.5 | 73.8 | 80.5 |" in markdown and "| top k by critic | 30.5 | 60.5 | 90.5 |" in markdown
     assert "Kurenkov & Kolesnikov 2022" in markdown
     with open(paths["selection"], newline="") as handle:
         assert [row["criterion"] for row in csv.DictReader(handle)] == ["online", "fqe", "critic"]
@@ -118,7 +119,7 @@ def test_report_omits_the_selection_section_without_ope_metrics(tmp_path):
     paths = write_report(iql_study(tmp_path, curves_of({0.7: flat(60.0), 0.9: flat(80.0)})))
     markdown = paths["markdown"].read_text()
     assert "## Offline model selection" not in markdown and "| top k by" not in markdown
-    assert "## Expected online performance" in markdown and "| random | 70 | 80 |" in markdown
+    assert "## Expected online performance" in markdown and "| random | 70 | 75 |" in markdown
     with open(paths["selection"], newline="") as handle:
         assert [row["criterion"] for row in csv.DictReader(handle)] == ["online"]
 
