@@ -8,6 +8,11 @@ The learner's hooks let model-based algorithms in without special cases here: `a
 COMBO load or train their dynamics ensemble, `model:` settings, cached under `model_dir`), `sample_batch`
 (they refresh rollouts and mix model data into the minibatch) and `evaluation_metrics` (model/*, rollout/*
 and eval/model_return next to the env's eval/*).
+
+Offline policy evaluation (fqe.py) rides on the evaluations: every evaluation of a learner with a critic reports
+ope/critic_initial_q and ope/td_error per member, and the run's last one (every one with `fqe.every_evaluation`)
+fits FQE for ope/fqe_value. The ope/* keys appear in every result (NaN where not measured), since Tune's
+progress.csv keeps only the columns of a trial's first result.
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ from . import ALGORITHMS
 from .base import CheckedConfig, ConfigError, DataContext, check_field_types
 from .dynamics import DynamicsConfig
 from .evaluation import evaluate_population
+from .fqe import (FQEConfig, critic_initial_q, critic_td_error, fitted_q_evaluation, fixed_sample,
+                  generators_untouched, split_episodes)
 from .host_memory import keep_freed_memory
 
 
@@ -50,6 +57,8 @@ class TrainConfig(CheckedConfig):
     download: bool = True
     model: dict = dataclasses.field(default_factory=dict)    # DynamicsConfig fields (mopo, combo)
     model_dir: str | None = None           # dynamics cache; None: $OFFLINE_SWEEPS_MODEL_DIR or ~/.cache/offline_sweeps/models
+    fqe: dict = dataclasses.field(default_factory=dict)      # FQEConfig fields (fqe.py): offline policy evaluation
+    holdout_fraction: float = 0.0          # episodes kept out of training for ope/td_error; 0: it uses training data
 
     def __post_init__(self):
         check_field_types(self)
@@ -73,6 +82,9 @@ class TrainConfig(CheckedConfig):
             raise ConfigError(f"model: settings are for model-based algorithms "
                               f"({', '.join(n for n, c in ALGORITHMS.items() if c.USES_MODEL)}), not {self.algorithm}")
         DynamicsConfig.from_dict(dict(self.model))
+        FQEConfig.from_dict(dict(self.fqe))
+        self.check(0.0 <= self.holdout_fraction < 1.0, "holdout_fraction",
+                   "in [0, 1): the fraction of episodes held out of training for ope/td_error")
 
     def member_configs(self) -> list:
         learner_class = ALGORITHMS[self.algorithm]
@@ -91,7 +103,11 @@ class TrainRun:
         if self.device.type == "cpu":
             keep_freed_memory()
         configs = config.member_configs()          # validate before any expensive work
+        self.fqe = FQEConfig.from_dict(dict(config.fqe))
         self.dataset = load(config.dataset, download=config.download)
+        whole, held_out = self.dataset, None
+        if config.holdout_fraction > 0:            # whole episodes out; the learner (and its dynamics) never see them
+            self.dataset, held_out = split_episodes(self.dataset, config.holdout_fraction)
         for member in configs:
             if member.batch_size > self.dataset.num_transitions:
                 raise ConfigError(f"batch_size={member.batch_size} is more than {config.dataset}'s "
@@ -106,6 +122,9 @@ class TrainRun:
         self.reward_scale, self.reward_bias = scale, bias
         self.buffer = TransitionBuffer.from_dataset(self.dataset, self.device, config.normalize_observations,
                                                     reward_scale=scale, reward_bias=bias)
+        starts = whole.episode_starts[:self.fqe.start_states]
+        self.start_observations = self.buffer.normalize(torch.as_tensor(whole.observations[starts], device=self.device))
+        self.td_sample = fixed_sample(self.buffer if held_out is None else self._buffer_like(held_out))
         space = self.dataset.action_space
         self.learner = ALGORITHMS[config.algorithm](configs, self.dataset.obs_dim, self.dataset.act_dim,
                                                     torch.as_tensor(space.low), torch.as_tensor(space.high),
@@ -119,6 +138,38 @@ class TrainRun:
     @property
     def members(self) -> int:
         return self.learner.members
+
+    def _buffer_like(self, dataset) -> TransitionBuffer:
+        """`dataset`'s transitions as the training buffer holds its own: same observation statistics and reward scale."""
+        buffer = TransitionBuffer(dataset.num_transitions, dataset.obs_dim, dataset.act_dim, self.device)
+        buffer.obs_mean, buffer.obs_std = self.buffer.obs_mean, self.buffer.obs_std
+        buffer.add(dataset.observations, dataset.actions, dataset.rewards * self.reward_scale + self.reward_bias,
+                   dataset.next_observations, dataset.terminals, dataset.timeouts)
+        return buffer
+
+    def offline_evaluation(self, final: bool) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """Per-member ope/* values `[P]` and the run-wide FQE timings. FQE fits at the last evaluation (or every
+        one); the learner's own critic is read at every one. Diverged members get NaN."""
+        learner, cfg = self.learner, self.config
+        alive = ~learner.diverged.cpu().numpy()
+        per_member: dict[str, np.ndarray] = {}
+        shared: dict[str, float] = {}
+        if learner.has_critic:
+            per_member["ope/critic_initial_q"] = critic_initial_q(learner, self.start_observations,
+                                                                  self.reward_scale, self.reward_bias)
+            per_member["ope/td_error"] = critic_td_error(learner, self.td_sample, self.reward_scale)
+        if self.fqe.enabled:
+            per_member["ope/fqe_value"] = np.full(self.members, np.nan)
+            shared = {"ope/fqe_seconds": float("nan"), "ope/fqe_updates_per_second": float("nan")}
+            if (final or self.fqe.every_evaluation) and alive.any():
+                updates = self.fqe.budget(final, cfg.eval_every, cfg.total_updates)
+                with generators_untouched(learner):
+                    result = fitted_q_evaluation(learner.act, self.buffer, self.start_observations, learner.config.gamma,
+                                                 [c.seed for c in learner.configs], self.fqe, updates,
+                                                 self.reward_scale, self.reward_bias, alive)
+                per_member["ope/fqe_value"] = result.values
+                shared = {"ope/fqe_seconds": result.seconds, "ope/fqe_updates_per_second": result.updates_per_second}
+        return {key: np.where(alive, value, np.nan) for key, value in per_member.items()}, shared
 
     def train_iteration(self) -> dict[str, Any]:
         """`eval_every` updates, then an evaluation; returns flat metrics (see `flatten_members`)."""
@@ -145,15 +196,18 @@ class TrainRun:
         per_member.update(evaluation)
         if self.dataset.ref_min_score is not None and self.dataset.ref_max_score is not None:
             per_member["eval/normalized_return"] = normalized_score(self.dataset, evaluation["eval/return"])
+        done = self.updates >= cfg.total_updates or bool(learner.diverged.all())
+        ope, ope_shared = self.offline_evaluation(final=done)
+        per_member.update(ope)
         for key in ("eval/return", "eval/normalized_return"):
             if key in per_member:
                 best = self.best.get(key, np.full(self.members, -np.inf))
                 self.best[key] = np.fmax(best, per_member[key])
                 per_member[key + "_best"] = self.best[key].copy()
         metrics = flatten_members(per_member)
+        metrics.update(ope_shared)
         metrics.update({"updates": self.updates, "updates_per_second": cfg.eval_every / train_seconds,
-                        "members_diverged": int(learner.diverged.sum()),
-                        "done": self.updates >= cfg.total_updates or bool(learner.diverged.all())})
+                        "members_diverged": int(learner.diverged.sum()), "done": done})
         if hasattr(learner, "sampled_q_dtype"):    # CQL, COMBO: did "auto" score the sampled actions in bfloat16?
             metrics["precision/sampled_q_bf16"] = float(learner.sampled_q_dtype == torch.bfloat16)
         world = getattr(learner, "world", None)
