@@ -17,6 +17,7 @@ import torch
 from offline_sweeps.algorithms import ALGORITHMS
 from offline_sweeps.algorithms.base import ConfigError, DataContext
 from offline_sweeps.algorithms.dynamics import DynamicsConfig, DynamicsEnsemble
+from offline_sweeps.algorithms.fqe import FQEConfig
 from offline_sweeps.datasets import OfflineDataset, TransitionBuffer
 
 OBS, ACT = 5, 2
@@ -206,6 +207,14 @@ def test_every_default_is_documented(name):
     for field in dataclasses.fields(ALGORITHMS[name].Config):
         entry = f"`{field.name}: {format_default(field.default)}`"
         assert entry in row, f"docs/algorithms.md, {name}: {entry} is missing or out of date"
+
+
+def test_every_fqe_default_is_documented():
+    row = documented_defaults().get("fqe")
+    assert row is not None, "docs/algorithms.md has no settings row for fqe"
+    for field in dataclasses.fields(FQEConfig):
+        entry = f"`{field.name}: {format_default(field.default)}`"
+        assert entry in row, f"docs/algorithms.md, fqe: {entry} is missing or out of date"
 
 
 def test_members_may_differ_only_in_packable_fields(world):
