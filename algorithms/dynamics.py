@@ -39,12 +39,14 @@ file lock so that trials asking at once train it once.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
@@ -56,6 +58,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from gymnasium.envs.registration import parse_env_id
 
+from ..datasets.progress import Progress
 from .base import CheckedConfig, ConfigError
 from .networks import PackedLinear, PackedMLP, init_members
 
@@ -419,28 +422,34 @@ def train_ensemble(dataset, config: DynamicsConfig, device: torch.device | str =
     best_mse = torch.full((E,), float("inf"), device=device)
     best_state = {name: p.detach().clone() for name, p in ensemble.named_parameters()}
     epochs, stale = 0, 0
-    while epochs < config.max_epochs and stale < config.patience:
-        shuffled = bootstrap.gather(1, torch.rand(E, n_train, generator=generator).argsort(1)).to(device)
-        for rows in shuffled.split(config.batch_size, dim=1):
-            mean, logvar = ensemble.normalized_forward(x_train[rows])
-            loss = (gaussian_nll(mean, logvar, y_train[rows]).sum()
-                    + config.logvar_bound_weight * logvar_bound_penalty(ensemble.max_logvar, ensemble.min_logvar)
-                    + sum(d * 0.5 * w.pow(2).sum() for d, w in zip(decays, weights)))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        epochs += 1
-        mse, _ = holdout_losses()
-        improved = (best_mse - mse) / best_mse > config.min_improvement
-        improved |= torch.isinf(best_mse) & torch.isfinite(mse)
-        if improved.any():
-            with torch.no_grad():
-                for name, p in ensemble.named_parameters():
-                    best_state[name][improved] = p.detach()[improved]
-            best_mse = torch.where(improved, mse, best_mse)
-            stale = 0
-        else:
-            stale += 1
+    # The ETA is against max_epochs ("at most"): the early stop usually ends the training well before.
+    with Progress(f"  dynamics ensemble ({E} x {'x'.join(map(str, config.hidden))}; stops early after "
+                  f"{config.patience} epochs without a {config.min_improvement:.0%} gain)", config.max_epochs,
+                  unit="epochs", upper_bound=True) as progress:
+        while epochs < config.max_epochs and stale < config.patience:
+            shuffled = bootstrap.gather(1, torch.rand(E, n_train, generator=generator).argsort(1)).to(device)
+            for rows in shuffled.split(config.batch_size, dim=1):
+                mean, logvar = ensemble.normalized_forward(x_train[rows])
+                loss = (gaussian_nll(mean, logvar, y_train[rows]).sum()
+                        + config.logvar_bound_weight * logvar_bound_penalty(ensemble.max_logvar, ensemble.min_logvar)
+                        + sum(d * 0.5 * w.pow(2).sum() for d, w in zip(decays, weights)))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            epochs += 1
+            mse, _ = holdout_losses()
+            improved = (best_mse - mse) / best_mse > config.min_improvement
+            improved |= torch.isinf(best_mse) & torch.isfinite(mse)
+            if improved.any():
+                with torch.no_grad():
+                    for name, p in ensemble.named_parameters():
+                        best_state[name][improved] = p.detach()[improved]
+                best_mse = torch.where(improved, mse, best_mse)
+                stale = 0
+            else:
+                stale += 1
+            progress.update(1, holdout_mse=f"{mse.mean().item():.4g}", no_gain=f"{stale}/{config.patience}")
+        progress.close("early stop" if stale >= config.patience else "max epochs")
     with torch.no_grad():
         for name, p in ensemble.named_parameters():
             p.copy_(best_state[name])
@@ -494,6 +503,34 @@ def _read_entry(folder: Path, config: DynamicsConfig, obs_dim: int, act_dim: int
     return ensemble
 
 
+LOCK_GRACE_SECONDS = 0.5     # a trial loading the entry holds the lock this briefly: no message for that
+LOCK_POLL_SECONDS = 1.0      # how often a trial waiting for another's training looks at the lock
+
+
+@contextlib.contextmanager
+def _cache_lock(path: Path, key: str):
+    """The cache entry's file lock. When another process holds it (it is training this very model), say so in
+    one line and show the wait's elapsed time, instead of hanging silently for as long as a training takes."""
+    from filelock import FileLock, Timeout
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=LOCK_GRACE_SECONDS)
+    except Timeout:
+        print(f"waiting for dynamics ensemble {key} being trained by another trial ...", file=sys.stderr, flush=True)
+        with Progress(f"  waiting for dynamics ensemble {key[:16]}", None) as progress:
+            while True:
+                try:
+                    lock.acquire(timeout=LOCK_POLL_SECONDS)
+                    break
+                except Timeout:
+                    progress.tick()
+            progress.close("its training finished")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def load_or_train(dataset, config: DynamicsConfig | dict, cache_dir: str | os.PathLike | None = None,
                   device: torch.device | str = "cpu") -> DynamicsEnsemble:
     """The ensemble for (`dataset`, `config`): loaded from `cache_dir` when there, else trained and stored.
@@ -501,7 +538,6 @@ def load_or_train(dataset, config: DynamicsConfig | dict, cache_dir: str | os.Pa
     `report["cached"]` says which happened; `report["key"]` and `report["path"]` name the entry. The env's
     termination rule (from `dataset.env_id`) is attached as `ensemble.termination`.
     """
-    from filelock import FileLock
     config = DynamicsConfig.from_dict(config) if isinstance(config, dict) else config
     termination = termination_fn(getattr(dataset, "env_id", None), dataset)
     root = Path(cache_dir) if cache_dir is not None else default_model_dir()
@@ -509,7 +545,7 @@ def load_or_train(dataset, config: DynamicsConfig | dict, cache_dir: str | os.Pa
     key = cache_key(dataset, config)
     folder = root / key
     obs_dim, act_dim = dataset.observations.shape[1], dataset.actions.shape[1]
-    with FileLock(str(root / f"{key}.lock")):
+    with _cache_lock(root / f"{key}.lock", key):
         ensemble = None
         if folder.is_dir():
             try:

@@ -9,7 +9,10 @@ ref_min_score (the random policy's mean return) and ref_max_score (the expert's 
 deterministically), so normalized scores work, and the behaviour policy's own mean return.
 
 Datasets are written under a hidden staging folder and renamed into place once complete, so an
-interrupted build never leaves a dataset that looks whole.
+interrupted build never leaves a dataset that looks whole. The HDF5 writing runs in a forked child process,
+because h5py can crash the process it runs in (a segfault in File.close after a write fails under a
+file-size limit or on a full disk): the build survives it, removes the staging folder and says what
+happened. SIGTERM interrupts a build as Ctrl-C does, so a killed build cleans up too.
 """
 from __future__ import annotations
 
@@ -19,6 +22,9 @@ import math
 import os
 import re
 import shutil
+import signal
+import sys
+import threading
 import time
 import uuid
 import warnings
@@ -33,6 +39,7 @@ from ..algorithms.sac import SAC, SACConfig
 from .buffer import TransitionBuffer
 from .controllers import SCRIPTED_CONTROLLERS
 from .loading import DatasetError, datasets_root, flat_dim, local_dataset_ids
+from .progress import Progress
 from .rollout import Episode, Policy, make_env, random_policy, rollout, time_limit
 
 KINDS = ("random", "medium", "expert", "medium-replay", "medium-expert")
@@ -178,37 +185,46 @@ def train_sac(config: BuildConfig, log: Callable[[str], None]) -> dict[str, Snap
     record: dict[str, list] = {"obs": [obs], "act": [], "rew": [], "term": [], "trunc": []}
     best, started = -math.inf, time.perf_counter()
     act = sac_policy(agent.policy, deterministic=False)
-    for step in range(1, config.sac_steps + 1):
-        action = env.action_space.sample() if step <= config.sac_start_steps else act(obs[None])[0]
-        next_obs, reward, terminated, truncated, _ = env.step(action)
-        replay.add(obs[None], action[None], [reward], next_obs[None], [terminated], [truncated])
-        for key, value in zip(("obs", "act", "rew", "term", "trunc"), (next_obs, action, reward, terminated, truncated)):
-            record[key].append(value)
-        obs = next_obs
-        if terminated or truncated:
-            episodes.append(Episode(np.asarray(record["obs"], np.float32), np.asarray(record["act"], np.float32),
-                                    np.asarray(record["rew"], np.float32), np.asarray(record["term"], bool),
-                                    np.asarray(record["trunc"], bool)))
-            obs, _ = env.reset()
-            record = {"obs": [obs], "act": [], "rew": [], "term": [], "trunc": []}
-        if step > config.sac_start_steps:
-            agent.update(replay.sample(config.sac_batch_size, generator=agent.generators))
-        if step % config.eval_every and step != config.sac_steps:
-            continue
-        score = mean_return(config.env_id, sac_policy(agent.policy, deterministic=True), config.eval_episodes,
-                            seed=config.seed + 10_000 + step)
-        best = max(best, score)
-        log(f"  SAC step {step:>7}: eval return {score:9.1f}  ({time.perf_counter() - started:6.0f} s)")
-        for kind, target in targets.items():
-            if kind not in snapshots and score >= target:
-                snapshots[kind] = Snapshot(copy.deepcopy(agent.policy), score, step,
-                                           list(episodes) if kind == "medium" else [])
-                log(f"  froze the {kind} policy at step {step} (eval return {score:.1f} >= {target})")
-                if kind == "medium" and score >= targets.get("expert", math.inf):
-                    log(f"  warning: the medium policy already meets the expert target ({score:.1f} >= "
-                        f"{targets['expert']}); a smaller --eval-every catches a policy part-way")
-        if len(snapshots) == len(targets):
-            return snapshots
+    goal = ", then ".join(f"{kind} return {target:g}" for kind, target in targets.items())
+    # The ETA is against the whole step budget ("at most"): reaching the targets ends the training sooner.
+    with Progress(f"  SAC to {goal}", config.sac_steps, unit="steps", upper_bound=True) as progress:
+        for step in range(1, config.sac_steps + 1):
+            action = env.action_space.sample() if step <= config.sac_start_steps else act(obs[None])[0]
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            replay.add(obs[None], action[None], [reward], next_obs[None], [terminated], [truncated])
+            for key, value in zip(("obs", "act", "rew", "term", "trunc"),
+                                  (next_obs, action, reward, terminated, truncated)):
+                record[key].append(value)
+            obs = next_obs
+            if terminated or truncated:
+                episodes.append(Episode(np.asarray(record["obs"], np.float32), np.asarray(record["act"], np.float32),
+                                        np.asarray(record["rew"], np.float32), np.asarray(record["term"], bool),
+                                        np.asarray(record["trunc"], bool)))
+                obs, _ = env.reset()
+                record = {"obs": [obs], "act": [], "rew": [], "term": [], "trunc": []}
+            if step > config.sac_start_steps:
+                agent.update(replay.sample(config.sac_batch_size, generator=agent.generators))
+            if step % config.eval_every and step != config.sac_steps:
+                progress.update(1)
+                continue
+            score = mean_return(config.env_id, sac_policy(agent.policy, deterministic=True), config.eval_episodes,
+                                seed=config.seed + 10_000 + step)
+            best = max(best, score)
+            progress.update(1, eval_return=f"{score:.1f}", best=f"{best:.1f}")
+            progress.write(f"  SAC step {step:>7}: eval return {score:9.1f}  ({time.perf_counter() - started:6.0f} s)",
+                           log)
+            for kind, target in targets.items():
+                if kind not in snapshots and score >= target:
+                    snapshots[kind] = Snapshot(copy.deepcopy(agent.policy), score, step,
+                                               list(episodes) if kind == "medium" else [])
+                    progress.write(f"  froze the {kind} policy at step {step} (eval return {score:.1f} >= {target})",
+                                   log)
+                    if kind == "medium" and score >= targets.get("expert", math.inf):
+                        progress.write(f"  warning: the medium policy already meets the expert target ({score:.1f} "
+                                       f">= {targets['expert']}); a smaller --eval-every catches a policy part-way", log)
+            if len(snapshots) == len(targets):
+                progress.close(f"target{'s' if len(targets) > 1 else ''} reached")
+                return snapshots
     missing = {kind: target for kind, target in targets.items() if kind not in snapshots}
     raise DatasetError(f"the SAC behaviour agent reached an eval return of {best:.1f} in {config.sac_steps} steps, "
                        f"short of the target(s) {missing}: raise --sac-steps or lower the target")
@@ -282,26 +298,126 @@ def write_dataset(dataset_id: str, env_id: str, episodes: list[Episode], ref_min
     from minari.data_collector.episode_buffer import EpisodeBuffer
     buffers = [EpisodeBuffer(id=i, seed=e.seed, observations=e.observations, actions=e.actions, rewards=e.rewards,
                              terminations=e.terminations, truncations=e.truncations) for i, e in enumerate(episodes)]
+
+    def write() -> None:
+        with warnings.catch_warnings():
+            # Minari recommends an author e-mail, which a locally built dataset has no use for.
+            warnings.filterwarnings("ignore", message=".*author_email.*", category=UserWarning)
+            dataset = minari.create_dataset_from_buffers(
+                dataset_id, buffers, env=env_id, eval_env=env_id,
+                algorithm_name=metadata.get("behavior_policy", "unknown"),
+                author="offline-rl-sweeps dataset builder", code_permalink="offline-rl-sweeps/datasets/builder.py",
+                ref_min_score=float(ref_min_score), ref_max_score=float(ref_max_score), data_format="hdf5",
+                description=f"Built offline by offline-rl-sweeps from {env_id}: {metadata.get('behavior_policy')}.")
+        dataset.storage.update_metadata(metadata)
+
+    with _staged(dataset_id, overwrite):
+        failure = _in_child_process(write)
+        if failure is not None:
+            raise DatasetError(f"writing {dataset_id} failed ({failure}); nothing was written")
+
+
+def _in_child_process(work: Callable[[], None]) -> str | None:
+    """Run `work` in a forked child; None when it succeeded, else what went wrong, in a few words.
+
+    The child's stderr comes back through a pipe: passed on when it succeeded, read for the cause when it
+    failed (h5py prints an error for every object that cannot flush as it is freed, each naming HDF5's
+    own account, e.g. 'File too large', before the crash that follows). The child leaves with os._exit, so
+    nothing of the parent's teardown runs twice; an interrupted parent kills it before its staging folder
+    goes. Where there is no fork (Windows), `work` runs in this process.
+    """
+    if not hasattr(os, "fork"):
+        try:
+            work()
+        except Exception as error:  # Minari and h5py raise assorted types; the caller names the dataset
+            return f"{type(error).__name__}: {error}"
+        return None
+    read_end, write_end = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            os.close(read_end)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.dup2(write_end, 2)
+            try:
+                work()
+                status = 0
+            except BaseException as error:
+                os.write(2, f"\n{_FAILED}{type(error).__name__}: {error}\n".encode(errors="replace"))
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(status)
+    os.close(write_end)
     try:
-        with _staged(dataset_id, overwrite):
-            with warnings.catch_warnings():
-                # Minari recommends an author e-mail, which a locally built dataset has no use for.
-                warnings.filterwarnings("ignore", message=".*author_email.*", category=UserWarning)
-                dataset = minari.create_dataset_from_buffers(
-                    dataset_id, buffers, env=env_id, eval_env=env_id,
-                    algorithm_name=metadata.get("behavior_policy", "unknown"),
-                    author="offline-rl-sweeps dataset builder", code_permalink="offline-rl-sweeps/datasets/builder.py",
-                    ref_min_score=float(ref_min_score), ref_max_score=float(ref_max_score), data_format="hdf5",
-                    description=f"Built offline by offline-rl-sweeps from {env_id}: {metadata.get('behavior_policy')}.")
-            dataset.storage.update_metadata(metadata)
-    except DatasetError:
-        raise
-    except Exception as error:  # Minari and h5py raise assorted types; name the dataset and the cause
-        raise DatasetError(f"writing {dataset_id} failed ({type(error).__name__}: {error})") from error
+        with os.fdopen(read_end, "rb") as pipe:
+            errors = pipe.read().decode(errors="replace")
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+        sys.stderr.write(errors)
+        return None
+    raised = [line[len(_FAILED):] for line in errors.splitlines() if line.startswith(_FAILED)]
+    named = re.search(r"error message = '([^']*)'", errors)     # HDF5's own account inside h5py's long message
+    cause = raised[-1] if raised else named.group(1) if named else errors.strip()[-300:]
+    if os.WIFEXITED(status):
+        return cause or f"the writer process exited with status {os.WEXITSTATUS(status)}"
+    crash = f"the HDF5 writer crashed with {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"{crash} after: {cause}" if cause else crash
+
+
+_FAILED = "offline-sweeps writer failed: "
+
+
+class BuildInterrupted(DatasetError, KeyboardInterrupt):
+    """A build stopped by SIGTERM or Ctrl-C: a KeyboardInterrupt to code that stops on one, and a DatasetError
+    whose one line (what was written whole, what was not) the command line prints."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """While a build runs in the main thread, SIGTERM raises KeyboardInterrupt as Ctrl-C does, so the `finally`
+    clauses run (a staging folder removed, a writer process stopped) instead of the process dying on the spot."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def build(config: BuildConfig, log: Callable[[str], None] = print) -> list[BuiltDataset]:
-    """Build every dataset kind in `config.kinds`; returns what was written."""
+    """Build every dataset kind in `config.kinds`; returns what was written. Interrupted (SIGTERM, Ctrl-C), it
+    raises BuildInterrupted once the dataset being written is gone; those written before it stay, whole."""
+    built: list[BuiltDataset] = []
+    with _sigterm_interrupts():
+        try:
+            _build(config, log, built)
+        except KeyboardInterrupt as interrupt:
+            if isinstance(interrupt, BuildInterrupted):
+                raise
+            written = [b.dataset_id for b in built]
+            rest = [config.dataset_id(k) for k in config.kinds if config.dataset_id(k) not in written]
+            raise BuildInterrupted(f"dataset build interrupted by {str(interrupt) or 'Ctrl-C'}: "
+                                   f"{', '.join(written) or 'no dataset'} written whole, {', '.join(rest)} "
+                                   f"not written (nothing of {'it' if len(rest) == 1 else 'them'} left behind)") from None
+    return built
+
+
+def _build(config: BuildConfig, log: Callable[[str], None], built: list[BuiltDataset]) -> None:
     existing = set(local_dataset_ids())
     clashes = [config.dataset_id(k) for k in config.kinds if config.dataset_id(k) in existing]
     if clashes and not config.overwrite:
@@ -337,8 +453,9 @@ def build(config: BuildConfig, log: Callable[[str], None] = print) -> list[Built
 
     def collect(kind: str, act: Policy, seed_offset: int) -> list[Episode]:
         if kind not in collected:
-            collected[kind] = rollout(config.env_id, act, num_envs, config.seed + seed_offset,
-                                      transitions_per_env=per_env)
+            with Progress(f"  collecting {kind} data", num_envs * per_env, unit="transitions") as progress:
+                collected[kind] = rollout(config.env_id, act, num_envs, config.seed + seed_offset,
+                                          transitions_per_env=per_env, on_progress=progress.update)
         return collected[kind]
 
     behaviours: dict[str, tuple[str, Callable[[], list[Episode]]]] = {
@@ -353,7 +470,6 @@ def build(config: BuildConfig, log: Callable[[str], None] = print) -> list[Built
         behaviours["medium-replay"] = (f"SAC replay buffer up to step {medium.step}", lambda: medium.replay_episodes)
         behaviours["medium-expert"] = (f"{medium_name} + {expert_name}",
                                        lambda: behaviours["medium"][1]() + behaviours["expert"][1]())
-    built = []
     for kind in config.kinds:
         kind_started = time.perf_counter()
         name, episodes_of = behaviours[kind]
@@ -371,5 +487,4 @@ def build(config: BuildConfig, log: Callable[[str], None] = print) -> list[Built
         log(f"  wrote {dataset_id}: {len(episodes)} episodes, {built[-1].transitions} transitions, "
             f"behaviour return {returns.mean():.1f}")
     log(f"Done in {time.perf_counter() - started:.0f} s")
-    return built
 

@@ -57,12 +57,14 @@ def time_limit(env_id: str) -> int | None:
 
 
 def rollout(env_id: str, policy: Policy, num_envs: int, seed: int | list[int], episodes_per_env: int | None = None,
-            transitions_per_env: int | None = None, tail_steps: int = 0) -> list[Episode]:
+            transitions_per_env: int | None = None, tail_steps: int = 0,
+            on_progress: Callable[[int], None] | None = None) -> list[Episode]:
     """Run `num_envs` envs until each has done `episodes_per_env` episodes or reached
     `transitions_per_env` transitions (finishing its last episode); return the episodes, env by env.
     Env i is seeded at its first reset with `seed + i`, or with `seed[i]` when given a list.
     An episode cut by the env's time limit goes on for `tail_steps` more steps (or to a terminal) into its
-    `tail_rewards`; those steps count toward no quota and the env is busy meanwhile."""
+    `tail_rewards`; those steps count toward no quota and the env is busy meanwhile.
+    `on_progress(k)` hears after each step how many more transitions count toward the transition quotas."""
     if (episodes_per_env is None) == (transitions_per_env is None):
         raise ValueError("give exactly one of episodes_per_env and transitions_per_env")
     if tail_steps < 0:
@@ -81,6 +83,7 @@ def rollout(env_id: str, policy: Policy, num_envs: int, seed: int | list[int], e
         finished: list[list[Episode]] = [[] for _ in range(num_envs)]
         steps = np.zeros(num_envs, dtype=np.int64)
         active = np.ones(num_envs, dtype=bool)
+        reported = 0
         while active.any():
             actions = np.asarray(policy(np.asarray(obs, dtype=np.float32)), dtype=envs.action_space.dtype)
             next_obs, rewards, terminations, truncations, infos = envs.step(actions)
@@ -115,6 +118,10 @@ def rollout(env_id: str, policy: Policy, num_envs: int, seed: int | list[int], e
                     active[i] = (len(finished[i]) < episodes_per_env if episodes_per_env is not None
                                  else steps[i] < transitions_per_env)
             obs = next_obs
+            if on_progress is not None and transitions_per_env is not None:
+                counted = int(np.minimum(steps, transitions_per_env).sum())
+                on_progress(counted - reported)
+                reported = counted
     finally:
         envs.close()
     return [episode for per_env in finished for episode in per_env]

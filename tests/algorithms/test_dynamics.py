@@ -6,9 +6,12 @@ import dataclasses
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import gymnasium as gym
@@ -20,7 +23,7 @@ from offline_sweeps.algorithms.base import ConfigError
 from offline_sweeps.algorithms.dynamics import (
     DynamicsConfig, DynamicsEnsemble, DynamicsError, ObservationBounds, disagreement, gaussian_nll, hopper_terminates,
     load_or_train, max_std_norm, never_terminates, observation_bounds, register_termination, rollout, soft_bound_logvar,
-    split_holdout, termination_fn, train_ensemble, walker2d_terminates, TERMINATION_FNS)
+    split_holdout, termination_fn, cache_key, train_ensemble, walker2d_terminates, TERMINATION_FNS)
 from offline_sweeps.datasets import OfflineDataset
 
 # x' = A x + B u + noise, r = c . x: a system whose truth the test knows.
@@ -152,9 +155,22 @@ def test_elites_are_the_members_with_the_lowest_holdout_mse(linear_model):
     assert len(rows) == 1000                                          # min(1000, 20% of 5000)
 
 
-def test_training_stops_at_max_epochs():
+def test_training_stops_at_max_epochs(capfd):
     model = train_ensemble(linear_dataset(n=500), DynamicsConfig(hidden=(16,), ensemble=2, elites=1, max_epochs=2))
     assert model.report["epochs"] == 2 and model.report["holdout_transitions"] == 100
+    # Progress on stderr against the most epochs, with the held-out loss and the epochs without a gain
+    err = capfd.readouterr().err
+    assert re.search(r"dynamics ensemble \(2 x 16; stops early after 5 epochs without a 1% gain\): 2/2 epochs in "
+                     r"\S+ \(holdout_mse=[\d.e-]+, no_gain=\d/5, max epochs\)", err), err
+
+
+def test_training_progress_says_when_the_early_stop_ended_it(capfd, monkeypatch):
+    from offline_sweeps.datasets import progress
+    monkeypatch.setattr(progress, "QUIET_SECONDS", 0.0)       # a line at every tenth of the epochs
+    model = train_ensemble(linear_dataset(n=500), DynamicsConfig(hidden=(16,), ensemble=2, elites=1, max_epochs=1000,
+                                                                 patience=1, min_improvement=0.5))
+    err = capfd.readouterr().err
+    assert f"{model.report['epochs']}/1000 epochs in" in err and "early stop)" in err, err
 
 
 @pytest.mark.parametrize("values, message", [
@@ -293,3 +309,32 @@ def test_two_processes_asking_at_once_train_once(tmp_path):
     assert sorted(r["cached"] for r in results) == [False, True]
     assert results[0]["key"] == results[1]["key"]
     assert len([p for p in (tmp_path / "models").iterdir() if p.is_dir()]) == 1
+
+
+def test_a_trial_waiting_for_anothers_training_says_so(tmp_path, capfd):
+    from filelock import FileLock
+    data, config = linear_dataset(n=500), DynamicsConfig(hidden=(16,), ensemble=2, elites=1, max_epochs=2)
+    root = tmp_path / "models"
+    root.mkdir()
+    key = cache_key(data, config)
+    holding, held = threading.Event(), 1.5
+
+    def train_elsewhere():
+        with FileLock(str(root / f"{key}.lock")):
+            holding.set()
+            time.sleep(held)
+    other = threading.Thread(target=train_elsewhere)
+    other.start()
+    holding.wait()
+    started = time.perf_counter()
+    model = load_or_train(data, config, root)
+    other.join()
+    assert time.perf_counter() - started >= held - 0.5 and model.report["cached"] is False
+    err = capfd.readouterr().err
+    assert f"waiting for dynamics ensemble {key} being trained by another trial ..." in err, err
+    assert re.search(rf"waiting for dynamics ensemble {key[:16]}: \S+ elapsed \(its training finished\)", err), err
+
+
+def test_no_waiting_message_without_a_wait(tmp_path, capfd):
+    load_or_train(linear_dataset(n=500), DynamicsConfig(hidden=(16,), ensemble=2, elites=1, max_epochs=2), tmp_path)
+    assert "waiting" not in capfd.readouterr().err
