@@ -36,28 +36,44 @@ def _import_from_source_tree() -> None:
     working dir on a cluster head, say): the subpackages are the folders beside this file, the mapping
     pyproject.toml gives setuptools."""
     import types
+    for name in [m for m in sys.modules if m == "offline_sweeps" or m.startswith("offline_sweeps.")]:
+        del sys.modules[name]
     package = types.ModuleType("offline_sweeps")
     package.__path__ = [str(_HERE)]
     sys.modules["offline_sweeps"] = package
-    import offline_sweeps.datasets  # noqa: F401
 
 
-try:
-    import offline_sweeps.datasets  # noqa: F401
-except ImportError:
-    for _name in [m for m in sys.modules if m == "offline_sweeps" or m.startswith("offline_sweeps.")]:
-        del sys.modules[_name]
+def _load_package() -> None:
+    """Find `offline_sweeps` (installed, else this checkout) and import it, with torch and the rest: done once
+    the command line is parsed, so that `--help` answers without loading them (about 3 s)."""
+    import importlib.util
     try:
+        installed = importlib.util.find_spec("offline_sweeps.datasets") is not None
+    except ImportError:
+        installed = False
+    if not installed:
         _import_from_source_tree()
+    try:
+        import offline_sweeps.datasets  # noqa: F401
+        import offline_sweeps.sweeps.study  # noqa: F401
     except ImportError as error:  # a dependency is missing, not the project
         sys.exit(f"error: {error}; install the project and its dependencies with `pip install -e .` in {_HERE}")
-from offline_sweeps import datasets as ds  # noqa: E402
-from offline_sweeps.algorithms.base import ConfigError  # noqa: E402
-from offline_sweeps.algorithms.dynamics import DynamicsError  # noqa: E402
-from offline_sweeps.algorithms.networks import SAMPLED_Q_PRECISIONS  # noqa: E402
-from offline_sweeps.sweeps.study import StudyError  # noqa: E402
 
-USER_ERRORS = (ds.DatasetError, ConfigError, StudyError, DynamicsError)
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The errors that are the user's to fix: said as one line, exit code 2."""
+    from offline_sweeps.algorithms.base import ConfigError
+    from offline_sweeps.algorithms.dynamics import DynamicsError
+    from offline_sweeps.datasets import DatasetError
+    from offline_sweeps.sweeps.study import StudyError
+    return DatasetError, ConfigError, StudyError, DynamicsError
+
+
+# Choices the parser offers, written here so that `--help` needs no torch; tests/test_launch.py checks them
+# against datasets.KINDS and algorithms.networks.SAMPLED_Q_PRECISIONS.
+DATASET_KINDS = ("random", "medium", "expert", "medium-replay", "medium-expert")
+SAMPLED_Q_PRECISIONS = ("auto", "bfloat16", "float32")
+SELECT_CRITERIA = ("online", "fqe", "critic", "td_error")
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -68,15 +84,35 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in _csv(text))
 
 
-def _log_report(folder, paths, use_wandb: bool) -> None:
+def _log_report(folder, paths, use_wandb: bool, verbose: bool = False) -> None:
     from offline_sweeps.sweeps.study import STUDY_FILE, load_study
     study = load_study(Path(folder) / STUDY_FILE, resolve=False)
     if use_wandb and study.wandb["enabled"]:
         from offline_sweeps.sweeps.wandb_logging import log_report
-        print(f"report logged to W&B: {log_report(study, paths)}")
+        print(f"report logged to W&B: {log_report(study, paths, verbose)}")
 
 
-def _finish_study(results, folder, use_wandb: bool = True) -> int:
+def _wandb_hint(folder) -> None:
+    """Where the sweep's offline W&B runs are and how to upload them, once (W&B itself says nothing unless
+    --verbose)."""
+    runs = sorted(Path(folder).glob("*/wandb/offline-run-*")) if isinstance(folder, Path) else []
+    if runs:
+        print(f"W&B: {len(runs)} offline run(s) in {folder}/*/wandb; upload them with "
+              f"`wandb sync {folder}/*/wandb/offline-run-*`")
+
+
+def _summary(markdown: str, path) -> list[str]:
+    """The report's table and its winners, for the console; the other sections are named, not printed."""
+    table = next((block for block in markdown.split("\n\n") if block.startswith("|")), "")
+    sections = markdown.split("\n## ")[1:]
+    winners = [line for section in sections if section.startswith("Winners")
+               for line in section.splitlines() if line.startswith("- ")]
+    others = [section.splitlines()[0] for section in sections if not section.startswith("Winners")]
+    more = [f"also in {path}: {'; '.join(others)}"] if others else []
+    return [table, *(["winners:", *winners] if winners else []), *more]
+
+
+def _finish_study(results, folder, use_wandb: bool = True, verbose: bool = False) -> int:
     from offline_sweeps.sweeps.report import export_best, write_report
     from offline_sweeps.sweeps.run import unfinished_trials
     errors, unfinished = results.num_errors, unfinished_trials(results)
@@ -85,8 +121,10 @@ def _finish_study(results, folder, use_wandb: bool = True) -> int:
     if any(r.metrics for r in results):
         paths = write_report(folder)
         print(f"report: {paths['markdown']}\n        {paths['plot']}")
-        print(paths["markdown"].read_text().split("\n\n", 3)[-1])
-        _log_report(folder, paths, use_wandb)
+        print("\n".join(_summary(paths["markdown"].read_text(), paths["markdown"])))
+        if use_wandb:
+            _wandb_hint(folder)
+        _log_report(folder, paths, use_wandb, verbose)
         for path in export_best(folder):
             print(f"best config: {path}  (re-run: python launch.py train --config {path})")
     if errors:
@@ -100,20 +138,48 @@ def _finish_study(results, folder, use_wandb: bool = True) -> int:
 
 
 def sweep(args: argparse.Namespace) -> int:
-    from offline_sweeps.sweeps.run import experiment_dir, run_study
+    from offline_sweeps.sweeps.plan import format_plan, make_plan
+    from offline_sweeps.sweeps.run import experiment_dir, ray_log_file, run_study
     from offline_sweeps.sweeps.study import load_study
-    study = load_study(args.study, args.overrides)
+    study = load_study(args.study, check_overrides(args.overrides))
+    if args.dry_run:
+        folder = experiment_dir(study)
+        plan = make_plan(study, folder, args.address, args.num_cpus, estimate=True)
+        print("\n".join(format_plan(plan, None if args.verbose else str(ray_log_file(folder, study.name)))))
+        print("dry run: nothing started")
+        return 0
     results = run_study(study, args.address, use_wandb=not args.no_wandb, num_cpus=args.num_cpus,
-                        overwrite=args.overwrite)
-    return _finish_study(results, experiment_dir(study), not args.no_wandb)
+                        overwrite=args.overwrite, verbose=args.verbose, estimate=True)
+    return _finish_study(results, experiment_dir(study), not args.no_wandb, args.verbose)
+
+
+def check_overrides(overrides: list[str]) -> list[str]:
+    """Each `key=value` override parsed alone (OmegaConf's dotlist, as the study and train configs read them),
+    so that a malformed one is named instead of the file it was to change."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from offline_sweeps.sweeps.study import StudyError
+    for override in overrides:
+        key = override.split("=", 1)[0].strip()
+        if "=" not in override or not key:
+            raise StudyError(f"override {override!r}: write key=value (e.g. train.total_updates=2000)")
+        try:
+            OmegaConf.from_dotlist([override])
+        except OmegaConfBaseException as error:
+            raise StudyError(f"override {override!r}: {str(error).splitlines()[0]}") from None
+        except Exception as error:         # the value is not YAML (yaml's errors)
+            problem = getattr(error, "problem", None) or " ".join(str(error).split())
+            raise StudyError(f"override {override!r}: its value is not valid YAML ({problem}); a mapping needs a "
+                             f"space after each colon, e.g. search.expectile={{grid: [0.5, 0.7]}}") from None
+    return list(overrides)
 
 
 def resume(args: argparse.Namespace) -> int:
-    from pathlib import Path as _Path
     from offline_sweeps.sweeps.run import resume_study
     results = resume_study(args.folder, args.address, use_wandb=not args.no_wandb, num_cpus=args.num_cpus,
-                           trust=args.trust)
-    return _finish_study(results, _Path(args.folder).expanduser().resolve(), not args.no_wandb)
+                           trust=args.trust, verbose=args.verbose)
+    return _finish_study(results, Path(args.folder).expanduser().resolve(), not args.no_wandb, args.verbose)
 
 
 def report(args: argparse.Namespace) -> None:
@@ -122,23 +188,22 @@ def report(args: argparse.Namespace) -> None:
     print(paths["markdown"].read_text())
     print(f"written: {', '.join(str(path) for key, path in paths.items() if key != 'markdown')}")
     if len(args.folders) == 1:       # a report of several studies belongs to no one study's W&B group
-        _log_report(args.folders[0], paths, not args.no_wandb)
+        _log_report(args.folders[0], paths, not args.no_wandb, args.verbose)
 
 
 def export(args: argparse.Namespace) -> None:
     from offline_sweeps.sweeps.report import export_best
-    for path in export_best(args.folder):
+    for path in export_best(args.folder, select=args.select):
         print(f"{path}  (re-run: python launch.py train --config {path})")
 
 
 def train(args: argparse.Namespace) -> None:
     from offline_sweeps.sweeps.run import train_from_file
-    from offline_sweeps.sweeps.study import check_train_file
-    check_train_file(args.config)      # malformed YAML, wrong types, a GPU that is not here, an unknown env
-    train_from_file(args.config, args.output)
+    train_from_file(args.config, args.output, overrides=check_overrides(args.overrides))
 
 
 def dataset_make(args: argparse.Namespace) -> None:
+    from offline_sweeps import datasets as ds
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -152,6 +217,7 @@ def dataset_make(args: argparse.Namespace) -> None:
 
 
 def dataset_list(args: argparse.Namespace) -> None:
+    from offline_sweeps import datasets as ds
     ids = ds.local_dataset_ids()
     print(f"{len(ids)} dataset(s) in {ds.datasets_root()}")
     for dataset_id in ids:
@@ -167,10 +233,12 @@ def dataset_list(args: argparse.Namespace) -> None:
 
 
 def dataset_info(args: argparse.Namespace) -> None:
+    from offline_sweeps import datasets as ds
     print(json.dumps(ds.describe(ds.load(args.dataset_id, download=not args.no_download)), indent=2))
 
 
 def dataset_delete(args: argparse.Namespace) -> None:
+    from offline_sweeps import datasets as ds
     import minari
     if args.dataset_id not in ds.local_dataset_ids():
         raise ds.DatasetError(f"no local dataset {args.dataset_id!r} in {ds.datasets_root()}; "
@@ -180,6 +248,7 @@ def dataset_delete(args: argparse.Namespace) -> None:
 
 
 def model_train(args: argparse.Namespace) -> None:
+    from offline_sweeps import datasets as ds
     import torch
     from offline_sweeps.algorithms.dynamics import DynamicsConfig, load_or_train
     torch.set_num_threads(args.threads)
@@ -257,53 +326,84 @@ def bench(args: argparse.Namespace) -> None:
     report(args.algorithms, args.members, args.problems, device, args.seconds, args.sampled_q_precision)
 
 
+def _command(commands, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand with its one-line help, a description for its own --help, and --verbose."""
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
+                         help="show Ray's, Tune's and W&B's own console output too (by default they go to log files)")
+    return commands.add_parser(name, help=help, description=description or f"{help[0].upper()}{help[1:]}.",
+                               parents=[verbose])
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="launch.py", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    root.add_argument("--verbose", "-v", action="store_true",
+                      help="show Ray's, Tune's and W&B's own console output too (by default they go to log files)")
     commands = root.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("sweep", help="run a study YAML on Ray Tune (embedded local Ray or a cluster)",
-                              description="Expand a study (sweeps/*.yaml) into Tune trials, run them, then write "
-                                          "the sensitivity report and the best configs into <storage>/<name>/.")
+    run = _command(commands, "sweep", "run a study YAML on Ray Tune (embedded local Ray or a cluster)",
+                   "Print the study's plan (trials, resources, datasets, an estimated time), then expand the study "
+                   "(sweeps/*.yaml) into Tune trials, run them with one progress line per result, and write the "
+                   "sensitivity report and the best configs into <storage>/<name>/. Ray's and W&B's own output goes "
+                   "to <storage>/<name>/logs/ unless --verbose.")
     run.add_argument("study", help="a study YAML, e.g. sweeps/quickstart.yaml")
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seeds=[0,1,2] train.total_updates=20000")
-    for sub in (run, resume_parser := commands.add_parser(
-            "resume", help="continue an interrupted sweep without redoing finished trials")):
+    for sub in (run, resume_parser := _command(
+            commands, "resume", "continue an interrupted sweep without redoing finished trials",
+            "Continue a sweep that stopped (Ctrl-C, SIGTERM, a crash): finished trials stay, unfinished and "
+            "failed ones restart from their last checkpoints; then the report and best configs are rewritten.")):
         sub.add_argument("--address", help="join a running Ray cluster (auto or host:port; or set RAY_ADDRESS)")
         sub.add_argument("--no-wandb", action="store_true", help="do not log to Weights & Biases")
         sub.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
     run.add_argument("--overwrite", action="store_true",
                      help="clear the study folder's earlier results first (a sweep into a non-empty folder is refused)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the plan (trials, resources, datasets to build, estimated time) and exit: no Ray, "
+                          "no dataset build, no folder")
     run.set_defaults(run=sweep)
     resume_parser.add_argument("folder", help="the study folder, <storage>/<study name>")
     resume_parser.add_argument("--trust", action="store_true",
                                help="resume a folder this installation did not sign (its Ray files are unpickled, "
                                     "which can run code): only one you trust")
     resume_parser.set_defaults(run=resume)
-    reporting = commands.add_parser("report", help="sensitivity table (Markdown, CSV) and plots of one or more studies")
+    reporting = _command(commands, "report", "sensitivity table (Markdown, CSV) and plots of one or more studies",
+                         "Read the study folders' Tune results (never W&B) and write the sensitivity table per "
+                         "knob value (mean, IQM and bootstrap CIs over seeds), the winners and the plots; log them "
+                         "to the study's W&B group unless --no-wandb.")
     reporting.add_argument("folders", nargs="+", metavar="folder",
                            help="study folders, <storage>/<study name>; several (of the same metric) share one report")
     reporting.add_argument("--out", help="where the report goes (default: <folder>/report for one study, "
                                          "report-<name>+<name> beside the first for several)")
     reporting.add_argument("--no-wandb", action="store_true", help="do not log the report to Weights & Biases")
     reporting.set_defaults(run=report)
-    exporting = commands.add_parser("export", help="best config per (algorithm, dataset) as a re-runnable YAML")
+    exporting = _command(commands, "export", "best config per (algorithm, dataset) as a re-runnable YAML",
+                         "Write the best setting of each (algorithm, dataset) of a study as a TrainConfig YAML in "
+                         "<folder>/best/, which `launch.py train --config` re-runs.")
     exporting.add_argument("folder", help="the study folder, <storage>/<study name>")
+    exporting.add_argument("--select", choices=SELECT_CRITERIA,
+                           help="how to pick the best setting: online (the test env's returns), or offline from "
+                                "the data alone (fqe, critic, td_error); default: the study's select: key, else online")
     exporting.set_defaults(run=export)
-    training = commands.add_parser("train", help="run one config YAML to its budget (no Tune search)")
+    training = _command(commands, "train", "run one config YAML to its budget (no Tune search)",
+                        "Train one TrainConfig YAML (e.g. one that `export` wrote) to its budget in this process, "
+                        "without Ray; key=value overrides change it for this run.")
     training.add_argument("--config", required=True, help="a TrainConfig YAML, e.g. one that `export` wrote")
+    training.add_argument("overrides", nargs="*",
+                          help="key=value overrides, e.g. total_updates=2000 algo.expectile=0.8 members=[{seed:3}]")
     training.add_argument("--output", help="where result.json goes (default results/train/<config name>)")
     training.set_defaults(run=train)
 
-    dataset = commands.add_parser("dataset", help="build, list and inspect local Minari datasets")
+    dataset = _command(commands, "dataset", help="build, list and inspect local Minari datasets")
     dataset_commands = dataset.add_subparsers(dest="dataset_command", required=True)
-    make = dataset_commands.add_parser(
-        "make", help="build D4RL-style datasets offline from a Gymnasium env",
+    make = _command(
+        dataset_commands, "make", help="build D4RL-style datasets offline from a Gymnasium env",
         description="Train a SAC behaviour agent online (when a medium/expert kind needs it), then write "
                     "<name>/<kind>-v<version> Minari datasets with ref_min_score/ref_max_score under "
                     "MINARI_DATASETS_PATH (default ~/.minari/datasets).")
     make.add_argument("--env", required=True, help="Gymnasium env id with continuous actions, e.g. Hopper-v5")
-    make.add_argument("--kinds", type=_csv, default=ds.KINDS, help=f"comma-separated subset of {','.join(ds.KINDS)}")
+    make.add_argument("--kinds", type=_csv, default=DATASET_KINDS,
+                      help=f"comma-separated subset of {','.join(DATASET_KINDS)}")
     make.add_argument("--name", help="dataset name (default: the env's name in lower case, e.g. hopper)")
     make.add_argument("--version", type=int, default=0)
     make.add_argument("--transitions", type=int, default=100_000, help="transitions per dataset, at least: whole episodes, so rounded up to the next episode end")
@@ -320,20 +420,20 @@ def parser() -> argparse.ArgumentParser:
     make.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
     make.add_argument("--overwrite", action="store_true", help="replace datasets of the same id")
     make.set_defaults(run=dataset_make)
-    listing = dataset_commands.add_parser("list", help="list local datasets with their size and returns")
+    listing = _command(dataset_commands, "list", help="list local datasets with their size and returns")
     listing.set_defaults(run=dataset_list)
-    info = dataset_commands.add_parser("info", help="show one dataset: size, spaces, returns, reference scores")
+    info = _command(dataset_commands, "info", help="show one dataset: size, spaces, returns, reference scores")
     info.add_argument("dataset_id", help="a Minari id (downloaded if missing and online) or a dataset folder")
     info.add_argument("--no-download", action="store_true", help="only look at local datasets")
     info.set_defaults(run=dataset_info)
-    delete = dataset_commands.add_parser("delete", help="delete a local dataset")
+    delete = _command(dataset_commands, "delete", help="delete a local dataset")
     delete.add_argument("dataset_id")
     delete.set_defaults(run=dataset_delete)
 
-    model = commands.add_parser("model", help="train or list the cached dynamics ensembles of MOPO/COMBO")
+    model = _command(commands, "model", help="train or list the cached dynamics ensembles of MOPO/COMBO")
     model_commands = model.add_subparsers(dest="model_command", required=True)
-    model_make = model_commands.add_parser(
-        "train", help="train (or load from the cache) the ensemble for a dataset and print its held-out fit",
+    model_make = _command(
+        model_commands, "train", help="train (or load from the cache) the ensemble for a dataset and print its held-out fit",
         description="Trains the dynamics ensemble MOPO and COMBO use for DATASET, or loads it from the cache, "
                     "which is keyed by the dataset's contents and every setting below, so a sweep finds it.")
     model_make.add_argument("dataset_id")
@@ -348,11 +448,11 @@ def parser() -> argparse.ArgumentParser:
     model_make.add_argument("--threads", type=int, default=1)
     model_make.add_argument("--no-download", action="store_true", help="only look at local datasets")
     model_make.set_defaults(run=model_train)
-    model_listing = model_commands.add_parser("list", help="list the cached ensembles and their held-out fit")
+    model_listing = _command(model_commands, "list", help="list the cached ensembles and their held-out fit")
     model_listing.add_argument("--model-dir", help="cache folder (default as for train)")
     model_listing.set_defaults(run=model_list)
 
-    benchmark = commands.add_parser("bench", help="measure throughput (prints figures; not a test)")
+    benchmark = _command(commands, "bench", help="measure throughput (prints figures; not a test)")
     benchmark.add_argument("target", choices=("buffer", "algorithms", "model-based", "tune"),
                            help="buffer: minibatch sampling; algorithms: member-updates/s of each algorithm")
     benchmark.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -373,18 +473,27 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    root = parser()
+    args, extra = root.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "overrides", None), list) and all(
+            "=" in e and not e.startswith("-") for e in extra):
+        args.overrides += extra            # overrides after an option: `sweep STUDY --dry-run seeds=[0]`
+    elif extra:
+        root.parse_args(argv)              # argparse's own error for what is left
+    _load_package()
     try:
         return args.run(args) or 0
-    except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     except OSError as error:
         import errno
         if error.errno != errno.ENOSPC:
             raise
         print(f"error: no space left on the device{f' writing {error.filename}' if error.filename else ''}; free "
               f"space, then `launch.py resume <folder>` continues a sweep", file=sys.stderr)
+        return 2
+    except Exception as error:
+        if not isinstance(error, _user_errors()):
+            raise
+        print(f"error: {error}", file=sys.stderr)
         return 2
 
 

@@ -13,6 +13,7 @@ import errno
 import hashlib
 import hmac
 import json
+import logging
 import math
 import os
 import re
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import ray
+import torch
 import yaml
 from ray import tune
 
@@ -31,7 +33,9 @@ from ..algorithms import ALGORITHMS
 from ..algorithms.trainable import OfflineTrainable
 from ..algorithms.trainer import TrainConfig, TrainRun, split_members
 from ..datasets import BuildConfig, build, local_dataset_ids
-from .study import STUDY_FILE, Study, StudyError, apply_sampled, check_inputs, load_study, trial_train_config
+from .plan import SweepClock, check_resources, cluster_resources, duration, format_plan, make_plan
+from .study import (STUDY_FILE, Study, StudyError, apply_sampled, check_env_id, check_inputs, check_train_file,
+                    load_study, trial_train_config)
 
 class StudyTrainable(OfflineTrainable):
     """OfflineTrainable fed by a study trial: `config["trial"]` is a TrainConfig dict plus `study` metadata."""
@@ -95,24 +99,69 @@ def ensure_datasets(study: Study, log: Callable[[str], None] = print) -> None:
         build(config, log=log)
 
 
-def wandb_callbacks(study: Study, enabled: bool) -> list:
+def wandb_callbacks(study: Study, enabled: bool, verbose: bool = False, log: Callable[[str], None] = print) -> list:
     """One W&B run per member (see wandb_logging.py): offline unless an API key is configured."""
     if not (enabled and study.wandb["enabled"]):
         return []
     from .wandb_logging import MemberWandbCallback
-    return [MemberWandbCallback(study.wandb["project"], study.wandb["group"] or study.name, study.wandb.get("entity"))]
+    return [MemberWandbCallback(study.wandb["project"], study.wandb["group"] or study.name, study.wandb.get("entity"),
+                                verbose=verbose, log=log)]
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Join `address` (or RAY_ADDRESS), shipping this code to the workers; else start an embedded local Ray."""
+def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = True) -> None:
+    """Join `address` (or RAY_ADDRESS), shipping this code to the workers; else start an embedded local Ray.
+    The workers' output reaches this console only when `verbose` on a cluster (never from the embedded Ray:
+    a trial's failure is in its error.txt and said in one progress line)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env={"py_modules": [str(stage_package())]})
+        ray.init(address=address, runtime_env={"py_modules": [str(stage_package())]}, log_to_driver=verbose)
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+RAY_LOG = Path("logs") / "ray.log"
+
+
+def ray_log_file(folder: Path | str, name: str) -> Path:
+    """Where Ray's and Tune's own messages go while a sweep runs quietly: `<study folder>/logs/ray.log`, or a
+    temporary file when the study folder is a URI (s3://, gs://)."""
+    if isinstance(folder, Path):
+        return folder / RAY_LOG
+    import tempfile
+    return Path(tempfile.gettempdir()) / f"offline-sweeps-{name}-{time.strftime('%Y%m%d-%H%M%S')}-ray.log"
+
+
+@contextlib.contextmanager
+def ray_messages_to(log_file: Path | None):
+    """Ray's start-up notes (token authentication, the local instance), Tune's warnings and its experiment
+    banner go to `log_file` instead of the console; None leaves them on the console. The driver's "ray" logger
+    gets the file as its one handler (ray.init keeps a logger's handlers, setting only their format), stray
+    writes to sys.stderr go there too, and Tune's banner and TensorBoard hint, its "new output", are off
+    (RAY_AIR_NEW_OUTPUT=0: its old reporter at verbose 0 prints nothing)."""
+    if log_file is None:
+        yield
+        return
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger("ray")
+    handlers = logger.handlers[:]
+    previous = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    with open(log_file, "a", buffering=1) as stream:
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(filename)s:%(lineno)d -- %(message)s"))
+        logger.handlers[:] = [handler]
+        try:
+            with contextlib.redirect_stderr(stream):
+                yield
+        finally:
+            logger.handlers[:] = handlers
+            if previous is None:
+                os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+            else:
+                os.environ["RAY_AIR_NEW_OUTPUT"] = previous
 
 
 def stage_package() -> Path:
@@ -135,10 +184,17 @@ def stage_package() -> Path:
 
 class ProgressLines(tune.Callback):
     """Live progress as one line per trial result (Tune's own tables are off): the trial's point, how far
-    it is, the study metric (mean, and the members' range for a population), Q overestimation and speed."""
+    it is, the study metric (mean, and the members' range for a population), Q overestimation, speed, and
+    the time left for the whole sweep (`planned`: the Tune iterations of every trial the sweep will run).
+    Plain lines, no carriage returns: a log file or a pipe reads as well as a terminal."""
 
-    def __init__(self, metric: str, log: Callable[[str], None] = print):
+    def __init__(self, metric: str, log: Callable[[str], None] = print, planned: list[int] | None = None):
         self.metric, self.log, self.started = metric, log, time.monotonic()
+        self.planned = list(planned or [])
+        self.clock = SweepClock(self.planned)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.clock.started(trial.trial_id)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         config = apply_sampled(trial.config)
@@ -149,14 +205,35 @@ class ProgressLines(tune.Callback):
                    isinstance(v := member.get(self.metric), (int, float)) and math.isfinite(v)]
         spread = f" [{min(members):.1f}, {max(members):.1f}]" if len(members) > 1 else ""
         done = sum(t.status in ("TERMINATED", "ERROR") or (t is trial and bool(result.get("done"))) for t in trials)
+        self.clock.result(getattr(trial, "trial_id", id(trial)))
+        left = self.clock.seconds_left([_iterations_left(t, trial, result) for t in trials],
+                                       unseen=len(self.planned) - len(trials),
+                                       running=sum(t.status == "RUNNING" for t in trials))
+        count = max(len(self.planned), len(trials))
+        eta = f", about {duration(left)} left" if left is not None and done < count else ""
         self.log(f"[{time.monotonic() - self.started:6.0f} s] {config['algorithm']} {point:<24} "
                  f"iter {result['training_iteration']}/{total}  {self.metric} {_fixed(result.get(self.metric))}"
                  f"{spread}  q_overestimation {_fixed(result.get('eval/q_overestimation'))}  "
-                 f"{result.get('updates_per_second', 0):.0f} updates/s  ({done}/{len(trials)} trials done)")
+                 f"{result.get('updates_per_second', 0):.0f} updates/s  "
+                 f"({done}/{count} trials done{eta})")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.log(f"[{time.monotonic() - self.started:6.0f} s] trial {trial.trial_id} failed; Tune retries it "
                  f"from its last checkpoint while max_failures allows")
+
+
+def _iterations_left(other, trial, result: dict) -> int:
+    """Tune iterations `other` (a trial of the sweep) still has to run, as of `trial`'s `result`."""
+    if other is trial:
+        return 0 if result.get("done") else _iterations(trial) - result["training_iteration"]
+    if other.status in ("TERMINATED", "ERROR"):
+        return 0
+    return _iterations(other) - (other.last_result or {}).get("training_iteration", 0)
+
+
+def _iterations(trial) -> int:
+    config = apply_sampled(trial.config)
+    return math.ceil(config["total_updates"] / config["eval_every"])
 
 
 def _fixed(value) -> str:
@@ -174,12 +251,22 @@ def _tuner_parts(study: Study):
 
 
 def run_study(study: Study, address: str | None = None, use_wandb: bool = True, num_cpus: int | None = None,
-              log: Callable[[str], None] = print, callbacks: tuple = (), overwrite: bool = False):
+              log: Callable[[str], None] = print, callbacks: tuple = (), overwrite: bool = False,
+              verbose: bool = False, estimate: bool = False):
     """Run every trial of `study`; returns Tune's ResultGrid. The study YAML is kept beside the results.
     `callbacks` are extra `tune.Callback`s (the W&B one is added from the study's settings). The study
-    folder must be empty (or `overwrite` clears its old trials) and is locked while the sweep runs."""
+    folder must be empty (or `overwrite` clears its old trials) and is locked while the sweep runs.
+
+    The plan (sweeps/plan.py; `estimate` times a few updates here for a time estimate) is logged first, and
+    resources this machine lacks stop the sweep before the folder is claimed, a dataset built or Ray started.
+    Unless `verbose`, Ray's and W&B's own console output goes to files in the study folder."""
     folder = experiment_dir(study)
     trials = with_model_cache(study.trials(), folder)
+    plan = make_plan(study, folder, address, num_cpus, estimate=estimate)
+    for line in format_plan(plan, None if verbose else str(ray_log_file(folder, study.name))):
+        log(line)
+    if plan.problem:
+        raise StudyError(plan.problem)
     with contextlib.ExitStack() as held:
         if isinstance(folder, Path):
             check_free_space(folder)
@@ -189,17 +276,20 @@ def run_study(study: Study, address: str | None = None, use_wandb: bool = True, 
         if isinstance(folder, Path):
             (folder / STUDY_FILE).write_text(yaml.safe_dump(study.source, sort_keys=False))
             sign_folder(folder)
-        return _run_claimed(study, folder, trials, address, use_wandb, num_cpus, log, callbacks)
+        return _run_claimed(study, folder, trials, address, use_wandb, num_cpus, log, callbacks, verbose,
+                            plan.iterations)
 
 
-def _run_claimed(study: Study, folder, trials: list[dict], address, use_wandb, num_cpus, log, callbacks):
-    members = sum(len(t["members"]) for t in trials)
-    if study.interpolated:
-        log(f"Study {study.name}: resolved the interpolations in {', '.join(study.interpolated)}; their values "
-            f"(environment variables included) are written into {STUDY_FILE} and the trial configs")
-    log(f"Study {study.name}: {len(trials)} trial(s), {members} member run(s) -> {folder}")
-    init_ray(address, num_cpus)
+def _run_claimed(study: Study, folder, trials: list[dict], address, use_wandb, num_cpus, log, callbacks,
+                 verbose: bool = False, planned: list[int] | None = None):
+    with ray_messages_to(None if verbose else ray_log_file(folder, study.name)):
+        return _run_tune(study, folder, trials, address, use_wandb, num_cpus, log, callbacks, verbose, planned)
+
+
+def _run_tune(study: Study, folder, trials, address, use_wandb, num_cpus, log, callbacks, verbose, planned):
+    init_ray(address, num_cpus, verbose)
     if address or os.environ.get("RAY_ADDRESS"):
+        check_resources(study, cluster_resources(), local=False)
         check_cluster_storage(study, log)
     trainable, scheduler = _tuner_parts(study)
     if study.searcher == "optuna":
@@ -219,7 +309,8 @@ def _run_claimed(study: Study, folder, trials: list[dict], address, use_wandb, n
             checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=study.checkpoint_every,
                                                     num_to_keep=study.keep_checkpoints, checkpoint_at_end=True),
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
-            callbacks=[ProgressLines(study.metric, log), *wandb_callbacks(study, use_wandb), *callbacks],
+            callbacks=[ProgressLines(study.metric, log, planned), *wandb_callbacks(study, use_wandb, verbose, log),
+                       *callbacks],
             verbose=0))
     if not isinstance(folder, Path):
         with sigterm_as_sigint():
@@ -354,11 +445,11 @@ def folder_lock(folder: Path):
 @contextlib.contextmanager
 def claim_folder(folder: Path, trials: list[dict], overwrite: bool = False):
     """One study per folder: lock it, then refuse it if an earlier study left anything there (a study.yaml
-    alone, from a sweep that stopped before Ray started, does not count), or clear it with `overwrite`,
+    alone, from a sweep that stopped before Ray started, does not count, nor its logs/), or clear it with `overwrite`,
     keeping a dynamics cache (a trial's `model_dir`) that lives inside it."""
     with folder_lock(folder):
         entries = [p for p in folder.iterdir() if p.name != LOCK_FILE]
-        if sorted(p.name for p in entries if p.name != SIGNATURE_FILE) not in ([], [STUDY_FILE]):
+        if sorted(p.name for p in entries if p.name not in (SIGNATURE_FILE, RAY_LOG.parts[0])) not in ([], [STUDY_FILE]):
             if not overwrite:
                 raise StudyError(f"{folder} already holds a study's results; continue it with `python launch.py "
                                  f"resume {folder}`, give this one a new name=..., or pass --overwrite to clear it")
@@ -397,7 +488,7 @@ def check_cluster_storage(study: Study, log: Callable[[str], None]) -> None:
 
 
 def resume_study(folder: str | Path, address: str | None = None, use_wandb: bool = True,
-                 num_cpus: int | None = None, trust: bool = False):
+                 num_cpus: int | None = None, trust: bool = False, verbose: bool = False):
     """Continue an interrupted study where it stopped: finished trials stay, unfinished and errored ones
     restart from their last checkpoints. Tune's restore unpickles the folder's files, so a folder this
     installation did not sign (check_signature) is refused unless `trust`."""
@@ -409,13 +500,14 @@ def resume_study(folder: str | Path, address: str | None = None, use_wandb: bool
         if not trust:
             check_signature(folder)
         study = load_study(folder / STUDY_FILE, resolve=False)
-        init_ray(address, num_cpus)
-        trainable, _ = _tuner_parts(study)
         try:
-            tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True)
-            with sigterm_as_sigint():
-                return tuner.fit()
+            with ray_messages_to(None if verbose else ray_log_file(folder, study.name)):
+                init_ray(address, num_cpus, verbose)
+                trainable, _ = _tuner_parts(study)
+                tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True,
+                                           resume_errored=True)
+                with sigterm_as_sigint():
+                    return tuner.fit()
         finally:
             sign_folder(folder)
 
@@ -440,21 +532,19 @@ def _short(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def train_from_file(path: str | Path, output: str | Path | None = None, log: Callable[[str], None] = print) -> dict:
-    """`launch.py train --config`: run one exported (or hand-written) TrainConfig YAML to its budget, no Tune.
+def train_from_file(path: str | Path, output: str | Path | None = None, log: Callable[[str], None] = print,
+                    overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """`launch.py train --config`: run one exported (or hand-written) TrainConfig YAML, with `key=value`
+    overrides (e.g. total_updates=2000 algo.expectile=0.8), to its budget, no Tune.
 
-    Writes every iteration's metrics as JSON lines to `<output>/result.json`; returns the last metrics.
+    Writes the config as run to `<output>/config.yaml` and every iteration's metrics as JSON lines to
+    `<output>/result.json`; returns the last metrics.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise StudyError(f"config file {path} does not exist")
-    values = yaml.safe_load(path.read_text())
-    if not isinstance(values, dict):
-        raise StudyError(f"{path} must hold a mapping of training keys")
-    values.pop("study", None)
+    values = train_values(path, overrides)
     run = TrainRun(TrainConfig.from_dict(values))
-    output = Path(output or Path("results") / "train" / path.stem).expanduser().resolve()
+    output = Path(output or Path("results") / "train" / Path(path).stem).expanduser().resolve()
     output.mkdir(parents=True, exist_ok=True)
+    (output / "config.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
     iterations = math.ceil(run.config.total_updates / run.config.eval_every)
     log(f"Training {run.config.algorithm} on {run.config.dataset}: {run.members} member(s), {iterations} iteration(s)")
     started = time.perf_counter()
@@ -466,6 +556,32 @@ def train_from_file(path: str | Path, output: str | Path | None = None, log: Cal
             log(f"  updates {metrics['updates']:>8}  {_headline(metrics)}  ({time.perf_counter() - started:.0f} s)")
             if metrics["done"]:
                 return metrics
+
+
+def train_values(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """A config file's training values with `overrides` (OmegaConf dotlist) merged in, checked as one-line
+    errors: the file by check_train_file, the merged values again the same way."""
+    from omegaconf import OmegaConf
+    values = check_train_file(path)
+    if not overrides:
+        return values
+    from omegaconf.errors import OmegaConfBaseException
+    where = f"{path} with {' '.join(overrides)}"
+    try:
+        merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(values),
+                                                        OmegaConf.from_dotlist(list(overrides))))
+    except OmegaConfBaseException as error:
+        raise StudyError(f"{where}: {str(error).splitlines()[0]}") from error
+    try:
+        config = TrainConfig.from_dict(merged)
+        config.member_configs()
+    except TypeError as error:
+        raise StudyError(f"{where}: {error}") from error
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise StudyError(f"{where}: device: {config.device} but no CUDA GPU is available here; use auto or cpu")
+    if config.env is not None:
+        check_env_id(config.env, f"{where}: env")
+    return merged
 
 
 def _headline(metrics: dict) -> str:

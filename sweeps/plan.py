@@ -1,0 +1,297 @@
+"""What a sweep will do, said before it does it, and how long it has left while it runs.
+
+`make_plan` counts a study's trials, members, member-updates and the datasets it still has to build, checks
+the resources it asks for against what is here (`check_resources`: a GPU study on a GPU-less machine stops
+at once, not after Tune has waited for a GPU forever), and, on request, times a few updates of each of the
+study's algorithms at its net size on this machine (`calibrate`, about a second) for a rough estimate.
+`SweepClock` turns the iteration times seen during the sweep into the time left for the whole sweep.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from .study import Study, StudyError, trial_train_config
+
+RAY_START_SECONDS = 5.0         # embedded Ray's start, once per sweep
+TRIAL_START_SECONDS = 2.0       # a trial's setup: dataset load, env check, networks (DESIGN.md section 8)
+CALIBRATION_SECONDS = 1.2       # time spent measuring updates, split between the study's algorithms
+DEFAULT_DIMS = (11, 3)          # obs and action sizes assumed when neither the dataset nor build.env says
+
+
+@dataclasses.dataclass
+class Plan:
+    study: Study
+    folder: Path | str
+    trials: list[dict]                    # the study's trials (one template per part with searcher: optuna)
+    trial_count: int                      # trials Tune will run (num_samples with optuna)
+    members: int                          # member runs in all
+    iterations: list[int]                 # Tune iterations of each trial Tune will run
+    member_updates: int
+    per_trial: dict                       # resources one trial asks for (non-zero)
+    available: dict | None                # resources here (None: a cluster, known once joined)
+    problem: str | None                   # what stops the sweep on this machine, one line
+    datasets: dict[str, str]              # dataset id -> "local" | "built first ..." | "downloaded ..."
+    rates: dict[str, float] = dataclasses.field(default_factory=dict)   # calibration: key -> member-updates/s
+    seconds: float | None = None          # estimated wall time, None when not estimated
+
+    @property
+    def slots(self) -> int | None:
+        """Trials that fit at once on the resources here (0: none fits)."""
+        if self.available is None:
+            return None
+        fits = [math.floor(self.available.get(key, 0) / amount + 1e-9) for key, amount in self.per_trial.items()]
+        return min([self.trial_count, *fits])
+
+
+def tune_resources(study: Study) -> dict:
+    """The resources one trial asks Tune for: the study's non-zero ones."""
+    return {key: amount for key, amount in study.resources.items() if amount}
+
+
+def local_resources(num_cpus: int | None = None) -> dict:
+    """What the embedded local Ray will have: this machine's CPUs (or --num-cpus) and CUDA GPUs, no custom ones."""
+    import torch
+    return {"cpu": num_cpus or os.cpu_count() or 1, "gpu": torch.cuda.device_count() if torch.cuda.is_available() else 0}
+
+
+def cluster_resources() -> dict:
+    """What the Ray this process joined has in all, in the study's resource names."""
+    import ray
+    total = ray.cluster_resources()
+    return {"cpu": total.get("CPU", 0), "gpu": total.get("GPU", 0),
+            **{k: v for k, v in total.items() if k not in ("CPU", "GPU", "memory", "object_store_memory")
+               and not k.startswith("node:") and not k.startswith("accelerator_type:")}}
+
+
+def resource_problem(study: Study, available: dict, local: bool) -> str | None:
+    """Why no trial of `study` can start on `available` (one line naming the fix), or None."""
+    where = "this machine" if local else "the Ray cluster"
+    for key, amount in tune_resources(study).items():
+        have = available.get(key, 0)
+        if amount <= have + 1e-9:
+            continue
+        if key == "gpu":
+            what = "has no GPU" if not have else f"has {have:g}"
+            return (f"resources.gpu: the study asks for {amount:g} GPU per trial and {where} {what}; run it on the "
+                    f"CPU with the override resources.gpu=0, or on a GPU cluster with --address")
+        if key == "cpu":
+            return (f"resources.cpu: the study asks for {amount:g} CPUs per trial and {where} has {have:g}; "
+                    f"override resources.cpu={max(1, int(have))}" + (", or give --num-cpus" if local else ""))
+        return (f"resources.custom.{key}: the study asks for {amount:g} {key!r} per trial and {where} has "
+                f"{'none' if not have else f'{have:g}'}; drop it with the override resources.custom={{}}, or run on "
+                f"a cluster whose nodes provide it with --address")
+    return None
+
+
+def check_resources(study: Study, available: dict, local: bool) -> None:
+    problem = resource_problem(study, available, local)
+    if problem:
+        raise StudyError(problem)
+
+
+def dataset_status(study: Study) -> dict[str, str]:
+    """Each dataset of the study: local, or built first from build.env, or downloaded by Minari."""
+    from ..datasets.loading import local_dataset_ids
+    local = set(local_dataset_ids())
+    status = {}
+    for dataset in sorted({d for part in study.parts for d in part.datasets}):
+        if dataset in local or Path(dataset).exists():
+            status[dataset] = "local"
+        elif study.build:
+            transitions = study.build.get("transitions")
+            status[dataset] = (f"missing: built first from {study.build.get('env')}"
+                               + (f" ({transitions:,} transitions)" if isinstance(transitions, int) else ""))
+        else:
+            status[dataset] = "missing: downloaded by Minari"
+    return status
+
+
+def make_plan(study: Study, folder, address: str | None = None, num_cpus: int | None = None,
+              estimate: bool = False) -> Plan:
+    """The plan of `study`; `estimate` times a few updates of each algorithm here (about a second)."""
+    trials = study.trials()
+    if study.searcher == "optuna":
+        runs = [trials[0]] * study.parts[0].num_samples
+    else:
+        runs = trials
+    iterations = [math.ceil(t["total_updates"] / t["eval_every"]) for t in runs]
+    local = not (address or os.environ.get("RAY_ADDRESS"))
+    available = None
+    if local:
+        import ray
+        available = cluster_resources() if ray.is_initialized() else local_resources(num_cpus)
+    plan = Plan(study=study, folder=folder, trials=trials, trial_count=len(runs),
+                members=sum(len(t["members"]) for t in runs), iterations=iterations,
+                member_updates=sum(len(t["members"]) * t["total_updates"] for t in runs),
+                per_trial=tune_resources(study), available=available,
+                problem=resource_problem(study, available, local=True) if available is not None else None,
+                datasets=dataset_status(study))
+    if estimate and plan.problem is None:
+        plan.rates = calibrate(study, runs)
+        plan.seconds = estimate_seconds(plan)
+    return plan
+
+
+def _key(trial: dict) -> str:
+    return f"{trial['algorithm']} x{len(trial['members'])}"
+
+
+def calibrate(study: Study, runs: list[dict], seconds: float = CALIBRATION_SECONDS) -> dict[str, float]:
+    """Member-updates per second of each distinct (algorithm, population size) of the study, measured here on
+    synthetic data at the study's net sizes and the trial's CPU threads; model-based algorithms are left out
+    (their dynamics ensemble's training comes first and dominates)."""
+    import torch
+
+    from ..algorithms import ALGORITHMS
+    from ..algorithms.benchmark import synthetic_buffer
+    from ..algorithms.trainer import TrainConfig
+    distinct = {}
+    for trial in runs:
+        if not ALGORITHMS[trial["algorithm"]].USES_MODEL:
+            distinct.setdefault(_key(trial), trial)
+    rates = {}
+    threads = torch.get_num_threads()
+    gpu = study.resources.get("gpu", 0) > 0 and torch.cuda.is_available()
+    torch.set_num_threads(max(1, int(study.resources.get("cpu", 1))))
+    try:
+        for key, trial in list(distinct.items())[:4]:
+            config = TrainConfig.from_dict(trial_train_config(trial))
+            learner_class = ALGORITHMS[config.algorithm]
+            configs = config.member_configs()
+            if "behavior_pretrain_steps" in learner_class.Config.__dataclass_fields__:
+                configs = [dataclasses.replace(c, behavior_pretrain_steps=0) for c in configs]
+            obs_dim, act_dim = problem_dims(config.dataset, study)
+            device = "cuda" if gpu else "cpu"
+            learner = learner_class(configs, obs_dim, act_dim, -torch.ones(act_dim), torch.ones(act_dim), device)
+            buffer = synthetic_buffer(obs_dim, act_dim, device, transitions=5_000)
+            budget = seconds / min(4, len(distinct))
+            for _ in range(2):                      # warm-up: first calls allocate
+                learner.guarded_update(learner.sample_batch(buffer))
+            count, started = 0, time.perf_counter()
+            while count < 3 or time.perf_counter() - started < budget:
+                metrics = learner.guarded_update(learner.sample_batch(buffer))
+                count += 1
+            metrics["diverged"].sum().item()
+            rates[key] = count * len(configs) / (time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(threads)
+    return rates
+
+
+def problem_dims(dataset: str, study: Study) -> tuple[int, int]:
+    """Observation and action sizes of `dataset`: from its Minari metadata when local, else from the env the
+    study builds it from, else DEFAULT_DIMS."""
+    from ..datasets.loading import datasets_root
+    for folder in (datasets_root() / dataset, Path(dataset)):
+        try:
+            metadata = json.loads((folder / "data" / "metadata.json").read_text())
+            spaces = [json.loads(metadata[key]) for key in ("observation_space", "action_space")]
+            return tuple(math.prod(space["shape"]) for space in spaces)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    if study.build and study.build.get("env"):
+        try:
+            import gymnasium as gym
+            env = gym.make(study.build["env"])
+            dims = (math.prod(env.observation_space.shape), math.prod(env.action_space.shape))
+            env.close()
+            return dims
+        except Exception:           # an env that needs a package not here: the estimate is rough anyway
+            pass
+    return DEFAULT_DIMS
+
+
+def estimate_seconds(plan: Plan) -> float | None:
+    """Training time of the whole sweep: each trial's updates at the calibrated rate plus its start, the trials
+    spread over the slots here, plus Ray's start. None when an algorithm was not calibrated or the slots are
+    unknown (a cluster)."""
+    runs = [plan.trials[0]] * plan.trial_count if plan.study.searcher == "optuna" else plan.trials
+    if not plan.slots or any(_key(t) not in plan.rates for t in runs):
+        return None
+    per_trial = sorted((len(t["members"]) * t["total_updates"] / plan.rates[_key(t)] + TRIAL_START_SECONDS
+                        for t in runs), reverse=True)
+    return RAY_START_SECONDS + max(per_trial[0], sum(per_trial) / plan.slots)
+
+
+def format_plan(plan: Plan, log_file: str | None = None) -> list[str]:
+    """The plan as a few lines for the console."""
+    study = plan.study
+    algorithms = sorted({t["algorithm"] for t in plan.trials})
+    axes = sorted({axis.key for part in study.parts for axis in part.axes})
+    packed = sorted({key for part in study.parts for key in part.pack})
+    lines = [f"Study {study.name}: {plan.trial_count} trial(s), {plan.members} member run(s) "
+             f"({', '.join(algorithms)}; axes {', '.join(axes) or 'none'}"
+             f"{'; packed ' + ', '.join(packed) if packed else ''}) -> {plan.folder}"]
+    if study.interpolated:
+        lines.append(f"  resolved the interpolations in {', '.join(study.interpolated)}; their values (environment "
+                     f"variables included) are written into the study folder")
+    budget = f"{plan.member_updates:,} member-updates in {sum(plan.iterations)} iteration(s)"
+    if study.scheduler["name"] == "asha":
+        budget += " at most (ASHA stops the weaker trials early)"
+    lines.append(f"  budget: {budget}")
+    resources = ", ".join(f"{amount:g} {key.upper() if key in ('cpu', 'gpu') else key}"
+                          for key, amount in plan.per_trial.items())
+    if plan.available is None:
+        lines.append(f"  per trial: {resources}; trials at a time: as many as the cluster fits")
+    else:
+        here = ", ".join(f"{amount:g} {key.upper() if key in ('cpu', 'gpu') else key}"
+                         for key, amount in plan.available.items())
+        fits = f"{plan.slots} trial(s) at a time" if plan.slots else "none fits"
+        lines.append(f"  per trial: {resources}; {fits} on the local Ray ({here})")
+    for dataset, status in plan.datasets.items():
+        lines.append(f"  dataset {dataset}: {status}")
+    if plan.problem:
+        lines.append(f"  cannot run here: {plan.problem}")
+    elif plan.seconds is not None:
+        rates = ", ".join(f"{key} {rate:,.0f}/s" for key, rate in plan.rates.items())
+        built = " plus building the missing datasets" if any(s != "local" for s in plan.datasets.values()) else ""
+        lines.append(f"  estimate: about {duration(plan.seconds)}{built} (member-updates timed here for a second: "
+                     f"{rates}; rough, evaluation not included)")
+    if log_file and not plan.problem:
+        lines.append(f"  Ray's own messages go to {log_file} (--verbose shows them here)")
+    return lines
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class SweepClock:
+    """The time left for a whole sweep, from the wall time between a trial's results (its first from the
+    trial's start, so trial start-up counts) and the iterations still to run: those of running trials, and
+    `planned` ones of trials not yet started, spread over as many trials at a time as have been seen running."""
+
+    def __init__(self, planned: list[int]):
+        self.planned = list(planned)
+        self.last: dict = {}                 # trial id -> wall time of its start or last result
+        self.durations: list[float] = []
+        self.concurrency = 1
+
+    def started(self, trial_id) -> None:
+        self.last[trial_id] = time.monotonic()
+
+    def result(self, trial_id) -> None:
+        now = time.monotonic()
+        if trial_id in self.last:
+            self.durations.append(now - self.last[trial_id])
+        self.last[trial_id] = now
+
+    def seconds_left(self, remaining: list[int], unseen: int, running: int) -> float | None:
+        """`remaining`: iterations left of each trial Tune has made; `unseen`: trials it has not made yet."""
+        if not self.durations:
+            return None
+        self.concurrency = max(self.concurrency, running, 1)
+        per_iteration = sum(self.durations) / len(self.durations)
+        queued = (sum(self.planned) / len(self.planned) if self.planned else 0) * max(0, unseen)
+        total = sum(remaining) + queued
+        return per_iteration * max(total / self.concurrency, max(remaining, default=0))
