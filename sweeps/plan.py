@@ -19,7 +19,7 @@ from .study import Study, StudyError, trial_train_config
 
 RAY_START_SECONDS = 5.0         # embedded Ray's start, once per sweep
 TRIAL_START_SECONDS = 2.0       # a trial's setup: dataset load, env check, networks (DESIGN.md section 8)
-CALIBRATION_SECONDS = 1.2       # time spent measuring updates, split between the study's algorithms
+CALIBRATION_SECONDS = 0.8       # time spent measuring updates, split between the study's algorithms
 DEFAULT_DIMS = (11, 3)          # obs and action sizes assumed when neither the dataset nor build.env says
 
 
@@ -248,10 +248,10 @@ def format_plan(plan: Plan, log_file: str | None = None) -> list[str]:
     if plan.problem:
         lines.append(f"  cannot run here: {plan.problem}")
     elif plan.seconds is not None:
-        rates = ", ".join(f"{key} {rate:,.0f}/s" for key, rate in plan.rates.items())
+        rates = ", ".join(f"{key} {rate:,.0f}" for key, rate in plan.rates.items())
         built = " plus building the missing datasets" if any(s != "local" for s in plan.datasets.values()) else ""
-        lines.append(f"  estimate: about {duration(plan.seconds)}{built} (member-updates timed here for a second: "
-                     f"{rates}; rough, evaluation not included)")
+        lines.append(f"  estimate: about {duration(plan.seconds)}{built}, rough: the training updates at the rate "
+                     f"timed here just now ({rates} member-updates/s); evaluations and other load add to it")
     if log_file and not plan.problem:
         lines.append(f"  Ray's own messages go to {log_file} (--verbose shows them here)")
     return lines

@@ -1,6 +1,7 @@
 """launch.py as a user runs it: a subprocess, real datasets, one-line errors with exit code 2."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 LAUNCH = Path(__file__).resolve().parents[1] / "launch.py"
 
@@ -42,6 +44,9 @@ def test_dataset_make_list_info_delete(minari_root):
     (("sweep", "sweeps/quickstart.yaml", "pack=[expectile,hidden]"), "pack: 'hidden' is neither"),
     (("resume", "nowhere/study"), "holds no study to resume"),
     (("train", "--config", "nowhere.yaml"), "config file nowhere.yaml does not exist"),
+    (("sweep", "sweeps/quickstart.yaml", "search.expectil={grid:[0.5]}"),
+     "override 'search.expectil={grid:[0.5]}': its value is not valid YAML"),
+    (("sweep", "sweeps/quickstart.yaml", "total_updates"), "override 'total_updates': write key=value"),
 ])
 def test_bad_input_gets_one_line_error(args, message):
     result = launch(*args, cwd=LAUNCH.parent)
@@ -53,6 +58,104 @@ def test_bad_input_gets_one_line_error(args, message):
 def test_help_explains_each_subcommand():
     result = launch("dataset", "make", "--help")
     assert result.returncode == 0 and "--medium-return" in result.stdout and "ref_min_score" in result.stdout
+    import argparse
+    spec = importlib.util.spec_from_file_location("launch_cli", LAUNCH)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+
+    def leaves(parser, path=()):
+        commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not commands:
+            yield path, parser
+        for action in commands:
+            for name, sub in action.choices.items():
+                yield from leaves(sub, (*path, name))
+    found = dict(leaves(cli.parser()))
+    assert {("sweep",), ("resume",), ("report",), ("export",), ("train",), ("dataset", "make"), ("model", "list"),
+            ("bench",)} <= set(found)
+    for path, sub in found.items():
+        assert sub.description and len(sub.description) > 20, path
+        assert "--verbose" in sub.format_help(), path
+    import offline_sweeps.datasets as ds
+    from offline_sweeps.algorithms.networks import SAMPLED_Q_PRECISIONS
+    from offline_sweeps.sweeps.study import SELECT_CRITERIA
+    assert (cli.DATASET_KINDS, cli.SAMPLED_Q_PRECISIONS, cli.SELECT_CRITERIA) == (
+        ds.KINDS, SAMPLED_Q_PRECISIONS, SELECT_CRITERIA)
+
+
+def test_help_imports_neither_torch_nor_ray():
+    script = ("import runpy, sys\n"
+              "for argv in (['--help'], ['sweep', '--help'], ['train', '--help']):\n"
+              "    sys.argv = ['launch.py', *argv]\n"
+              "    try:\n"
+              f"        runpy.run_path({str(LAUNCH)!r}, run_name='__main__')\n"
+              "    except SystemExit as done:\n"
+              "        assert done.code == 0, done.code\n"
+              "print(sorted({'torch', 'ray', 'wandb', 'gymnasium'} & set(sys.modules)))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_sweep_dry_run_prints_the_plan_and_starts_nothing(tmp_path, minari_root, monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location("launch_cli", LAUNCH)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    import ray
+
+    from offline_sweeps.sweeps import run
+    monkeypatch.setattr(run, "init_ray", lambda *args: pytest.fail("Ray was started"))
+    monkeypatch.setattr(run, "ensure_datasets", lambda *args: pytest.fail("a dataset was built"))
+    assert cli.main(["sweep", str(LAUNCH.parent / "sweeps" / "quickstart.yaml"), "--dry-run",
+                     f"storage={tmp_path / 'results'}", "train.total_updates=2000"]) == 0
+    out = capsys.readouterr().out
+    assert "Study quickstart: 3 trial(s), 9 member run(s)" in out and "18,000 member-updates" in out
+    assert "dataset pendulum/medium-v0: missing: built first from Pendulum-v1" in out
+    assert "estimate: about" in out and out.rstrip().endswith("dry run: nothing started")
+    assert not (tmp_path / "results").exists() and not any(minari_root.iterdir()) and not ray.is_initialized()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has the GPU the study asks for")
+def test_a_gpu_study_on_a_machine_without_one_stops_at_once_with_one_line(tmp_path, minari_root):
+    import time
+    started = time.monotonic()
+    result = launch("sweep", "sweeps/iql_tau.yaml", f"storage={tmp_path / 'results'}", cwd=LAUNCH.parent)
+    assert time.monotonic() - started < 15           # about 5 s here: the imports; no dataset build, no Ray
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: resources.gpu: the study asks for 0.25 GPU per trial and this machine "
+                                    "has no GPU") and "resources.gpu=0" in result.stderr and "--address" in result.stderr
+    assert "cannot run here" in result.stdout                       # the plan came first
+    assert not (tmp_path / "results").exists() and not any(minari_root.iterdir())
+
+
+def train_config(tmp_path, dataset: str) -> Path:
+    path = tmp_path / "bc.yaml"
+    path.write_text(yaml.safe_dump({"algorithm": "bc", "dataset": dataset, "eval_every": 10, "eval_episodes": 1,
+                                    "total_updates": 40, "algo": {"hidden": [8, 8], "batch_size": 16},
+                                    "members": [{"seed": 0}]}))
+    return path
+
+
+@pytest.mark.parametrize("override, message", [
+    ("total_updates", "override 'total_updates': write key=value"),
+    ("algo={hidden:[8]}", "override 'algo={hidden:[8]}': its value is not valid YAML"),
+    ("total_updates=five", "total_updates"),
+])
+def test_train_names_a_bad_override(tmp_path, override, message):
+    result = launch("train", "--config", str(train_config(tmp_path, "pendulum/medium-v0")), override)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: ") and message in result.stderr
+
+
+def test_train_with_overrides_runs_the_changed_config(pendulum_datasets, tmp_path):
+    config = train_config(tmp_path, pendulum_datasets["medium"])
+    result = launch("train", "--config", str(config), "total_updates=20", "members=[{seed: 3}]",
+                    "--output", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    lines = (tmp_path / "out" / "result.json").read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[-1])["updates"] == 20
+    ran = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
+    assert ran["total_updates"] == 20 and ran["members"] == [{"seed": 3}] and ran["eval_every"] == 10
 
 
 def test_bench_buffer_prints_rates():

@@ -28,15 +28,28 @@ def wandb_record_holds(run_dir: Path, needles: list[bytes], timeout: float = 30.
 
 
 @pytest.mark.parametrize("pack", [["seed"], []], ids=["packed", "unpacked"])
-def test_tiny_study_end_to_end(pendulum_datasets, tmp_path, monkeypatch, local_ray, tiny_study, pack):
+def test_tiny_study_end_to_end(pendulum_datasets, tmp_path, monkeypatch, local_ray, tiny_study, pack, capfd):
     monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_SILENT", raising=False)          # quiet by itself, not by the environment
     monkeypatch.chdir(tmp_path)
     _, study = tiny_study(f"tiny-{'packed' if pack else 'unpacked'}", pendulum_datasets["medium"],
                           tmp_path / "results", pack, wandb={"enabled": True, "project": "test"})
-    results = run_study(study, log=lambda _: None)
+    lines = []
+    results = run_study(study, log=lines.append)
     assert results.num_errors == 0
     assert len(results) == (2 if pack else 4)
     folder = experiment_dir(study)
+
+    # The console: the plan, then one line per result with the sweep's time left; Ray's and W&B's own output
+    # went to files, and nothing blocked Tune's loop long enough for its "performance bottleneck" warning.
+    console = capfd.readouterr()
+    assert lines[0].startswith(f"Study {study.name}: {len(results)} trial(s), 4 member run(s)")
+    progress = [line for line in lines if " iter " in line]
+    assert len(progress) == 2 * len(results) and len(lines) < 20
+    assert "left)" in progress[0] and progress[-1].endswith(f"({len(results)}/{len(results)} trials done)")
+    assert "wandb" not in console.out + console.err and "WARNING" not in console.out + console.err
+    ray_log = (Path(folder) / "logs" / "ray.log").read_text()
+    assert "performance bottleneck" not in ray_log
 
     _, runs = collect(folder)
     assert sorted((r.knobs["expectile"], r.seed) for r in runs) == [(0.6, 0), (0.6, 1), (0.9, 0), (0.9, 1)]
@@ -65,4 +78,6 @@ def test_tiny_study_end_to_end(pendulum_datasets, tmp_path, monkeypatch, local_r
     assert len(runs_dirs) == 4                                              # one W&B run per member
     for run_dir in runs_dirs:
         assert wandb_record_holds(run_dir, [b"eval/normalized_return", b"expectile", b"seed"]), run_dir
+    names = [f"iql expectile={tau} seed={seed}".encode() for tau in (0.6, 0.9) for seed in (0, 1)]
+    assert all(any(wandb_record_holds(run_dir, [name], timeout=0) for run_dir in runs_dirs) for name in names)
     assert json.loads((tmp_path / "rerun" / "result.json").read_text().splitlines()[-1])["done"] is True
