@@ -1,10 +1,10 @@
 """offline-RL sweeps: the command line.
 
-    python launch.py sweep sweeps/quickstart.yaml [key=value ...] [--address auto]
+    python launch.py sweep sweeps/quickstart.yaml [key=value ...] [--address auto] [--dry-run]
     python launch.py resume results/quickstart
     python launch.py report results/quickstart
-    python launch.py export results/quickstart
-    python launch.py train --config results/quickstart/best/iql-pendulum_medium-v0.yaml
+    python launch.py export results/quickstart [--select online|fqe|critic|td_error]
+    python launch.py train --config results/quickstart/best/iql-pendulum_medium-v0.yaml [key=value ...]
     python launch.py dataset make --env Pendulum-v1 --kinds medium,expert
     python launch.py dataset list
     python launch.py dataset info pendulum/medium-v0
@@ -15,7 +15,8 @@
     python launch.py model train pendulum/medium-v0 --seed 0
     python launch.py model list
 
-`python launch.py SUBCOMMAND --help` explains each subcommand.
+`python launch.py SUBCOMMAND --help` explains each subcommand. Ray's, Tune's and W&B's own console output goes
+to log files (a sweep's to <storage>/<name>/logs/ray.log) unless --verbose.
 """
 from __future__ import annotations
 
