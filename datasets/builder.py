@@ -161,7 +161,7 @@ def mean_return(env_id: str, policy: Policy, episodes: int, seed: int) -> float:
     return float(np.mean([e.ret for e in rollout(env_id, policy, episodes, seed, episodes_per_env=1)]))
 
 
-def train_sac(config: BuildConfig, log: Callable[[str], None]) -> dict[str, Snapshot]:
+def train_sac(config: BuildConfig, log: Callable[[str], None], trace: bool = True) -> dict[str, Snapshot]:
     """Train SAC online until its evaluation return reaches the targets; snapshot the policy at each.
 
     Returns {"medium": ..., "expert": ...} for the targets asked for. The replay episodes up to the medium
@@ -211,8 +211,9 @@ def train_sac(config: BuildConfig, log: Callable[[str], None]) -> dict[str, Snap
                                 seed=config.seed + 10_000 + step)
             best = max(best, score)
             progress.update(1, eval_return=f"{score:.1f}", best=f"{best:.1f}")
-            progress.write(f"  SAC step {step:>7}: eval return {score:9.1f}  ({time.perf_counter() - started:6.0f} s)",
-                           log)
+            if trace:     # a line per evaluation; without it the progress line still shows the last and best
+                progress.write(f"  SAC step {step:>7}: eval return {score:9.1f}  "
+                               f"({time.perf_counter() - started:6.0f} s)", log)
             for kind, target in targets.items():
                 if kind not in snapshots and score >= target:
                     snapshots[kind] = Snapshot(copy.deepcopy(agent.policy), score, step,
@@ -399,13 +400,14 @@ def _sigterm_interrupts():
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
-def build(config: BuildConfig, log: Callable[[str], None] = print) -> list[BuiltDataset]:
+def build(config: BuildConfig, log: Callable[[str], None] = print, trace: bool = True) -> list[BuiltDataset]:
     """Build every dataset kind in `config.kinds`; returns what was written. Interrupted (SIGTERM, Ctrl-C), it
-    raises BuildInterrupted once the dataset being written is gone; those written before it stay, whole."""
+    raises BuildInterrupted once the dataset being written is gone; those written before it stay, whole.
+    `trace`: a line per evaluation of the SAC behaviour agent (else its progress line alone shows them)."""
     built: list[BuiltDataset] = []
     with _sigterm_interrupts():
         try:
-            _build(config, log, built)
+            _build(config, log, built, trace)
         except KeyboardInterrupt as interrupt:
             if isinstance(interrupt, BuildInterrupted):
                 raise
@@ -417,7 +419,7 @@ def build(config: BuildConfig, log: Callable[[str], None] = print) -> list[Built
     return built
 
 
-def _build(config: BuildConfig, log: Callable[[str], None], built: list[BuiltDataset]) -> None:
+def _build(config: BuildConfig, log: Callable[[str], None], built: list[BuiltDataset], trace: bool = True) -> None:
     existing = set(local_dataset_ids())
     clashes = [config.dataset_id(k) for k in config.kinds if config.dataset_id(k) in existing]
     if clashes and not config.overwrite:
@@ -433,7 +435,7 @@ def _build(config: BuildConfig, log: Callable[[str], None], built: list[BuiltDat
     ref_min = mean_return(config.env_id, random_act, config.ref_episodes, config.seed + 20_000)
     log(f"  random policy: mean return {ref_min:.1f} over {config.ref_episodes} episodes (ref_min_score)")
 
-    snapshots = train_sac(config, log) if config.needs_medium or config.expert == "sac" else {}
+    snapshots = train_sac(config, log, trace) if config.needs_medium or config.expert == "sac" else {}
     if config.expert == "scripted":
         expert_act = expert_data_act = SCRIPTED_CONTROLLERS[config.env_id]
         expert_name = f"scripted controller ({expert_act.__name__})"

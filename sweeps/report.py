@@ -901,8 +901,8 @@ def export_best(folder: str | Path, select: str | None = None) -> list[Path]:
                       f"(online oracle): {winner.label()}", *_comparison(study, winner, score, others)]
         else:
             header = _offline_header(study, select, (algorithm, dataset), winner, estimate, (score, oracle))
-        header.append("Re-run: python launch.py train --config {this file}")
         path = out / f"{algorithm}-{dataset.strip('/').replace('/', '_')}.yaml"
+        header.append(f"Re-run: python launch.py train --config {path}")
         path.write_text("".join(f"# {line}\n" for line in header) + yaml.safe_dump(config, sort_keys=False))
         written.append(path)
     return written

@@ -73,8 +73,9 @@ def experiment_dir(study: Study) -> Path | str:
     return Path(study.storage).expanduser().resolve() / study.name
 
 
-def ensure_datasets(study: Study, log: Callable[[str], None] = print) -> None:
-    """Build the study's datasets that are missing locally, when the study says how (`build:`)."""
+def ensure_datasets(study: Study, log: Callable[[str], None] = print, verbose: bool = True) -> None:
+    """Build the study's datasets that are missing locally, when the study says how (`build:`); unless `verbose`,
+    the behaviour agent's training shows only its progress line, not a line per evaluation."""
     local = set(local_dataset_ids())
     missing = sorted({d for part in study.parts for d in part.datasets if d not in local and not Path(d).exists()})
     if not missing or not study.build:
@@ -96,7 +97,7 @@ def ensure_datasets(study: Study, log: Callable[[str], None] = print) -> None:
         except TypeError as error:
             raise StudyError(f"build: {error}") from error
         log(f"Building missing dataset(s) {', '.join(f'{name}/{k}-v{version}' for k in kinds)}")
-        build(config, log=log)
+        build(config, log=log, trace=verbose)
 
 
 def wandb_callbacks(study: Study, enabled: bool, verbose: bool = False, log: Callable[[str], None] = print) -> list:
@@ -272,7 +273,7 @@ def run_study(study: Study, address: str | None = None, use_wandb: bool = True, 
             check_free_space(folder)
             held.enter_context(claim_folder(folder, trials, overwrite))
         check_inputs(study)          # before any dataset build: a dataset that cannot be had is said at once
-        ensure_datasets(study, log)
+        ensure_datasets(study, log, verbose)
         if isinstance(folder, Path):
             (folder / STUDY_FILE).write_text(yaml.safe_dump(study.source, sort_keys=False))
             sign_folder(folder)
