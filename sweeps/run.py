@@ -311,7 +311,7 @@ def _run_tune(study: Study, folder, trials, address, use_wandb, num_cpus, log, c
                                                     num_to_keep=study.keep_checkpoints, checkpoint_at_end=True),
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
             callbacks=[ProgressLines(study.metric, log, planned), *wandb_callbacks(study, use_wandb, verbose, log),
-                       *callbacks],
+                       *([KeepSigned(folder)] if isinstance(folder, Path) else []), *callbacks],
             verbose=0))
     if not isinstance(folder, Path):
         with sigterm_as_sigint():
@@ -394,6 +394,39 @@ def sign_folder(folder: Path) -> None:
     temporary = folder / f"{SIGNATURE_FILE}.tmp"
     temporary.write_text(json.dumps({"hmac_sha256": _folder_mac(folder)}))
     os.replace(temporary, folder / SIGNATURE_FILE)
+
+
+class KeepSigned(tune.Callback):
+    """Re-signs the folder while Tune runs, whenever its Ray files changed (looked at once per `every` seconds
+    at most, at the end of a Tune loop step), so that a driver killed with SIGKILL, which cannot sign, leaves a
+    folder `resume` accepts unless it died between a state write and the next look. Tune writes its
+    experiment state to a staging folder and copies it here in the background, hence the polling."""
+
+    def __init__(self, folder: Path, every: float = 2.0):
+        self.folder, self.every = Path(folder), every
+        self._looked, self._signed = -math.inf, None
+
+    def on_step_end(self, iteration, trials, **info):
+        now = time.monotonic()
+        if now - self._looked < self.every:
+            return
+        self._looked = now
+        stamp = _state_stamp(self.folder)
+        if stamp != self._signed:
+            sign_folder(self.folder)
+            self._signed = stamp
+
+
+def _state_stamp(folder: Path) -> tuple:
+    """What changes when a Ray file is rewritten: each one's name, size and modification time."""
+    stamps = []
+    for path in ray_state_files(folder):
+        try:
+            info = path.stat()
+        except FileNotFoundError:      # removed between the listing and now: the next look sees the change
+            continue
+        stamps.append((path.relative_to(folder).as_posix(), info.st_size, info.st_mtime_ns))
+    return tuple(stamps)
 
 
 def check_signature(folder: Path) -> None:

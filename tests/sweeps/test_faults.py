@@ -162,8 +162,9 @@ def test_killed_driver_resumes_without_redoing_finished_trials(pendulum_datasets
     # The resume has less left to do than the sweep had done (one Ray start, at most one trial's iterations):
     # a limit of ten times the sweep's time follows the machine's speed, leaves room for a load that grows
     # meanwhile (a busy machine here ran the resume 2.2 times slower than the sweep), and still catches a hang.
-    # --trust: a SIGKILLed driver cannot sign the experiment state Tune wrote after its last signature (README,
-    # Security), so resume takes the folder only when told to.
+    # --trust: a SIGKILLed driver cannot sign; the sweep re-signs its folder within about 2 s of each state write
+    # (run.KeepSigned), but this test has Tune write its state every second, so the last one may be unsigned
+    # (README, Security); resume takes such a folder only when told to.
     resumed = subprocess.run(command + ["resume", str(folder), "--trust", "--no-wandb", "--num-cpus", "1"],
                              capture_output=True, text=True, timeout=10 * sweep_seconds)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]

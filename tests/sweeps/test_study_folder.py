@@ -200,6 +200,30 @@ def test_a_folder_this_installation_signed_passes_and_one_changed_since_is_refus
         run.check_signature(folder)
 
 
+def test_a_running_sweep_re_signs_its_folder_when_tune_rewrites_its_state(tmp_path, config_dir):
+    """KeepSigned: what a driver killed with SIGKILL leaves is resumable without --trust once the callback has
+    looked after Tune's last write (and it does not sign again while nothing changed)."""
+    folder, _ = received_folder(tmp_path)
+    keeper = run.KeepSigned(folder, every=0.0)
+    keeper.on_step_end(iteration=1, trials=[])
+    run.check_signature(folder)
+    signature = (folder / run.SIGNATURE_FILE).stat().st_mtime_ns
+    keeper.on_step_end(iteration=2, trials=[])
+    assert (folder / run.SIGNATURE_FILE).stat().st_mtime_ns == signature      # nothing changed: not re-signed
+    state = folder / "experiment_state-2026-12-03_10-00-00.json"
+    state.write_text('{"trial_data": []}')                # Tune's next experiment state arrives
+    with pytest.raises(StudyError, match="do not match"):
+        run.check_signature(folder)
+    keeper.on_step_end(iteration=3, trials=[])
+    run.check_signature(folder)
+    slow = run.KeepSigned(folder, every=3600.0)            # looks at most once an hour: the first look only
+    slow.on_step_end(iteration=1, trials=[])
+    state.write_text('{"trial_data": [1]}')
+    slow.on_step_end(iteration=2, trials=[])
+    with pytest.raises(StudyError, match="do not match"):
+        run.check_signature(folder)
+
+
 def test_another_installations_signature_is_refused(tmp_path, config_dir, monkeypatch):
     folder, _ = received_folder(tmp_path)
     run.sign_folder(folder)
