@@ -9,7 +9,6 @@ so reports never depend on W&B.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import hmac
 import json
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import ray
-import torch
 import yaml
 from ray import tune
 
@@ -34,8 +32,8 @@ from ..algorithms.trainable import OfflineTrainable
 from ..algorithms.trainer import TrainConfig, TrainRun, split_members
 from ..datasets import BuildConfig, build, local_dataset_ids
 from .plan import SweepClock, check_resources, cluster_resources, duration, format_plan, make_plan
-from .study import (STUDY_FILE, Study, StudyError, apply_sampled, check_env_id, check_inputs, check_train_file,
-                    load_study, trial_train_config)
+from .study import (STUDY_FILE, Study, StudyError, apply_sampled, check_inputs, check_train_file, check_train_values,
+                    load_study, read_train_file, trial_train_config)
 
 class StudyTrainable(OfflineTrainable):
     """OfflineTrainable fed by a study trial: `config["trial"]` is a TrainConfig dict plus `study` metadata."""
@@ -594,27 +592,18 @@ def train_from_file(path: str | Path, output: str | Path | None = None, log: Cal
 
 def train_values(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """A config file's training values with `overrides` (OmegaConf dotlist) merged in, checked as one-line
-    errors: the file by check_train_file, the merged values again the same way."""
-    from omegaconf import OmegaConf
-    values = check_train_file(path)
+    errors once merged (a file an override makes valid is accepted)."""
     if not overrides:
-        return values
+        return check_train_file(path)
+    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
     where = f"{path} with {' '.join(overrides)}"
     try:
-        merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(values),
+        merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(read_train_file(path)),
                                                         OmegaConf.from_dotlist(list(overrides))))
     except OmegaConfBaseException as error:
         raise StudyError(f"{where}: {str(error).splitlines()[0]}") from error
-    try:
-        config = TrainConfig.from_dict(merged)
-        config.member_configs()
-    except TypeError as error:
-        raise StudyError(f"{where}: {error}") from error
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise StudyError(f"{where}: device: {config.device} but no CUDA GPU is available here; use auto or cpu")
-    if config.env is not None:
-        check_env_id(config.env, f"{where}: env")
+    check_train_values(merged, where)
     return merged
 
 

@@ -37,6 +37,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..algorithms import ALGORITHMS
+from ..algorithms.base import ConfigError
 from ..algorithms.trainer import TrainConfig
 
 
@@ -443,7 +444,13 @@ def check_inputs(study: Study) -> None:
 def check_train_file(path) -> dict:
     """`launch.py train --config`: the file's training values, checked as a StudyError/ConfigError one-liner
     (malformed YAML, wrong types, `device: cuda` without a GPU, an unknown env) before anything is loaded."""
-    import torch
+    values = read_train_file(path)
+    check_train_values(values, str(path))
+    return values
+
+
+def read_train_file(path) -> dict:
+    """A training config file's values (a mapping; an export's `study:` key dropped), unchecked."""
     import yaml
     path = Path(path)
     if not path.is_file():
@@ -454,17 +461,21 @@ def check_train_file(path) -> dict:
         raise StudyError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from error
     if not isinstance(values, dict):
         raise StudyError(f"{path} must hold a mapping of training keys")
-    values = {k: v for k, v in values.items() if k != "study"}
+    return {k: v for k, v in values.items() if k != "study"}
+
+
+def check_train_values(values: dict, where: str) -> None:
+    """Training values as TrainConfig takes them, checked as one-line errors prefixed by `where`."""
+    import torch
     try:
         config = TrainConfig.from_dict(values)
         config.member_configs()
-    except TypeError as error:
-        raise StudyError(f"{path}: {error}") from error
+    except (TypeError, ConfigError) as error:
+        raise StudyError(f"{where}: {error}") from error
     if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise StudyError(f"{path}: device: {config.device} but no CUDA GPU is available here; use auto or cpu")
+        raise StudyError(f"{where}: device: {config.device} but no CUDA GPU is available here; use auto or cpu")
     if config.env is not None:
-        check_env_id(config.env, f"{path}: env")
-    return values
+        check_env_id(config.env, f"{where}: env")
 
 
 def check_env_id(env_id, where: str) -> None:

@@ -158,6 +158,20 @@ def test_train_with_overrides_runs_the_changed_config(pendulum_datasets, tmp_pat
     assert ran["total_updates"] == 20 and ran["members"] == [{"seed": 3}] and ran["eval_every"] == 10
 
 
+def test_an_override_can_make_a_config_file_valid(tmp_path):
+    """The merged values are checked, not the file alone: eval_every past total_updates is fixed by the override,
+    and the merged values are still checked (a bad one named with the file and its overrides)."""
+    from offline_sweeps.sweeps.run import train_values
+    from offline_sweeps.sweeps.study import StudyError
+    path = train_config(tmp_path, "pendulum/medium-v0")
+    path.write_text(path.read_text().replace("eval_every: 10", "eval_every: 100"))
+    with pytest.raises(StudyError, match="bc.yaml: eval_every=100 is larger than total_updates=40"):
+        train_values(path)
+    assert train_values(path, ["total_updates=200"])["total_updates"] == 200
+    with pytest.raises(StudyError, match=r"bc.yaml with total_updates=20: .*eval_every=100 is larger"):
+        train_values(path, ["total_updates=20"])
+
+
 def test_bench_buffer_prints_rates():
     result = subprocess.run([sys.executable, str(LAUNCH), "bench", "buffer", "--members", "2"], capture_output=True,
                             text=True, timeout=120)
