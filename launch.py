@@ -90,7 +90,9 @@ def _log_report(folder, paths, use_wandb: bool, verbose: bool = False) -> None:
     study = load_study(Path(folder) / STUDY_FILE, resolve=False)
     if use_wandb and study.wandb["enabled"]:
         from offline_sweeps.sweeps.wandb_logging import log_report
-        print(f"report logged to W&B: {log_report(study, paths, verbose)}")
+        where = log_report(study, paths, verbose)
+        if verbose or not str(where).startswith(str(folder)):     # an offline one is in _wandb_hint's count
+            print(f"report logged to W&B: {where}")
 
 
 def _wandb_hint(folder) -> None:
@@ -109,8 +111,8 @@ def _summary(markdown: str, path) -> list[str]:
     winners = [line for section in sections if section.startswith("Winners")
                for line in section.splitlines() if line.startswith("- ")]
     others = [section.splitlines()[0] for section in sections if not section.startswith("Winners")]
-    more = [f"also in {path}: {'; '.join(others)}"] if others else []
-    return [table, *(["winners:", *winners] if winners else []), *more]
+    return [f"report: {path} (plots beside it{'; also: ' + '; '.join(others) if others else ''})", table,
+            *(["winners:", *winners] if winners else [])]
 
 
 def _finish_study(results, folder, use_wandb: bool = True, verbose: bool = False) -> int:
@@ -121,11 +123,10 @@ def _finish_study(results, folder, use_wandb: bool = True, verbose: bool = False
           f"{len(unfinished)} unfinished; results in {folder}")
     if any(r.metrics for r in results):
         paths = write_report(folder)
-        print(f"report: {paths['markdown']}\n        {paths['plot']}")
         print("\n".join(_summary(paths["markdown"].read_text(), paths["markdown"])))
+        _log_report(folder, paths, use_wandb, verbose)
         if use_wandb:
             _wandb_hint(folder)
-        _log_report(folder, paths, use_wandb, verbose)
         for path in export_best(folder):
             print(f"best config: {path}  (re-run: python launch.py train --config {path})")
     if errors:

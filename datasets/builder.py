@@ -218,8 +218,9 @@ def train_sac(config: BuildConfig, log: Callable[[str], None], trace: bool = Tru
                 if kind not in snapshots and score >= target:
                     snapshots[kind] = Snapshot(copy.deepcopy(agent.policy), score, step,
                                                list(episodes) if kind == "medium" else [])
-                    progress.write(f"  froze the {kind} policy at step {step} (eval return {score:.1f} >= {target})",
-                                   log)
+                    if trace:
+                        progress.write(f"  froze the {kind} policy at step {step} (eval return {score:.1f} >= "
+                                       f"{target})", log)
                     if kind == "medium" and score >= targets.get("expert", math.inf):
                         progress.write(f"  warning: the medium policy already meets the expert target ({score:.1f} "
                                        f">= {targets['expert']}); a smaller --eval-every catches a policy part-way", log)
@@ -403,7 +404,8 @@ def _sigterm_interrupts():
 def build(config: BuildConfig, log: Callable[[str], None] = print, trace: bool = True) -> list[BuiltDataset]:
     """Build every dataset kind in `config.kinds`; returns what was written. Interrupted (SIGTERM, Ctrl-C), it
     raises BuildInterrupted once the dataset being written is gone; those written before it stay, whole.
-    `trace`: a line per evaluation of the SAC behaviour agent (else its progress line alone shows them)."""
+    `trace`: a line per evaluation of the SAC behaviour agent, the reference scores and the total time (else
+    only the progress lines and what was written)."""
     built: list[BuiltDataset] = []
     with _sigterm_interrupts():
         try:
@@ -433,7 +435,8 @@ def _build(config: BuildConfig, log: Callable[[str], None], built: list[BuiltDat
     log(f"Building {', '.join(config.dataset_id(k) for k in config.kinds)} from {config.env_id}")
     random_act = random_policy(env.action_space, config.seed)
     ref_min = mean_return(config.env_id, random_act, config.ref_episodes, config.seed + 20_000)
-    log(f"  random policy: mean return {ref_min:.1f} over {config.ref_episodes} episodes (ref_min_score)")
+    if trace:
+        log(f"  random policy: mean return {ref_min:.1f} over {config.ref_episodes} episodes (ref_min_score)")
 
     snapshots = train_sac(config, log, trace) if config.needs_medium or config.expert == "sac" else {}
     if config.expert == "scripted":
@@ -444,7 +447,8 @@ def _build(config: BuildConfig, log: Callable[[str], None], built: list[BuiltDat
         expert_data_act = sac_policy(snapshots["expert"].policy, deterministic=False)
         expert_name = f"SAC frozen at step {snapshots['expert'].step}"
     ref_max = mean_return(config.env_id, expert_act, config.ref_episodes, config.seed + 30_000)
-    log(f"  expert ({expert_name}): mean return {ref_max:.1f} (ref_max_score)")
+    if trace:
+        log(f"  expert ({expert_name}): mean return {ref_max:.1f} (ref_max_score)")
 
     # Whole episodes: each env finishes its last one. Fewer envs for a small request, so `transitions`
     # is rounded up to the next whole episode or so, not to one episode per env (transitions 1 wrote 2000).
@@ -488,5 +492,6 @@ def _build(config: BuildConfig, log: Callable[[str], None], built: list[BuiltDat
                                   ref_min, ref_max, seconds))
         log(f"  wrote {dataset_id}: {len(episodes)} episodes, {built[-1].transitions} transitions, "
             f"behaviour return {returns.mean():.1f}")
-    log(f"Done in {time.perf_counter() - started:.0f} s")
+    if trace:
+        log(f"Done in {time.perf_counter() - started:.0f} s")
 

@@ -94,7 +94,6 @@ def ensure_datasets(study: Study, log: Callable[[str], None] = print, verbose: b
             config = BuildConfig(env_id=env, name=name, version=version, kinds=tuple(kinds), **settings)
         except TypeError as error:
             raise StudyError(f"build: {error}") from error
-        log(f"Building missing dataset(s) {', '.join(f'{name}/{k}-v{version}' for k in kinds)}")
         build(config, log=log, trace=verbose)
 
 

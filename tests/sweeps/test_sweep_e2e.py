@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -73,6 +74,19 @@ def test_tiny_study_end_to_end(pendulum_datasets, tmp_path, monkeypatch, local_r
         member = next(r for r in runs if r.knobs["expectile"] == config["algo"]["expectile"] and r.seed == seed)
         assert rerun[f"member_{k}/eval/normalized_return"] == pytest.approx(member.last, abs=1e-3)
     assert best.trial_config["total_updates"] == rerun["updates"] == 40
+
+    # Chosen offline: every member reported FQE at its last evaluation; the FQE pick re-runs to its numbers too.
+    assert "## Offline model selection" in table and "fqe (`ope/fqe_value`)" in table
+    assert "## Expected online performance" in table and "| random |" in table
+    by_fqe = export_best(folder, select="fqe")
+    assert "chosen offline (from the dataset alone) by fqe" in by_fqe[0].read_text()
+    picked = yaml.safe_load(by_fqe[0].read_text())["algo"]["expectile"]
+    rerun = train_from_file(by_fqe[0], tmp_path / "rerun-fqe", log=lambda _: None)
+    for k, seed in enumerate((0, 1)):
+        member = next(r for r in runs if r.knobs["expectile"] == picked and r.seed == seed)
+        assert math.isfinite(member.ope["ope/fqe_value"])
+        assert rerun[f"member_{k}/eval/normalized_return"] == pytest.approx(member.last, abs=1e-3)
+        assert rerun[f"member_{k}/ope/fqe_value"] == pytest.approx(member.ope["ope/fqe_value"], rel=1e-4)
 
     runs_dirs = sorted(Path(folder).glob("*_iql*/wandb/offline-run-*"))
     assert len(runs_dirs) == 4                                              # one W&B run per member
