@@ -143,7 +143,7 @@ def sweep(args: argparse.Namespace) -> int:
     from offline_sweeps.sweeps.plan import format_plan, make_plan
     from offline_sweeps.sweeps.run import experiment_dir, ray_log_file, run_study
     from offline_sweeps.sweeps.study import load_study
-    study = load_study(args.study, check_overrides(args.overrides))
+    study = load_study(args.study, args.overrides)
     if args.dry_run:
         folder = experiment_dir(study)
         plan = make_plan(study, folder, args.address, args.num_cpus, estimate=True)
@@ -153,28 +153,6 @@ def sweep(args: argparse.Namespace) -> int:
     results = run_study(study, args.address, use_wandb=not args.no_wandb, num_cpus=args.num_cpus,
                         overwrite=args.overwrite, verbose=args.verbose, estimate=True)
     return _finish_study(results, experiment_dir(study), not args.no_wandb, args.verbose)
-
-
-def check_overrides(overrides: list[str]) -> list[str]:
-    """Each `key=value` override parsed alone (OmegaConf's dotlist, as the study and train configs read them),
-    so that a malformed one is named instead of the file it was to change."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from offline_sweeps.sweeps.study import StudyError
-    for override in overrides:
-        key = override.split("=", 1)[0].strip()
-        if "=" not in override or not key:
-            raise StudyError(f"override {override!r}: write key=value (e.g. train.total_updates=2000)")
-        try:
-            OmegaConf.from_dotlist([override])
-        except OmegaConfBaseException as error:
-            raise StudyError(f"override {override!r}: {str(error).splitlines()[0]}") from None
-        except Exception as error:         # the value is not YAML (yaml's errors)
-            problem = getattr(error, "problem", None) or " ".join(str(error).split())
-            raise StudyError(f"override {override!r}: its value is not valid YAML ({problem}); a mapping needs a "
-                             f"space after each colon, e.g. search.expectile={{grid: [0.5, 0.7]}}") from None
-    return list(overrides)
 
 
 def resume(args: argparse.Namespace) -> int:
@@ -201,7 +179,7 @@ def export(args: argparse.Namespace) -> None:
 
 def train(args: argparse.Namespace) -> None:
     from offline_sweeps.sweeps.run import train_from_file
-    train_from_file(args.config, args.output, overrides=check_overrides(args.overrides))
+    train_from_file(args.config, args.output, overrides=args.overrides)
 
 
 def dataset_make(args: argparse.Namespace) -> None:

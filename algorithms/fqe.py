@@ -109,7 +109,7 @@ def fqe_target(rewards: torch.Tensor, terminals: torch.Tensor, next_q: torch.Ten
 def td_errors(q: torch.Tensor, rewards: torch.Tensor, terminals: torch.Tensor, next_q: torch.Tensor,
               gamma: float) -> torch.Tensor:
     """r + gamma (1 - d) Q(s', pi(s')) - Q(s, a): `[P, N]`."""
-    return rewards + gamma * (1.0 - terminals) * next_q - q
+    return fqe_target(rewards, terminals, next_q, gamma) - q
 
 
 def original_rewards(rewards: torch.Tensor, reward_scale: float, reward_bias: float) -> torch.Tensor:

@@ -124,7 +124,8 @@ class TrainRun:
                                                     reward_scale=scale, reward_bias=bias)
         starts = whole.episode_starts[:self.fqe.start_states]
         self.start_observations = self.buffer.normalize(torch.as_tensor(whole.observations[starts], device=self.device))
-        self.td_sample = fixed_sample(self.buffer if held_out is None else self._buffer_like(held_out))
+        self.td_sample = fixed_sample(self.buffer if held_out is None else TransitionBuffer.from_dataset(
+            held_out, self.device, reward_scale=scale, reward_bias=bias, like=self.buffer))
         space = self.dataset.action_space
         self.learner = ALGORITHMS[config.algorithm](configs, self.dataset.obs_dim, self.dataset.act_dim,
                                                     torch.as_tensor(space.low), torch.as_tensor(space.high),
@@ -138,14 +139,6 @@ class TrainRun:
     @property
     def members(self) -> int:
         return self.learner.members
-
-    def _buffer_like(self, dataset) -> TransitionBuffer:
-        """`dataset`'s transitions as the training buffer holds its own: same observation statistics and reward scale."""
-        buffer = TransitionBuffer(dataset.num_transitions, dataset.obs_dim, dataset.act_dim, self.device)
-        buffer.obs_mean, buffer.obs_std = self.buffer.obs_mean, self.buffer.obs_std
-        buffer.add(dataset.observations, dataset.actions, dataset.rewards * self.reward_scale + self.reward_bias,
-                   dataset.next_observations, dataset.terminals, dataset.timeouts)
-        return buffer
 
     def offline_evaluation(self, final: bool) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """Per-member ope/* values `[P]` and the run-wide FQE timings. FQE fits at the last evaluation (or every

@@ -54,10 +54,14 @@ class TransitionBuffer:
 
     @classmethod
     def from_dataset(cls, dataset, device: torch.device | str = "cpu", normalize_observations: bool = False,
-                     reward_scale: float = 1.0, reward_bias: float = 0.0) -> "TransitionBuffer":
-        """A buffer holding exactly the dataset's transitions (an `OfflineDataset`)."""
+                     reward_scale: float = 1.0, reward_bias: float = 0.0,
+                     like: "TransitionBuffer | None" = None) -> "TransitionBuffer":
+        """A buffer holding exactly the dataset's transitions (an `OfflineDataset`); `like`: normalized with that
+        buffer's observation statistics (held-out data seen as the training buffer sees its own)."""
         buffer = cls(dataset.num_transitions, dataset.obs_dim, dataset.act_dim, device)
-        if normalize_observations:
+        if like is not None:
+            buffer.obs_mean, buffer.obs_std = like.obs_mean, like.obs_std
+        elif normalize_observations:
             buffer.obs_mean = torch.as_tensor(dataset.obs_mean, device=buffer.device)
             buffer.obs_std = torch.as_tensor(dataset.obs_std, device=buffer.device)
         buffer.add(dataset.observations, dataset.actions, dataset.rewards * reward_scale + reward_bias,

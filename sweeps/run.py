@@ -32,8 +32,8 @@ from ..algorithms.trainable import OfflineTrainable
 from ..algorithms.trainer import TrainConfig, TrainRun, split_members
 from ..datasets import BuildConfig, build, local_dataset_ids
 from .plan import SweepClock, check_resources, cluster_resources, duration, format_plan, make_plan
-from .study import (STUDY_FILE, Study, StudyError, apply_sampled, check_inputs, check_train_file, check_train_values,
-                    load_study, read_train_file, trial_train_config)
+from .study import (STUDY_FILE, Study, StudyError, apply_sampled, check_inputs, check_overrides, check_train_file,
+                    check_train_values, load_study, read_train_file, trial_train_config)
 
 class StudyTrainable(OfflineTrainable):
     """OfflineTrainable fed by a study trial: `config["trial"]` is a TrainConfig dict plus `study` metadata."""
@@ -592,7 +592,7 @@ def train_from_file(path: str | Path, output: str | Path | None = None, log: Cal
 def train_values(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """A config file's training values with `overrides` (OmegaConf dotlist) merged in, checked as one-line
     errors once merged (a file an override makes valid is accepted)."""
-    if not overrides:
+    if not check_overrides(overrides):
         return check_train_file(path)
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException

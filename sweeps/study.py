@@ -178,10 +178,21 @@ def reported_metrics(algorithm: str) -> frozenset[str]:
     return frozenset(keys)
 
 
-def check_overrides(overrides) -> None:
+def check_overrides(overrides) -> list[str]:
+    """Each `key=value` override parsed alone (OmegaConf's dotlist, as the study and train configs read them),
+    so that a malformed one is named instead of the file it was to change; returns them as a list."""
     for override in overrides:
         if not isinstance(override, str) or "=" not in override or not override.split("=", 1)[0].strip():
             raise StudyError(f"override {override!r}: write key=value (e.g. train.total_updates=2000)")
+        try:
+            OmegaConf.from_dotlist([override])
+        except OmegaConfBaseException as error:
+            raise StudyError(f"override {override!r}: {str(error).splitlines()[0]}") from None
+        except Exception as error:         # the value is not YAML (yaml's errors)
+            problem = getattr(error, "problem", None) or " ".join(str(error).split())
+            raise StudyError(f"override {override!r}: its value is not valid YAML ({problem}); a mapping needs a "
+                             f"space after each colon, e.g. search.expectile={{grid: [0.5, 0.7]}}") from None
+    return list(overrides)
 
 
 def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), resolve: bool = True) -> Study:
