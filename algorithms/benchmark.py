@@ -54,14 +54,15 @@ def updates_per_second(algorithm: str, members: int, obs_dim: int, act_dim: int,
     return learner_updates_per_second(learner, buffer, seconds)
 
 
-def learner_updates_per_second(learner, buffer, seconds: float) -> float:
-    """Updates per second of a built learner on minibatches from `buffer` (its own `sample_batch`)."""
+def learner_updates_per_second(learner, buffer, seconds: float, chunk: int = 5, warmup: int = 3) -> float:
+    """Updates per second of a built learner on minibatches from `buffer` (its own `sample_batch`): `warmup`
+    updates, then chunks of `chunk` until `seconds` have passed."""
     def run(n: int) -> None:
         for _ in range(n):
             metrics = learner.guarded_update(learner.sample_batch(buffer))
         metrics["diverged"].sum().item()      # wait for the device
 
-    return calls_per_second(run, chunk=5, seconds=seconds, warmup=3)
+    return calls_per_second(run, chunk=chunk, seconds=seconds, warmup=warmup)
 
 
 def report(algorithms=None, members=(1, 8), problems=("hopper", "halfcheetah"), device: str = "cpu",

@@ -148,7 +148,7 @@ def calibrate(study: Study, runs: list[dict], seconds: float = CALIBRATION_SECON
     import torch
 
     from ..algorithms import ALGORITHMS
-    from ..algorithms.benchmark import synthetic_buffer
+    from ..algorithms.benchmark import learner_updates_per_second, synthetic_buffer
     from ..algorithms.trainer import TrainConfig
     distinct = {}
     for trial in runs:
@@ -170,14 +170,8 @@ def calibrate(study: Study, runs: list[dict], seconds: float = CALIBRATION_SECON
             learner = learner_class(configs, obs_dim, act_dim, -torch.ones(act_dim), torch.ones(act_dim), device)
             buffer = synthetic_buffer(obs_dim, act_dim, device, transitions=5_000)
             budget = seconds / min(4, len(distinct))
-            for _ in range(2):                      # warm-up: first calls allocate
-                learner.guarded_update(learner.sample_batch(buffer))
-            count, started = 0, time.perf_counter()
-            while count < 3 or time.perf_counter() - started < budget:
-                metrics = learner.guarded_update(learner.sample_batch(buffer))
-                count += 1
-            metrics["diverged"].sum().item()
-            rates[key] = count * len(configs) / (time.perf_counter() - started)
+            # two warm-up updates (first calls allocate), then at least three timed ones
+            rates[key] = learner_updates_per_second(learner, buffer, budget, chunk=3, warmup=2) * len(configs)
     finally:
         torch.set_num_threads(threads)
     return rates
