@@ -33,7 +33,7 @@ from ..algorithms.trainer import TrainConfig, TrainRun, split_members
 from ..datasets import BuildConfig, build, local_dataset_ids
 from .plan import SweepClock, check_resources, cluster_resources, duration, format_plan, make_plan
 from .study import (STUDY_FILE, Study, StudyError, apply_sampled, check_inputs, check_overrides, check_train_file,
-                    check_train_values, load_study, read_train_file, trial_train_config)
+                    check_train_values, knob_text, load_study, read_train_file, trial_train_config)
 
 class StudyTrainable(OfflineTrainable):
     """OfflineTrainable fed by a study trial: `config["trial"]` is a TrainConfig dict plus `study` metadata."""
@@ -196,8 +196,7 @@ class ProgressLines(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         config = apply_sampled(trial.config)
-        point = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in config["study"]["point"].items()
-                          if k != "sample")
+        point = ", ".join(knob_text(k, v) for k, v in config["study"]["point"].items() if k != "sample")
         total = math.ceil(config["total_updates"] / config["eval_every"])
         members = [v for member in split_members(result, len(config["members"])) if
                    isinstance(v := member.get(self.metric), (int, float)) and math.isfinite(v)]
@@ -555,12 +554,8 @@ def unfinished_trials(results) -> list[str]:
 def _trial_name(trial) -> str:
     config = apply_sampled(trial.config)
     point = config["study"]["point"]
-    parts = [config["algorithm"]] + [f"{k.split('.')[-1]}={_short(v)}" for k, v in point.items()]
+    parts = [config["algorithm"]] + [knob_text(k, v) for k, v in point.items()]
     return re.sub(r"[^A-Za-z0-9_.=,-]", "_", f"{trial.trial_id}_" + ",".join(parts))[:120]
-
-
-def _short(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def train_from_file(path: str | Path, output: str | Path | None = None, log: Callable[[str], None] = print,

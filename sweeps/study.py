@@ -178,6 +178,12 @@ def reported_metrics(algorithm: str) -> frozenset[str]:
     return frozenset(keys)
 
 
+def knob_text(key: str, value) -> str:
+    """A knob as trial names, W&B run names and progress lines show it: `expectile=0.7` (the key's last part,
+    floats to 4 significant digits)."""
+    return f"{key.split('.')[-1]}={value:.4g}" if isinstance(value, float) else f"{key.split('.')[-1]}={value}"
+
+
 def check_overrides(overrides) -> list[str]:
     """Each `key=value` override parsed alone (OmegaConf's dotlist, as the study and train configs read them),
     so that a malformed one is named instead of the file it was to change; returns them as a list."""

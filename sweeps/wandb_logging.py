@@ -20,7 +20,7 @@ from typing import Callable
 from ray import tune
 
 from ..algorithms.trainer import split_members
-from .study import apply_sampled, trial_train_config
+from .study import apply_sampled, knob_text, trial_train_config
 
 
 def wandb_mode() -> str:
@@ -143,12 +143,8 @@ def member_run_name(config: dict, member: dict) -> str:
         if key in member:
             point[key] = member[key]
     point.pop("seed", None)
-    knobs = [f"{key.split('.')[-1]}={_short(value)}" for key, value in point.items()]
+    knobs = [knob_text(key, value) for key, value in point.items()]
     return " ".join([config["algorithm"], *knobs, f"seed={member.get('seed', 0)}"])
-
-
-def _short(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def numeric(metrics: dict) -> dict:
