@@ -1031,14 +1031,10 @@ def rank_correlation(x, y) -> tuple[float, int]:
     return float(stats.spearmanr(x[keep], y[keep])[0]), n
 
 
-def _mean_finite(values) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return float(np.mean(finite)) if finite else math.nan
-
-
 def _criterion_means(candidates: list[Setting], values: dict[int, float]) -> np.ndarray:
     """Each setting's criterion: the mean over its seeds of their final values (diverged at the failure level)."""
-    return np.array([_mean_finite([values.get(id(m), math.nan) for m in s.members]) for s in candidates])
+    return np.array([float(_nanmean(np.array([values.get(id(m), math.nan) for m in s.members], dtype=np.float64)))
+                     for s in candidates])
 
 
 def _offline_pick(candidates: list[Setting], keyed: np.ndarray) -> int:
