@@ -580,7 +580,8 @@ def write_report(folders, out: str | Path | None = None) -> dict[str, Path]:
     (out / "report.md").write_text("\n".join(lines) + "\n")
     if curves:
         paths["eop_plot"] = out / "eop.png"
-        plot_eop(study, curves, paths["eop_plot"])
+        plot_eop(study, curves, paths["eop_plot"], {(row["study"], row["algorithm"], row["dataset"]): row["score"]
+                                                    for row in chosen if row["criterion"] == "online"})
     plot_sensitivity(study, rows, runs, paths["plot"])
     plot_learning_curves(study, rows, runs, paths["curves"])
     if study.mode == "max":
@@ -1110,9 +1111,9 @@ def _budgets(n: int) -> list[int]:
     return sorted({k for k in steps if k < n} | {n})
 
 
-def plot_eop(study, curves: list[dict], path: Path) -> None:
+def plot_eop(study, curves: list[dict], path: Path, oracles: dict[tuple, float]) -> None:
     """One panel per (study, algorithm, dataset): the Expected Online Performance against the online budget k,
-    for uniform selection and for each offline criterion, the online oracle's score dashed."""
+    for uniform selection and for each offline criterion, the online oracle's score (`oracles`, by panel) dashed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -1127,8 +1128,8 @@ def plot_eop(study, curves: list[dict], path: Path) -> None:
         for n, (name, points) in enumerate(lines.items()):
             ks, expected = zip(*points)
             ax.plot(ks, expected, "o-" if name != "random" else "-", color=f"C{n % 10}", ms=3,
-                    label="uniform at random (exact)" if name == "random" else f"top k by {name}")
-        oracle = lines["random"][-1][1]
+                    label="uniform at random, with replacement (exact)" if name == "random" else f"top k by {name}")
+        oracle = oracles[(study_name, algorithm, dataset)]
         ax.axhline(oracle, color="grey", lw=0.8, ls="--", label="online oracle (all settings tried)")
         ax.set_title(f"{study_name + ': ' if several else ''}{algorithm} on {dataset}")
         ax.set_xlabel("online budget k (settings evaluated in the test environment)")

@@ -99,8 +99,17 @@ def test_fqe_ranks_like_the_test_environment_and_the_critic_the_other_way_round(
     assert [eop[("critic", k)] for k in (1, 2, 3)] == pytest.approx([30.5, 60.5, 90.5])
 
 
-def test_report_shows_the_selection_and_eop_sections_and_their_csvs(tmp_path):
+def test_report_shows_the_selection_and_eop_sections_and_their_csvs(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+    dashed = []
+    draw = Axes.axhline
+
+    def axhline(ax, y=0, *args, **kwargs):
+        dashed.append(y)
+        return draw(ax, y, *args, **kwargs)
+    monkeypatch.setattr(Axes, "axhline", axhline)
     paths = write_report(ranked_study(tmp_path))
+    assert 90.5 in dashed          # eop.png's oracle line: the best setting, not random's k = N (80.5 with replacement)
     markdown = paths["markdown"].read_text()
     assert "## Offline model selection" in markdown and "chosen with the test environment (online oracle)" in markdown
     assert "| iql | pendulum/medium-v0 | online (chosen with the test environment) | expectile=0.9 |" in markdown
