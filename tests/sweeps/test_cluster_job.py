@@ -156,7 +156,8 @@ class LocalCluster:
 
 @pytest.fixture
 def ray_cluster(tmp_path):
-    """The cluster, its environment (what the submitting machine sets too) and the storage every node sees."""
+    """The running cluster and its live nodes (`ray list nodes`); `cluster.env` is what every node's `ray start`
+    and the submitting machine set: token authentication with this test's token, this environment's `python`."""
     # A short private root: Ray's socket paths under a node's --temp-dir must stay within the 107-byte limit.
     root = Path(tempfile.mkdtemp(prefix="rayjob-", dir="/tmp"))
     token = root / "auth_token"
@@ -211,7 +212,8 @@ def test_a_study_submitted_as_a_job_runs_on_the_worker_nodes_and_reports(tmp_pat
     assert len(trials) == 4
     placed = {json.loads(line)["node_id"] for trial in trials
               for line in (trial / "result.json").read_text().splitlines()}
-    assert placed == workers            # every trial on a worker (the head has no CPUs), both workers used
+    # Every trial on a worker (the head has no CPUs); both used: Tune starts two trials at once, one per `sweeper`.
+    assert placed == workers
     # The code reached each worker by upload: the job's working dir and the package init_ray ships as py_modules.
     for index in range(WORKERS):
         resources = cluster.root / f"worker{index}" / "session_latest" / "runtime_resources"
