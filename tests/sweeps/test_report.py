@@ -15,10 +15,10 @@ import yaml
 
 from offline_sweeps.algorithms import ALGORITHMS
 from offline_sweeps.algorithms.trainer import flatten_members, split_members
-from offline_sweeps.sweeps.report import (_log_spaced, _panels, bootstrap_ci, collect, export_best, iqm, load_results,
-                                          performance_profile, probability_of_improvement,
-                                          probability_of_improvement_across, random_level,
-                                          stratified_bootstrap_ci, summarize, write_report)
+from offline_sweeps.sweeps.report import (_log_spaced, _panels, collect, export_best, load_results, random_level,
+                                          summarize, write_report)
+from offline_sweeps.sweeps.statistics import (bootstrap_ci, iqm, performance_profile, probability_of_improvement,
+                                              probability_of_improvement_across, stratified_bootstrap_ci)
 from offline_sweeps.sweeps.study import StudyError
 from offline_sweeps.sweeps.study import STUDY_FILE, parse_study
 
