@@ -1,21 +1,7 @@
 """Read a study's results back: one row per member run, sensitivity tables and plots, best configs.
 
-Everything is read from Tune's files under the study folder (params.json and result.json of each trial),
-the source of truth whether or not W&B was reachable. Nothing here starts Ray.
-
-Divergence is a result, not a gap (DESIGN.md section 7). A member that diverged scores the study's
-*failure level* from the evaluation at which it diverged on, in every aggregate that ranks or exports
-(its best evaluation so far keeps the evaluations before it diverged):
-- `eval/normalized_return`: the random-policy level, 0;
-- `eval/return`: the dataset's random-policy level (its ref_min_score), read back from the study's own
-  pairs of `eval/return` and `eval/normalized_return` (the normalization is linear), so the report needs
-  no dataset;
-- any other metric, or when the random level cannot be read back: the worst value of the metric seen on
-  that dataset anywhere in the study.
-The level is lowered to the worst value seen on the dataset when an evaluation scored below it, so a
-diverged member never scores above an observed evaluation, and a setting with diverged seeds never
-outranks a stable one of equal survivors' mean. The mean over the survivors alone stays as an extra
-column, `*_mean_survivors`.
+Everything is read from Tune's files under the study folder by results.py, a diverged member scored at the
+failure level (failure.py). Nothing here starts Ray.
 
 Statistics follow Agarwal et al. 2021 ("Deep RL at the Edge of the Statistical Precipice"): per setting,
 the mean and the interquartile mean (IQM) over seeds, each with a 95% percentile-bootstrap CI, and the
@@ -32,267 +18,23 @@ Evaluation Budget Matters", ICML): the expected best score when only k settings 
 """
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import math
 import sys
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from ..algorithms import ALGORITHMS
-from ..algorithms.trainer import TrainConfig, split_members
 from .statistics import (BOOTSTRAP_SEED, bootstrap_ci, expected_max_random, expected_max_top, finite_mean, iqm,
                          performance_profile, probability_of_improvement, probability_of_improvement_across,
                          rank_correlation, stratified_bootstrap_ci)
-from .study import SELECT_CRITERIA, STUDY_FILE, StudyError, apply_sampled, load_study, trial_train_config
-
-# Offline model selection: each criterion other than `online` is a metric every member reports at its final
-# result, computed from the dataset alone, and whether higher or lower is better.
-SELECTION_METRICS = {"fqe": ("ope/fqe_value", "max"), "critic": ("ope/critic_initial_q", "max"),
-                     "td_error": ("ope/td_error", "min")}
-
-
-@dataclass
-class MemberRun:
-    algorithm: str
-    dataset: str
-    knobs: dict            # the study's axis values for this member, seed excluded
-    seed: int
-    history: np.ndarray    # the study metric at each evaluation, as reported (nan once diverged)
-    q_overestimation: float
-    diverged_at: int | None  # the 1-based iteration whose evaluation first saw it diverged; None: it did not
-    finished: bool         # its trial ran the whole training budget
-    iterations: int
-    trial_config: dict     # the trial's TrainConfig dict
-    member: dict           # this member's entry of trial_config["members"]
-    last: float = math.nan   # the metric at the last evaluation, a diverged member at the failure level
-    best: float = math.nan   # the best evaluation so far, failure-scored the same way
-    failure: float = math.nan  # the failure level it was scored with
-    failure_rule: str = ""     # how that level was chosen
-    curves: dict = field(default_factory=dict)   # per evaluation: "eval/q_overestimation", "eval/q_mean"
-    study: str = ""            # the study's name
-    ope: dict = field(default_factory=dict)      # {"ope/fqe_value": its last reported value, ...} (nan: none)
-
-    @property
-    def diverged(self) -> bool:
-        return self.diverged_at is not None
-
-    def score(self, optimize: str) -> float:
-        return self.best if optimize == "best" else self.last
-
-    def scored_history(self) -> np.ndarray:
-        """The metric at each evaluation, from its divergence on at the failure level."""
-        scored = self.history.copy()
-        if self.diverged:
-            scored[self.diverged_at - 1:] = self.failure
-        return scored
-
-
-def _number(value) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
-
-
-IDENTITY = ("study", "trial", "member", "iteration", "algorithm", "dataset", "seed")
-
-
-def _read(folder: str | Path) -> tuple[object, list[tuple[str, dict, list[dict]]]]:
-    """The study and, per trial that reported at least once, (trial folder name, trial dict, results)."""
-    folder = Path(folder).expanduser().resolve()
-    if not (folder / STUDY_FILE).is_file():
-        raise StudyError(f"{folder} is not a study folder (no {STUDY_FILE}); give <storage>/<study name>")
-    study = load_study(folder / STUDY_FILE, resolve=False)     # a received folder's ${oc.env:...} stays text
-    trials = []
-    own = experiment_trial_ids(folder)
-    for params_file in sorted(folder.glob("*/params.json")):
-        if own is not None and not any(params_file.parent.name.startswith(f"{i}_") for i in own):
-            continue            # a trial of another experiment that ran in this folder: not this study's
-        results_file = params_file.with_name("result.json")
-        if not results_file.is_file() or results_file.stat().st_size == 0:
-            continue
-        results = result_lines(results_file)
-        trials.append((params_file.parent.name, apply_sampled(json.loads(params_file.read_text())), results))
-    if not trials:
-        raise StudyError(f"{folder} has no trial results yet; run or resume the study first")
-    return study, trials
-
-
-def result_lines(path: Path) -> list[dict]:
-    """The JSON lines of a trial's result.json; a truncated last line (a full disk, a killed writer) is skipped
-    and named on stderr. A bad line before the last is an error: the file is not Tune's."""
-    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    results = []
-    for n, line in enumerate(lines):
-        try:
-            results.append(json.loads(line))
-        except ValueError:
-            if n < len(lines) - 1:
-                raise StudyError(f"{path} line {n + 1} is not JSON; the file is damaged") from None
-            print(f"warning: skipped the truncated last line ({len(line)} characters) of {path}", file=sys.stderr)
-    return results
-
-
-def experiment_trial_ids(folder: Path) -> set[str] | None:
-    """The trial ids of the folder's own experiment: those in Tune's newest `experiment_state-*.json`, read as
-    plain JSON (the cloudpickled parts stay undecoded text, nothing is unpickled). None where the folder has
-    no readable experiment state (then every trial folder counts)."""
-    states = sorted(folder.glob("experiment_state-*.json"))
-    if not states:
-        return None
-    try:
-        state = json.loads(states[-1].read_text())
-        ids = {json.loads(entry[0])["trial_id"] for entry in state["trial_data"]}
-    except (ValueError, KeyError, TypeError, IndexError, OSError) as error:
-        print(f"warning: {states[-1]} is unreadable ({type(error).__name__}); reading every trial folder",
-              file=sys.stderr)
-        return None
-    return ids
-
-
-def _knobs(trial: dict, member: dict) -> dict:
-    """A member's values of the study's axes, seed excluded."""
-    return {**{k: v for k, v in trial["study"]["point"].items() if k not in ("seed", "sample")},
-            **{k: v for k, v in member.items() if k != "seed"}}
-
-
-def _frame(study, trials: list[tuple[str, dict, list[dict]]]):
-    import pandas as pd
-    records = []
-    for name, trial, results in trials:
-        members = trial_train_config(trial)["members"]
-        for result in results:
-            for k, metrics in enumerate(split_members(result, len(members))):
-                scalars = {key: v for key, v in metrics.items() if not isinstance(v, (dict, list))}
-                records.append({"study": study.name, "trial": name, "member": k,
-                                "iteration": int(result.get("training_iteration", 0)), "algorithm": trial["algorithm"],
-                                "dataset": trial["dataset"], "seed": int(members[k].get("seed", 0)),
-                                **_knobs(trial, members[k]), **{key: v for key, v in scalars.items()
-                                                                if key not in IDENTITY}})
-    # A trial restored from a checkpoint reports the iterations after it again: keep the last report of each.
-    frame = pd.DataFrame.from_records(records)
-    frame = frame.drop_duplicates(subset=["trial", "member", "iteration"], keep="last")
-    return frame.sort_values(["trial", "member", "iteration"], kind="stable").reset_index(drop=True)
-
-
-def load_results(folder: str | Path):
-    """Every evaluation of every member of a study as a pandas DataFrame, one row per (trial, member,
-    iteration): study, trial (its folder), member, iteration, algorithm, dataset, seed, one column per
-    knob of the study, and every metric the member reported (`eval/normalized_return`, `diverged`, ...,
-    `member_k/` removed; metrics shared by the population, such as `updates`, in every member's row).
-    Values are as reported: a diverged member's metrics are nan (`collect` scores them as failures). A
-    trial restored from a checkpoint keeps the last report of each iteration."""
-    study, trials = _read(folder)
-    return _frame(study, trials)
-
-
-def collect(folder: str | Path) -> tuple[object, list[MemberRun]]:
-    """The study and one MemberRun per member of every trial that reported at least once, diverged members
-    scored at the failure level (see the module docstring); built on `load_results`."""
-    return collect_studies([folder])
-
-
-def collect_studies(folders) -> tuple[object, list[MemberRun]]:
-    """`collect` over several studies of the same metric, scored together (one failure level per dataset);
-    the study returned is the first, named after all of them."""
-    runs, normalization, studies = [], defaultdict(list), []
-    for folder in folders:
-        study, trials = _read(folder)
-        if studies and (study.metric, study.mode, study.optimize) != (studies[0].metric, studies[0].mode,
-                                                                       studies[0].optimize):
-            raise StudyError(f"{folder}: study {study.name} ranks by {study.optimize} {study.metric} ({study.mode}), "
-                             f"{studies[0].name} by {studies[0].optimize} {studies[0].metric} ({studies[0].mode}); "
-                             f"only studies of the same metric share a report")
-        if study.name in (s.name for s in studies):
-            raise StudyError(f"{folder}: study {study.name} is given twice")
-        studies.append(study)
-        frame = _frame(study, trials)
-        numbers = {key: _column(frame, key) for key in (study.metric, "diverged", "eval/q_overestimation", "updates",
-                                                        "eval/return", "eval/normalized_return", "eval/q_mean",
-                                                        *(key for key, _ in SELECTION_METRICS.values()))}
-        by_name = {name: trial for name, trial, _ in trials}
-        for (name, k), rows in frame.groupby(["trial", "member"], sort=True):
-            config, index = trial_train_config(by_name[name]), rows.index
-            diverged = np.flatnonzero(numbers["diverged"][index] > 0)
-            member = config["members"][k]
-            runs.append(MemberRun(
-                config["algorithm"], config["dataset"], _knobs(by_name[name], member), int(member.get("seed", 0)),
-                numbers[study.metric][index], float(numbers["eval/q_overestimation"][index][-1]),
-                int(diverged[0]) + 1 if len(diverged) else None,
-                bool(numbers["updates"][index][-1] >= config.get("total_updates", TrainConfig.total_updates)),
-                len(index), config, member, study=study.name,
-                curves={key: numbers[key][index] for key in ("eval/q_overestimation", "eval/q_mean")},
-                ope={key: _last_finite(numbers[key][index]) for key, _ in SELECTION_METRICS.values()}))
-            normalization[config["dataset"]] += list(zip(numbers["eval/return"][index],
-                                                          numbers["eval/normalized_return"][index]))
-    study = studies[0]
-    for dataset, (level, rule) in failure_levels(study, runs, normalization).items():
-        for run in runs:
-            if run.dataset == dataset:
-                score_failure(run, level, study.mode)
-                run.failure_rule = rule
-    if len(studies) > 1:
-        study = copy.copy(study)
-        study.name, study.description = " + ".join(s.name for s in studies), "; ".join(
-            f"{s.name}: {s.description}" for s in studies if s.description)
-    return study, runs
-
-
-def _last_finite(values: np.ndarray) -> float:
-    finite = values[np.isfinite(values)]
-    return float(finite[-1]) if len(finite) else math.nan
-
-
-def _column(frame, key: str) -> np.ndarray:
-    """A numeric column as float64 (nan where missing or not a number)."""
-    import pandas as pd
-    if key not in frame:
-        return pd.Series(math.nan, index=frame.index).to_numpy()
-    return pd.to_numeric(frame[key].map(_number), errors="coerce").to_numpy(dtype=np.float64)
-
-
-def random_level(metric: str, pairs) -> float | None:
-    """The metric's random-policy level, or None: 0 for normalized returns; for raw returns, the return
-    whose normalized score is 0, from `(return, normalized return)` pairs (a line through two or more)."""
-    base = metric.removesuffix("_best")
-    if base == "eval/normalized_return":
-        return 0.0
-    if base != "eval/return":
-        return None
-    pairs = np.array([p for p in pairs if all(math.isfinite(v) for v in p)], dtype=np.float64).reshape(-1, 2)
-    if len(np.unique(pairs[:, 0])) < 2:
-        return None
-    slope, intercept = np.polyfit(pairs[:, 0], pairs[:, 1], 1)
-    return float(-intercept / slope) if slope > 0 else None
-
-
-def failure_levels(study, runs: list[MemberRun], normalization: dict) -> dict[str, tuple[float, str]]:
-    """{dataset: (failure level, how it was chosen)} (see the module docstring)."""
-    levels = {}
-    for dataset in sorted({run.dataset for run in runs}):
-        seen = np.concatenate([run.history for run in runs if run.dataset == dataset])
-        seen = seen[np.isfinite(seen)]
-        worst = (seen.min() if study.mode == "max" else seen.max()) if len(seen) else math.nan
-        level = random_level(study.metric, normalization.get(dataset, [])) if study.mode == "max" else None
-        if level is None:
-            levels[dataset] = (float(worst) if math.isfinite(worst) else 0.0, "the worst value seen on the dataset")
-        elif math.isfinite(worst) and worst < level:
-            levels[dataset] = (float(worst), "the worst value seen on the dataset (below the random-policy level)")
-        else:
-            levels[dataset] = (level, "the random-policy level")
-    return levels
-
-
-def score_failure(run: MemberRun, level: float, mode: str) -> None:
-    """Set `failure`, `last` and `best` of `run`, every evaluation from its divergence on at `level`."""
-    run.failure = level
-    scored = run.scored_history()
-    finite = scored[np.isfinite(scored)]
-    run.last = float(scored[-1])
-    run.best = float((finite.max() if mode == "max" else finite.min())) if len(finite) else math.nan
+from .results import MemberRun, collect, collect_studies
+from .study import SELECT_CRITERIA, SELECTION_METRICS, StudyError
 
 
 def _rank(setting: Setting, study) -> float:

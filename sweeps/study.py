@@ -86,8 +86,12 @@ MODEL_METRICS = {"eval/model_return", "model/holdout_nll", "model/uncertainty_me
                  "model/loaded_from_cache"}
 SEARCHERS = ("default", "optuna")
 # How `export` picks a setting: online, by the test environment's returns (the oracle); or offline, from the data
-# alone, by a metric each member reports at its final result (report.SELECTION_METRICS names them).
-SELECT_CRITERIA = ("online", "fqe", "critic", "td_error")
+# alone, by a metric each member reports at its final result, and whether higher or lower is better: Fitted Q
+# Evaluation's value, the critic's own initial Q, or the critic's TD error on a fixed sample of transitions (held-out
+# episodes only with train.holdout_fraction > 0; by default, 0, training transitions: a measure of fit).
+SELECTION_METRICS = {"fqe": ("ope/fqe_value", "max"), "critic": ("ope/critic_initial_q", "max"),
+                     "td_error": ("ope/td_error", "min")}
+SELECT_CRITERIA = ("online", *SELECTION_METRICS)
 
 
 @dataclasses.dataclass(frozen=True)

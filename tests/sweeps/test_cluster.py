@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from offline_sweeps.sweeps.report import collect
+from offline_sweeps.sweeps.results import collect
 from offline_sweeps.sweeps.run import experiment_dir, run_study
 
 pytestmark = pytest.mark.slow
