@@ -23,85 +23,9 @@ import yaml
 from ..algorithms import ALGORITHMS
 from .results import MemberRun, collect, collect_studies
 from .selection import Setting, offline_picks, ranking, selection, settings
-from .statistics import (BOOTSTRAP_SEED, bootstrap_ci, finite_mean, iqm, performance_profile, probability_of_improvement,
-                         probability_of_improvement_across, stratified_bootstrap_ci)
+from .statistics import BOOTSTRAP_SEED, bootstrap_ci, finite_mean, performance_profile
 from .study import SELECT_CRITERIA, SELECTION_METRICS, StudyError
-
-
-def aggregate(study, runs: list[MemberRun]) -> tuple[list[dict], list[str]]:
-    """Across datasets, per (study, algorithm): each knob setting and each dataset's best setting (by the
-    mean; chosen on the same seeds, so optimistic), pooled over (dataset, seed) scores: IQM and mean with
-    stratified-bootstrap 95% CIs; and lines of P(one's best beats another's) over their shared datasets.
-    Empty where pooling is meaningless: raw returns of several datasets."""
-    datasets = sorted({run.dataset for run in runs})
-    if len(datasets) > 1 and not study.metric.removesuffix("_best") == "eval/normalized_return":
-        return [], [f"Not pooled across datasets: `{study.metric}` is not normalized."]
-    groups: dict[tuple, dict[str, list[Setting]]] = defaultdict(lambda: defaultdict(list))
-    for setting in settings(runs):
-        groups[(setting.study, setting.algorithm)][json.dumps(setting.knobs, sort_keys=True)].append(setting)
-    best: dict[tuple, dict[str, Setting]] = defaultdict(dict)
-    for (study_name, algorithm, dataset), (_, winner, _) in ranking(study, runs).items():
-        best[(study_name, algorithm)][dataset] = winner
-    rows = []
-    for (study_name, algorithm), by_knobs in sorted(groups.items()):
-        for label, chosen in [(json.loads(k), v) for k, v in sorted(by_knobs.items())] + [
-                ("best setting per dataset", list(best[(study_name, algorithm)].values()))]:
-            strata = [list(s.scores(study.optimize).values()) for s in chosen]
-            pooled = [v for values in strata for v in values]
-            row = {"study": study_name, "algorithm": algorithm,
-                   "setting": label if isinstance(label, str) else ", ".join(f"{k}={v}" for k, v in label.items()),
-                   "datasets": len(chosen), "used": len(pooled),
-                   "diverged": sum(m.diverged for s in chosen for m in s.members),
-                   "iqm": float(iqm(pooled)) if pooled else math.nan}
-            row["iqm_ci_low"], row["iqm_ci_high"] = stratified_bootstrap_ci(strata)
-            row["mean"] = float(np.mean(pooled)) if pooled else math.nan
-            row["mean_ci_low"], row["mean_ci_high"] = stratified_bootstrap_ci(strata, np.mean)
-            rows.append(row)
-    lines = []
-    keys = sorted(best)
-    for i, first in enumerate(keys):
-        for second in keys[i + 1:]:
-            shared = sorted(set(best[first]) & set(best[second]))
-            result = probability_of_improvement_across(
-                [(best[first][d].scores(study.optimize), best[second][d].scores(study.optimize)) for d in shared],
-                study.mode)
-            lines.append(f"P({' '.join(first)} beats {' '.join(second)}), each at its best setting per dataset, "
-                         f"over {len(shared)} shared dataset(s): {result['p']:.3g}, 95% CI "
-                         f"[{result['ci_low']:.3g}, {result['ci_high']:.3g}]")
-    return rows, lines
-
-
-def summarize(study, runs: list[MemberRun]) -> list[dict]:
-    """One row per setting: its seeds (finished, diverged, used), the failure level, and for the last and
-    best evaluation the mean and IQM with their 95% bootstrap CIs (diverged seeds at the failure level)
-    and the plain mean over the survivors; Q overestimation over the survivors."""
-    rows, several = [], len({run.study for run in runs}) > 1
-    for setting in settings(runs):
-        members = setting.members
-        row = {**({"study": setting.study} if several else {}),
-               "algorithm": setting.algorithm, "dataset": setting.dataset, **setting.knobs,
-               "seeds": len(members), "finished": sum(m.finished for m in members),
-               "diverged": sum(m.diverged for m in members),
-               "used": sum(math.isfinite(m.last) for m in members),
-               "diverged_seeds": " ".join(f"{m.seed}@{m.diverged_at}" for m in members if m.diverged),
-               "failure_level": members[0].failure}
-        for name in ("last", "best"):
-            values = [m.score(name) for m in members]
-            finite = [v for v in values if math.isfinite(v)]
-            row[f"{name}_mean"] = float(np.mean(finite)) if finite else math.nan
-            row[f"{name}_mean_ci_low"], row[f"{name}_mean_ci_high"] = bootstrap_ci(finite)
-            row[f"{name}_iqm"] = float(iqm(finite)) if finite else math.nan
-            row[f"{name}_iqm_ci_low"], row[f"{name}_iqm_ci_high"] = bootstrap_ci(finite, iqm)
-            survivors = [v for m, v in zip(members, values) if not m.diverged and math.isfinite(v)]
-            row[f"{name}_mean_survivors"] = float(np.mean(survivors)) if survivors else math.nan
-        q = [m.q_overestimation for m in members if not m.diverged and math.isfinite(m.q_overestimation)]
-        row["q_overestimation_mean_survivors"] = float(np.mean(q)) if q else math.nan
-        row["q_overestimation_ci_low"], row["q_overestimation_ci_high"] = bootstrap_ci(q)
-        rows.append(row)
-    return rows
-
-
-SUMMARY_COLUMNS = ("seeds", "finished", "diverged", "used", "diverged_seeds", "failure_level")
+from .summary import SUMMARY_COLUMNS, aggregate, knob_names, summarize, winner_comparison
 
 
 def write_report(folders, out: str | Path | None = None) -> dict[str, Path]:
@@ -125,7 +49,7 @@ def write_report(folders, out: str | Path | None = None) -> dict[str, Path]:
         writer.writerows(rows)
     levels = sorted({(m.dataset, m.failure, m.failure_rule) for m in runs})
     # report.md: one cell per statistic with its CI; report.csv has every column apart.
-    table = [(c, c, None) for c in columns if c in ("study", "algorithm", "dataset", *_knob_names(rows), *SUMMARY_COLUMNS)
+    table = [(c, c, None) for c in columns if c in ("study", "algorithm", "dataset", *knob_names(rows), *SUMMARY_COLUMNS)
              and c != "failure_level"]
     table += [("last: mean [95% CI]", "last_mean", "last_mean_ci"), ("last: IQM [95% CI]", "last_iqm", "last_iqm_ci"),
               ("last: mean of survivors only", "last_mean_survivors", None),
@@ -156,7 +80,7 @@ def write_report(folders, out: str | Path | None = None) -> dict[str, Path]:
                 "metrics) show what choosing without it costs.", ""]
     for (study_name, algorithm, dataset), (score, winner, others) in ranking(study, runs).items():
         lines.append(f"- **{study_name + ' ' if len(folders) > 1 else ''}{algorithm} on {dataset}: {winner.label()}**: "
-                     + "; ".join(_comparison(study, winner, score, others)))
+                     + "; ".join(winner_comparison(study, winner, score, others)))
     paths = {"markdown": out / "report.md", "csv": out / "report.csv", "plot": out / "sensitivity.png",
              "curves": out / "learning_curves.png"}
     if len(folders) > 1 or len({m.dataset for m in runs}) > 1:
@@ -422,21 +346,16 @@ def plot_profiles(study, rows: list[dict], runs: list[MemberRun], path: Path) ->
     plt.close(fig)
 
 
-def _knob_names(rows: list[dict]) -> set[str]:
-    fixed = {"study", "algorithm", "dataset", *SUMMARY_COLUMNS}
-    return {k for row in rows for k in row if k not in fixed and not k.startswith(("last_", "best_", "q_overestimation"))}
-
-
 def _panels(rows: list[dict]) -> dict:
     """{(algorithm, knob): {line label: [(x, row), ...]}}: one panel per numeric knob that varies within an
     algorithm's settings, one line per dataset and setting of the algorithm's other knobs."""
-    knob_names = _knob_names(rows)
+    names = knob_names(rows)
     panels: dict = {}
     by_algorithm: dict = defaultdict(list)
     for row in rows:
         by_algorithm[row["algorithm"]].append(row)
     for algorithm, group in by_algorithm.items():
-        knobs = sorted(k for k in knob_names if any(k in r for r in group))
+        knobs = sorted(k for k in names if any(k in r for r in group))
         varying = [k for k in knobs if len({json.dumps(r.get(k)) for r in group}) > 1
                    and all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool) for r in group)]
         for knob in varying or [None]:
@@ -502,7 +421,7 @@ def export_best(folder: str | Path, select: str | None = None) -> list[Path]:
         config["members"] = [{"seed": m.seed} for m in members]
         if select == "online":
             header = [f"Best {algorithm} on {dataset} in study {study.name}, chosen with the test environment "
-                      f"(online oracle): {winner.label()}", *_comparison(study, winner, score, others)]
+                      f"(online oracle): {winner.label()}", *winner_comparison(study, winner, score, others)]
         else:
             header = _offline_header(study, select, (algorithm, dataset), winner, estimate, (score, oracle))
         path = out / f"{algorithm}-{dataset.strip('/').replace('/', '_')}.yaml"
@@ -530,37 +449,6 @@ def _offline_header(study, select: str, panel: tuple[str, str], pick: Setting, v
             f"{study.metric} = {picked:.4g}, 95% bootstrap CI [{low:.4g}, {high:.4g}]; the online oracle picks "
             f"{oracle.label()} at {oracle_score:.4g}, regret "
             f"{(1 if study.mode == 'max' else -1) * (oracle_score - picked):.4g}"]
-
-
-def _comparison(study, winner: Setting, score: float, others: list[Setting]) -> list[str]:
-    """The export header's lines on the winner's statistics and how it compares with the other settings."""
-    scores = winner.scores(study.optimize)
-    low, high = bootstrap_ci(list(scores.values()))
-    diverged = [f"seed {m.seed} (iteration {m.diverged_at})" for m in winner.members if m.diverged]
-    lines = [f"mean {study.optimize} {study.metric} = {score:.4g}, 95% bootstrap CI [{low:.4g}, {high:.4g}], "
-             f"IQM {float(iqm(list(scores.values()))):.4g}, over seeds {sorted(scores)}; "
-             f"{len(winner.members)} seeds, {sum(m.finished for m in winner.members)} finished, "
-             f"{len(diverged)} diverged, {len(scores)} used",
-             ("diverged (scored at the failure level " + f"{winner.members[0].failure:.4g}" + "): " + ", ".join(diverged))
-             if diverged else "no seed diverged"]
-    if not others:
-        return lines + ["the only setting: nothing to compare with"]
-    tied = []
-    for n, other in enumerate(others):
-        improvement = probability_of_improvement(scores, other.scores(study.optimize), study.mode)
-        other_low, other_high = bootstrap_ci(list(other.scores(study.optimize).values()))
-        if n == 0:
-            how = (f"paired over seeds {improvement['seeds']}" if improvement["paired"]
-                   else "over all pairs of seeds (fewer than two shared)")
-            lines.append(f"P(this beats the runner-up, {other.label()}) = {improvement['p']:.3g}, "
-                         f"95% bootstrap CI [{improvement['ci_low']:.3g}, {improvement['ci_high']:.3g}], {how}")
-        overlap = not (high < other_low or other_high < low)
-        undecided = not improvement["ci_low"] > 0.5 and not improvement["ci_high"] < 0.5   # nan: undecided
-        if overlap or undecided:
-            tied.append(other.label())
-    lines.append("cannot be told apart (95% CIs of the mean overlap, or the CI of P(this beats it) contains 0.5 or "
-                 "cannot be computed) from: " + ("; ".join(tied) if tied else "none"))
-    return lines
 
 
 def _budgets(n: int) -> list[int]:

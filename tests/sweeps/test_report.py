@@ -16,12 +16,13 @@ import yaml
 from offline_sweeps.algorithms import ALGORITHMS
 from offline_sweeps.algorithms.trainer import flatten_members, split_members
 from offline_sweeps.sweeps.failure import random_level
-from offline_sweeps.sweeps.report import _log_spaced, _panels, export_best, summarize, write_report
+from offline_sweeps.sweeps.report import _log_spaced, _panels, export_best, write_report
 from offline_sweeps.sweeps.results import collect, load_results
 from offline_sweeps.sweeps.statistics import (bootstrap_ci, iqm, performance_profile, probability_of_improvement,
                                               probability_of_improvement_across, stratified_bootstrap_ci)
 from offline_sweeps.sweeps.study import StudyError
 from offline_sweeps.sweeps.study import STUDY_FILE, parse_study
+from offline_sweeps.sweeps.summary import summarize
 
 DATASET = "pendulum/medium-v0"
 
