@@ -16,7 +16,8 @@ import yaml
 from offline_sweeps.algorithms import ALGORITHMS
 from offline_sweeps.algorithms.trainer import flatten_members, split_members
 from offline_sweeps.sweeps.failure import random_level
-from offline_sweeps.sweeps.report import _log_spaced, _panels, export_best, write_report
+from offline_sweeps.sweeps.plots import _log_spaced, _panels
+from offline_sweeps.sweeps.report import export_best, write_report
 from offline_sweeps.sweeps.results import collect, load_results
 from offline_sweeps.sweeps.statistics import (bootstrap_ci, iqm, performance_profile, probability_of_improvement,
                                               probability_of_improvement_across, stratified_bootstrap_ci)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from offline_sweeps.sweeps.report import _panels, write_report
+from offline_sweeps.sweeps.plots import _panels
+from offline_sweeps.sweeps.report import write_report
 from offline_sweeps.sweeps.results import collect
 from offline_sweeps.sweeps.run import experiment_dir, run_study
 from offline_sweeps.sweeps.study import parse_study
