@@ -116,7 +116,8 @@ def _summary(markdown: str, path) -> list[str]:
 
 
 def _finish_study(results, folder, use_wandb: bool = True, verbose: bool = False) -> int:
-    from offline_sweeps.sweeps.report import export_best, write_report
+    from offline_sweeps.sweeps.export import export_best
+    from offline_sweeps.sweeps.report import write_report
     from offline_sweeps.sweeps.run import unfinished_trials
     errors, unfinished = results.num_errors, unfinished_trials(results)
     print(f"\n{len(results)} trial(s): {len(results) - errors - len(unfinished)} finished, {errors} failed, "
@@ -172,7 +173,7 @@ def report(args: argparse.Namespace) -> None:
 
 
 def export(args: argparse.Namespace) -> None:
-    from offline_sweeps.sweeps.report import export_best
+    from offline_sweeps.sweeps.export import export_best
     for path in export_best(args.folder, select=args.select):
         print(f"{path}  (re-run: python launch.py train --config {path})")
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from offline_sweeps.sweeps.report import export_best, write_report
+from offline_sweeps.sweeps.export import export_best
+from offline_sweeps.sweeps.report import write_report
 from offline_sweeps.sweeps.results import collect
 from offline_sweeps.sweeps.run import experiment_dir, run_study, train_from_file
 

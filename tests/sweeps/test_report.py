@@ -15,9 +15,10 @@ import yaml
 
 from offline_sweeps.algorithms import ALGORITHMS
 from offline_sweeps.algorithms.trainer import flatten_members, split_members
+from offline_sweeps.sweeps.export import export_best
 from offline_sweeps.sweeps.failure import random_level
 from offline_sweeps.sweeps.plots import _log_spaced, _panels
-from offline_sweeps.sweeps.report import export_best, write_report
+from offline_sweeps.sweeps.report import write_report
 from offline_sweeps.sweeps.results import collect, load_results
 from offline_sweeps.sweeps.statistics import (bootstrap_ci, iqm, performance_profile, probability_of_improvement,
                                               probability_of_improvement_across, stratified_bootstrap_ci)
@@ -200,7 +201,7 @@ def test_split_members_inverts_flatten_members(members):
 
 
 def test_report_and_export_import_no_ray():
-    code = "import sys, offline_sweeps.sweeps.report; assert 'ray' not in sys.modules, 'ray imported'"
+    code = "import sys, offline_sweeps.sweeps.report, offline_sweeps.sweeps.export; assert 'ray' not in sys.modules, 'ray imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from offline_sweeps.algorithms.trainer import flatten_members
-from offline_sweeps.sweeps.report import export_best, write_report
+from offline_sweeps.sweeps.export import export_best
+from offline_sweeps.sweeps.report import write_report
 from offline_sweeps.sweeps.results import collect
 from offline_sweeps.sweeps.selection import criterion_values, selection
 from offline_sweeps.sweeps.statistics import expected_max_random, expected_max_top, rank_correlation

@@ -21,7 +21,7 @@ import yaml
 
 from offline_sweeps.algorithms.trainer import flatten_members
 from offline_sweeps.sweeps import run
-from offline_sweeps.sweeps.report import export_best
+from offline_sweeps.sweeps.export import export_best
 from offline_sweeps.sweeps.results import load_results
 from offline_sweeps.sweeps.study import STUDY_FILE, StudyError, parse_study
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from offline_sweeps.sweeps.report import export_best, write_report
+from offline_sweeps.sweeps.export import export_best
+from offline_sweeps.sweeps.report import write_report
 from offline_sweeps.sweeps.results import collect
 from offline_sweeps.sweeps.run import experiment_dir, run_study, train_from_file
 from offline_sweeps.sweeps.wandb_logging import log_report
