@@ -180,7 +180,7 @@ def export(args: argparse.Namespace) -> None:
 
 
 def train(args: argparse.Namespace) -> None:
-    from offline_sweeps.sweeps.run import train_from_file
+    from offline_sweeps.sweeps.train import train_from_file
     train_from_file(args.config, args.output, overrides=args.overrides)
 
 

@@ -9,7 +9,6 @@ so reports never depend on W&B.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -17,7 +16,7 @@ import re
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import ray
 import yaml
@@ -25,13 +24,13 @@ from ray import tune
 
 from ..algorithms import ALGORITHMS
 from ..algorithms.trainable import OfflineTrainable
-from ..algorithms.trainer import TrainConfig, TrainRun, split_members
+from ..algorithms.trainer import split_members
 from ..datasets import BuildConfig, build, local_dataset_ids
 from .folder import (KeepSigned, check_free_space, check_signature, claim_folder, experiment_dir, folder_lock,
                      ray_log_file, sign_folder)
 from .plan import SweepClock, check_resources, cluster_resources, duration, format_plan, make_plan
-from .study import (STUDY_FILE, Study, StudyError, apply_sampled, check_inputs, check_overrides, check_train_file,
-                    check_train_values, knob_text, load_study, read_train_file, trial_train_config)
+from .study import STUDY_FILE, Study, StudyError, apply_sampled, check_inputs, knob_text, load_study, trial_train_config
+
 
 class StudyTrainable(OfflineTrainable):
     """OfflineTrainable fed by a study trial: `config["trial"]` is a TrainConfig dict plus `study` metadata."""
@@ -379,55 +378,3 @@ def _trial_name(trial) -> str:
     point = config["study"]["point"]
     parts = [config["algorithm"]] + [knob_text(k, v) for k, v in point.items()]
     return re.sub(r"[^A-Za-z0-9_.=,-]", "_", f"{trial.trial_id}_" + ",".join(parts))[:120]
-
-
-def train_from_file(path: str | Path, output: str | Path | None = None, log: Callable[[str], None] = print,
-                    overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """`launch.py train --config`: run one exported (or hand-written) TrainConfig YAML, with `key=value`
-    overrides (e.g. total_updates=2000 algo.expectile=0.8), to its budget, no Tune.
-
-    Writes the config as run to `<output>/config.yaml` and every iteration's metrics as JSON lines to
-    `<output>/result.json`; returns the last metrics.
-    """
-    values = train_values(path, overrides)
-    run = TrainRun(TrainConfig.from_dict(values))
-    output = Path(output or Path("results") / "train" / Path(path).stem).expanduser().resolve()
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "config.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
-    iterations = math.ceil(run.config.total_updates / run.config.eval_every)
-    log(f"Training {run.config.algorithm} on {run.config.dataset}: {run.members} member(s), {iterations} iteration(s)")
-    started = time.perf_counter()
-    with open(output / "result.json", "w") as results:
-        while True:
-            metrics = run.train_iteration()
-            results.write(json.dumps(_jsonable(metrics)) + "\n")
-            results.flush()
-            log(f"  updates {metrics['updates']:>8}  {_headline(metrics)}  ({time.perf_counter() - started:.0f} s)")
-            if metrics["done"]:
-                return metrics
-
-
-def train_values(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """A config file's training values with `overrides` (OmegaConf dotlist) merged in, checked as one-line
-    errors once merged (a file an override makes valid is accepted)."""
-    if not check_overrides(overrides):
-        return check_train_file(path)
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-    where = f"{path} with {' '.join(overrides)}"
-    try:
-        merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(read_train_file(path)),
-                                                        OmegaConf.from_dotlist(list(overrides))))
-    except OmegaConfBaseException as error:
-        raise StudyError(f"{where}: {str(error).splitlines()[0]}") from error
-    check_train_values(merged, where)
-    return merged
-
-
-def _headline(metrics: dict) -> str:
-    keys = ("eval/normalized_return", "eval/return", "eval/q_overestimation")
-    return "  ".join(f"{k.split('/')[-1]} {metrics[k]:9.2f}" for k in keys if k in metrics)
-
-
-def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}

@@ -37,7 +37,6 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..algorithms import ALGORITHMS
-from ..algorithms.base import ConfigError
 from ..algorithms.trainer import TrainConfig
 
 
@@ -460,43 +459,6 @@ def check_inputs(study: Study) -> None:
                              f"build it with `launch.py dataset make`, or add build: to the study")
     if isinstance(study.build, dict) and study.build.get("env") is not None:
         check_env_id(study.build["env"], "build.env")
-
-
-def check_train_file(path) -> dict:
-    """`launch.py train --config`: the file's training values, checked as a StudyError/ConfigError one-liner
-    (malformed YAML, wrong types, `device: cuda` without a GPU, an unknown env) before anything is loaded."""
-    values = read_train_file(path)
-    check_train_values(values, str(path))
-    return values
-
-
-def read_train_file(path) -> dict:
-    """A training config file's values (a mapping; an export's `study:` key dropped), unchecked."""
-    import yaml
-    path = Path(path)
-    if not path.is_file():
-        raise StudyError(f"config file {path} does not exist")
-    try:
-        values = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise StudyError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from error
-    if not isinstance(values, dict):
-        raise StudyError(f"{path} must hold a mapping of training keys")
-    return {k: v for k, v in values.items() if k != "study"}
-
-
-def check_train_values(values: dict, where: str) -> None:
-    """Training values as TrainConfig takes them, checked as one-line errors prefixed by `where`."""
-    import torch
-    try:
-        config = TrainConfig.from_dict(values)
-        config.member_configs()
-    except (TypeError, ConfigError) as error:
-        raise StudyError(f"{where}: {error}") from error
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise StudyError(f"{where}: device: {config.device} but no CUDA GPU is available here; use auto or cpu")
-    if config.env is not None:
-        check_env_id(config.env, f"{where}: env")
 
 
 def check_env_id(env_id, where: str) -> None:
