@@ -1,19 +1,19 @@
-"""Run a study on Ray Tune (embedded local Ray, or a running cluster), resume it, and re-run one config.
+"""Run a study on Ray Tune (embedded local Ray, or a running cluster) and resume it: the Tuner, its trainable
+and callbacks, and the progress lines.
 
 Tune is the engine: one Tune trial per expanded trial of the study (`{"trial": grid_search(trials)}`),
 each a population of packed members; checkpoints every `checkpoint_every` iterations; `max_failures`
 restarts a crashed trial from its last checkpoint; `resume` is `Tuner.restore`. Results land under
 `<storage>/<study name>/` (Tune's result.json / progress.csv per trial, the study YAML beside them),
-so reports never depend on W&B.
+so reports never depend on W&B. The folder's claim, lock and signature are folder.py's; Ray's start-up,
+ray_setup.py's; the datasets' check and build, inputs.py's.
 """
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 import re
-import signal
 import time
 from pathlib import Path
 from typing import Callable
@@ -25,11 +25,12 @@ from ray import tune
 from ..algorithms import ALGORITHMS
 from ..algorithms.trainable import OfflineTrainable
 from ..algorithms.trainer import split_members
-from ..datasets import BuildConfig, build, local_dataset_ids
 from .folder import (KeepSigned, check_free_space, check_signature, claim_folder, experiment_dir, folder_lock,
                      ray_log_file, sign_folder)
+from .inputs import check_inputs, ensure_datasets
 from .plan import SweepClock, check_resources, cluster_resources, duration, format_plan, make_plan
-from .study import STUDY_FILE, Study, StudyError, apply_sampled, check_inputs, knob_text, load_study, trial_train_config
+from .ray_setup import check_cluster_storage, init_ray, ray_messages_to, sigterm_as_sigint
+from .study import STUDY_FILE, Study, StudyError, apply_sampled, knob_text, load_study, trial_train_config
 
 
 class StudyTrainable(OfflineTrainable):
@@ -62,32 +63,6 @@ def sampled_space(study: Study) -> dict:
     return space
 
 
-def ensure_datasets(study: Study, log: Callable[[str], None] = print, verbose: bool = True) -> None:
-    """Build the study's datasets that are missing locally, when the study says how (`build:`); unless `verbose`,
-    the behaviour agent's training shows only its progress line, not a line per evaluation."""
-    local = set(local_dataset_ids())
-    missing = sorted({d for part in study.parts for d in part.datasets if d not in local and not Path(d).exists()})
-    if not missing or not study.build:
-        return
-    by_name: dict[tuple[str, int], list[str]] = {}
-    for dataset_id in missing:
-        match = re.fullmatch(r"(.+)/([a-z-]+)-v(\d+)", dataset_id)
-        if not match:
-            raise StudyError(f"datasets: cannot build {dataset_id!r}; builder ids look like <name>/<kind>-v<N>")
-        name, kind, version = match.group(1), match.group(2), int(match.group(3))
-        by_name.setdefault((name, version), []).append(kind)
-    for (name, version), kinds in by_name.items():
-        settings = dict(study.build)
-        env = settings.pop("env", None)
-        if not env:
-            raise StudyError("build.env: name the Gymnasium env to build missing datasets from")
-        try:
-            config = BuildConfig(env_id=env, name=name, version=version, kinds=tuple(kinds), **settings)
-        except TypeError as error:
-            raise StudyError(f"build: {error}") from error
-        build(config, log=log, trace=verbose)
-
-
 def wandb_callbacks(study: Study, enabled: bool, verbose: bool = False, log: Callable[[str], None] = print) -> list:
     """One W&B run per member (see wandb_logging.py): offline unless an API key is configured."""
     if not (enabled and study.wandb["enabled"]):
@@ -95,68 +70,6 @@ def wandb_callbacks(study: Study, enabled: bool, verbose: bool = False, log: Cal
     from .wandb_logging import MemberWandbCallback
     return [MemberWandbCallback(study.wandb["project"], study.wandb["group"] or study.name, study.wandb.get("entity"),
                                 verbose=verbose, log=log)]
-
-
-def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = True) -> None:
-    """Join `address` (or RAY_ADDRESS), shipping this code to the workers; else start an embedded local Ray.
-    The workers' output reaches this console only when `verbose` on a cluster (never from the embedded Ray:
-    a trial's failure is in its error.txt and said in one progress line)."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, runtime_env={"py_modules": [str(stage_package())]}, log_to_driver=verbose)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-
-
-@contextlib.contextmanager
-def ray_messages_to(log_file: Path | None):
-    """Ray's start-up notes (token authentication, the local instance), Tune's warnings and its experiment
-    banner go to `log_file` instead of the console; None leaves them on the console. The driver's "ray" logger
-    gets the file as its one handler (ray.init keeps a logger's handlers, setting only their format), stray
-    writes to sys.stderr go there too, and Tune's banner and TensorBoard hint, its "new output", are off
-    (RAY_AIR_NEW_OUTPUT=0: its old reporter at verbose 0 prints nothing)."""
-    if log_file is None:
-        yield
-        return
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    logger = logging.getLogger("ray")
-    handlers = logger.handlers[:]
-    previous = os.environ.get("RAY_AIR_NEW_OUTPUT")
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    with open(log_file, "a", buffering=1) as stream:
-        handler = logging.StreamHandler(stream)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(filename)s:%(lineno)d -- %(message)s"))
-        logger.handlers[:] = [handler]
-        try:
-            with contextlib.redirect_stderr(stream):
-                yield
-        finally:
-            logger.handlers[:] = handlers
-            if previous is None:
-                os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
-            else:
-                os.environ["RAY_AIR_NEW_OUTPUT"] = previous
-
-
-def stage_package() -> Path:
-    """This code as one importable `offline_sweeps/` folder, for Ray's runtime_env `py_modules`.
-
-    The repository keeps datasets/, algorithms/ and sweeps/ at its top and installs them as
-    `offline_sweeps.*`; a plain working_dir upload would not import under that name. A folder in
-    py_modules is zipped, sent once to every node and put on the workers' path, with no pip run there
-    (a wheel would be pip-installed with all its dependencies on every node): the nodes' own environment
-    provides torch, Ray and the rest.
-    """
-    import shutil
-    import tempfile
-    root = Path(__file__).resolve().parents[1]
-    package = Path(tempfile.mkdtemp(prefix="offline-sweeps-code-")) / "offline_sweeps"
-    for name in ("datasets", "algorithms", "sweeps"):
-        shutil.copytree(root / name, package / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    return package
 
 
 class ProgressLines(tune.Callback):
@@ -298,25 +211,6 @@ def _run_tune(study: Study, folder, trials, address, use_wandb, num_cpus, log, c
         sign_folder(folder)
 
 
-@contextlib.contextmanager
-def sigterm_as_sigint():
-    """While Tune runs, SIGTERM (what a cluster scheduler sends) is SIGINT: Tune stops the trials, saves the
-    experiment state and `fit` returns, so the driver prints the resume hint and exits 3. (Without this, Ray's
-    own SIGTERM handler aborts the driver with no message.) A second signal makes Tune stop at once."""
-    import threading
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def as_sigint(signum, frame):
-        signal.raise_signal(signal.SIGINT)
-    previous = signal.signal(signal.SIGTERM, as_sigint)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def with_model_cache(trials: list[dict], folder: Path | str) -> list[dict]:
     """Model-based trials keep their dynamics ensembles in `<storage>/dynamics-cache` unless the study names
     a `train.model_dir`: an ensemble depends on the dataset, the model settings and their seed, not on the
@@ -328,15 +222,6 @@ def with_model_cache(trials: list[dict], folder: Path | str) -> list[dict]:
         if ALGORITHMS[trial["algorithm"]].USES_MODEL and not trial.get("model_dir"):
             trial["model_dir"] = str(folder.parent / "dynamics-cache")
     return trials
-
-
-def check_cluster_storage(study: Study, log: Callable[[str], None]) -> None:
-    """On a multi-node cluster every node writes checkpoints to the storage path: a local path works only
-    when it is shared (NFS) and mounted at the same place everywhere, which no check here can see."""
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) > 1 and "://" not in study.storage:
-        log(f"Note: storage {experiment_dir(study)} is a local path and the cluster has {len(nodes)} nodes; it "
-            f"must be shared storage mounted at that path on every node (NFS), else set storage: s3://... or gs://...")
 
 
 def resume_study(folder: str | Path, address: str | None = None, use_wandb: bool = True,

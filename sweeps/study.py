@@ -446,21 +446,6 @@ def _hashable(value):
     return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
 
 
-def check_inputs(study: Study) -> None:
-    """What a study needs from this machine, checked before Ray starts: each dataset is local, or buildable
-    (`build:`), or downloadable (not when offline: said at once, not after three failed trial attempts)."""
-    from ..datasets.loading import _network_unreachable_reason, local_dataset_ids
-    local = set(local_dataset_ids())
-    missing = sorted({d for part in study.parts for d in part.datasets if d not in local and not Path(d).exists()})
-    if missing and not study.build:
-        reason = _network_unreachable_reason()
-        if reason is not None:
-            raise StudyError(f"datasets: {', '.join(missing)} not found locally and cannot be downloaded ({reason}); "
-                             f"build it with `launch.py dataset make`, or add build: to the study")
-    if isinstance(study.build, dict) and study.build.get("env") is not None:
-        check_env_id(study.build["env"], "build.env")
-
-
 def check_env_id(env_id, where: str) -> None:
     """`env_id` names a registered Gymnasium env (a `module:Env-v0` id is left to Gymnasium's import)."""
     import gymnasium as gym
