@@ -56,7 +56,7 @@ def _load_package() -> None:
         _import_from_source_tree()
     try:
         import offline_sweeps.datasets  # noqa: F401
-        import offline_sweeps.sweeps.study  # noqa: F401
+        import offline_sweeps.sweeps.study_yaml  # noqa: F401
     except ImportError as error:  # a dependency is missing, not the project
         sys.exit(f"error: {error}; install the project and its dependencies with `pip install -e .` in {_HERE}")
 
@@ -86,7 +86,8 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _log_report(folder, paths, use_wandb: bool, verbose: bool = False) -> None:
-    from offline_sweeps.sweeps.study import STUDY_FILE, load_study
+    from offline_sweeps.sweeps.study import STUDY_FILE
+    from offline_sweeps.sweeps.study_yaml import load_study
     study = load_study(Path(folder) / STUDY_FILE, resolve=False)
     if use_wandb and study.wandb["enabled"]:
         from offline_sweeps.sweeps.wandb_logging import log_report
@@ -144,7 +145,7 @@ def sweep(args: argparse.Namespace) -> int:
     from offline_sweeps.sweeps.plan import format_plan, make_plan
     from offline_sweeps.sweeps.folder import experiment_dir, ray_log_file
     from offline_sweeps.sweeps.run import run_study
-    from offline_sweeps.sweeps.study import load_study
+    from offline_sweeps.sweeps.study_yaml import load_study
     study = load_study(args.study, args.overrides)
     if args.dry_run:
         folder = experiment_dir(study)

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..datasets import BuildConfig, build, local_dataset_ids
-from .study import Study, StudyError, check_env_id
+from .study import Study, StudyError
+from .study_yaml import check_env_id
 
 
 def missing_datasets(study: Study) -> list[str]:

@@ -23,7 +23,8 @@ import numpy as np
 
 from ..algorithms.trainer import TrainConfig, split_members
 from .failure import failure_levels, score_failure
-from .study import SELECTION_METRICS, STUDY_FILE, StudyError, apply_sampled, load_study, trial_train_config
+from .study import SELECTION_METRICS, STUDY_FILE, StudyError, apply_sampled, trial_train_config
+from .study_yaml import load_study
 
 
 @dataclass

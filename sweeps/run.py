@@ -30,7 +30,8 @@ from .folder import (KeepSigned, check_free_space, check_signature, claim_folder
 from .inputs import check_inputs, ensure_datasets
 from .plan import SweepClock, check_resources, cluster_resources, duration, format_plan, make_plan
 from .ray_setup import check_cluster_storage, init_ray, ray_messages_to, sigterm_as_sigint
-from .study import STUDY_FILE, Study, StudyError, apply_sampled, knob_text, load_study, trial_train_config
+from .study import STUDY_FILE, Study, StudyError, apply_sampled, knob_text, trial_train_config
+from .study_yaml import load_study
 
 
 class StudyTrainable(OfflineTrainable):

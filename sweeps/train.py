@@ -17,7 +17,8 @@ import yaml
 
 from ..algorithms.base import ConfigError
 from ..algorithms.trainer import TrainConfig, TrainRun
-from .study import StudyError, check_env_id, check_overrides
+from .study import StudyError
+from .study_yaml import check_env_id, check_overrides
 
 
 def train_from_file(path: str | Path, output: str | Path | None = None, log: Callable[[str], None] = print,

@@ -23,7 +23,8 @@ from offline_sweeps.sweeps.results import collect, load_results
 from offline_sweeps.sweeps.statistics import (bootstrap_ci, iqm, performance_profile, probability_of_improvement,
                                               probability_of_improvement_across, stratified_bootstrap_ci)
 from offline_sweeps.sweeps.study import StudyError
-from offline_sweeps.sweeps.study import STUDY_FILE, parse_study
+from offline_sweeps.sweeps.study import STUDY_FILE
+from offline_sweeps.sweeps.study_yaml import parse_study
 from offline_sweeps.sweeps.summary import summarize
 
 DATASET = "pendulum/medium-v0"
@@ -345,7 +346,7 @@ def test_performance_profile_against_hand_computation():
 def test_a_received_folder_does_not_resolve_environment_interpolations(tmp_path, monkeypatch):
     """A study.yaml from someone else naming ${oc.env:SECRET_TOKEN} must not put this machine's token into the
     report (issue 15, item 3); a sweep that resolves one lists the key."""
-    from offline_sweeps.sweeps.study import load_study
+    from offline_sweeps.sweeps.study_yaml import load_study
     monkeypatch.setenv("SECRET_TOKEN", "s3cr3t-value")
     folder = iql_study(tmp_path, curves_of({0.7: flat(80.0), 0.9: flat(70.0)}))
     received = yaml.safe_load((folder / STUDY_FILE).read_text())

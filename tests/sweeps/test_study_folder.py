@@ -24,7 +24,8 @@ from offline_sweeps.sweeps import folder as study_folder
 from offline_sweeps.sweeps import run
 from offline_sweeps.sweeps.export import export_best
 from offline_sweeps.sweeps.results import load_results
-from offline_sweeps.sweeps.study import STUDY_FILE, StudyError, parse_study
+from offline_sweeps.sweeps.study import STUDY_FILE, StudyError
+from offline_sweeps.sweeps.study_yaml import parse_study
 
 LAUNCH = Path(__file__).resolve().parents[2] / "launch.py"
 
