@@ -188,6 +188,7 @@ def train(args: argparse.Namespace) -> None:
 def dataset_make(args: argparse.Namespace) -> None:
     from offline_sweeps import datasets as ds
     import torch
+    from offline_sweeps.algorithms.online_sac import OnlineSAC
     if args.threads:
         torch.set_num_threads(args.threads)
     config = ds.BuildConfig(env_id=args.env, kinds=args.kinds, name=args.name, version=args.version,
@@ -196,7 +197,7 @@ def dataset_make(args: argparse.Namespace) -> None:
                             sac_start_steps=args.sac_start_steps, sac_hidden=args.sac_hidden,
                             eval_every=args.eval_every, num_envs=args.num_envs, seed=args.seed,
                             overwrite=args.overwrite)
-    ds.build(config)
+    ds.build(config, make_agent=OnlineSAC)
 
 
 def dataset_list(args: argparse.Namespace) -> None:

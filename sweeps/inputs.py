@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
+from ..algorithms.online_sac import OnlineSAC
 from ..datasets import BuildConfig, build, local_dataset_ids
 from .study import Study, StudyError
 from .study_yaml import check_env_id
@@ -55,4 +56,4 @@ def ensure_datasets(study: Study, log: Callable[[str], None] = print, verbose: b
             config = BuildConfig(env_id=env, name=name, version=version, kinds=tuple(kinds), **settings)
         except TypeError as error:
             raise StudyError(f"build: {error}") from error
-        build(config, log=log, trace=verbose)
+        build(config, log=log, trace=verbose, make_agent=OnlineSAC)
