@@ -142,8 +142,8 @@ def _finish_study(results, folder, use_wandb: bool = True, verbose: bool = False
 
 
 def sweep(args: argparse.Namespace) -> int:
-    from offline_sweeps.sweeps.plan import format_plan, make_plan
     from offline_sweeps.sweeps.folder import experiment_dir, ray_log_file
+    from offline_sweeps.sweeps.plan import format_plan, make_plan
     from offline_sweeps.sweeps.run import run_study
     from offline_sweeps.sweeps.study_yaml import load_study
     study = load_study(args.study, args.overrides)

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from offline_sweeps.sweeps.folder import experiment_dir
 from offline_sweeps.sweeps.plots import _panels
 from offline_sweeps.sweeps.report import write_report
 from offline_sweeps.sweeps.results import collect
-from offline_sweeps.sweeps.folder import experiment_dir
 from offline_sweeps.sweeps.run import run_study
 from offline_sweeps.sweeps.study_yaml import parse_study
 from offline_sweeps.sweeps.summary import summarize
