@@ -56,7 +56,7 @@ def _load_package() -> None:
         _import_from_source_tree()
     try:
         import offline_sweeps.datasets  # noqa: F401
-        import offline_sweeps.sweeps.study  # noqa: F401
+        import offline_sweeps.sweeps.study_yaml  # noqa: F401
     except ImportError as error:  # a dependency is missing, not the project
         sys.exit(f"error: {error}; install the project and its dependencies with `pip install -e .` in {_HERE}")
 
@@ -86,7 +86,8 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _log_report(folder, paths, use_wandb: bool, verbose: bool = False) -> None:
-    from offline_sweeps.sweeps.study import STUDY_FILE, load_study
+    from offline_sweeps.sweeps.study import STUDY_FILE
+    from offline_sweeps.sweeps.study_yaml import load_study
     study = load_study(Path(folder) / STUDY_FILE, resolve=False)
     if use_wandb and study.wandb["enabled"]:
         from offline_sweeps.sweeps.wandb_logging import log_report
@@ -116,7 +117,8 @@ def _summary(markdown: str, path) -> list[str]:
 
 
 def _finish_study(results, folder, use_wandb: bool = True, verbose: bool = False) -> int:
-    from offline_sweeps.sweeps.report import export_best, write_report
+    from offline_sweeps.sweeps.export import export_best
+    from offline_sweeps.sweeps.report import write_report
     from offline_sweeps.sweeps.run import unfinished_trials
     errors, unfinished = results.num_errors, unfinished_trials(results)
     print(f"\n{len(results)} trial(s): {len(results) - errors - len(unfinished)} finished, {errors} failed, "
@@ -140,9 +142,10 @@ def _finish_study(results, folder, use_wandb: bool = True, verbose: bool = False
 
 
 def sweep(args: argparse.Namespace) -> int:
+    from offline_sweeps.sweeps.folder import experiment_dir, ray_log_file
     from offline_sweeps.sweeps.plan import format_plan, make_plan
-    from offline_sweeps.sweeps.run import experiment_dir, ray_log_file, run_study
-    from offline_sweeps.sweeps.study import load_study
+    from offline_sweeps.sweeps.run import run_study
+    from offline_sweeps.sweeps.study_yaml import load_study
     study = load_study(args.study, args.overrides)
     if args.dry_run:
         folder = experiment_dir(study)
@@ -172,19 +175,20 @@ def report(args: argparse.Namespace) -> None:
 
 
 def export(args: argparse.Namespace) -> None:
-    from offline_sweeps.sweeps.report import export_best
+    from offline_sweeps.sweeps.export import export_best
     for path in export_best(args.folder, select=args.select):
         print(f"{path}  (re-run: python launch.py train --config {path})")
 
 
 def train(args: argparse.Namespace) -> None:
-    from offline_sweeps.sweeps.run import train_from_file
+    from offline_sweeps.sweeps.train import train_from_file
     train_from_file(args.config, args.output, overrides=args.overrides)
 
 
 def dataset_make(args: argparse.Namespace) -> None:
     from offline_sweeps import datasets as ds
     import torch
+    from offline_sweeps.algorithms.online_sac import OnlineSAC
     if args.threads:
         torch.set_num_threads(args.threads)
     config = ds.BuildConfig(env_id=args.env, kinds=args.kinds, name=args.name, version=args.version,
@@ -193,7 +197,7 @@ def dataset_make(args: argparse.Namespace) -> None:
                             sac_start_steps=args.sac_start_steps, sac_hidden=args.sac_hidden,
                             eval_every=args.eval_every, num_envs=args.num_envs, seed=args.seed,
                             overwrite=args.overwrite)
-    ds.build(config)
+    ds.build(config, make_agent=OnlineSAC)
 
 
 def dataset_list(args: argparse.Namespace) -> None:

@@ -17,7 +17,6 @@ happened. SIGTERM interrupts a build as Ctrl-C does, so a killed build cleans up
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import os
 import re
@@ -35,7 +34,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from ..algorithms.sac import SAC, SACConfig
+from .agent import AgentFactory, BehaviourPolicy
 from .buffer import TransitionBuffer
 from .controllers import SCRIPTED_CONTROLLERS
 from .loading import DatasetError, datasets_root, flat_dim, local_dataset_ids
@@ -130,7 +129,7 @@ class BuildConfig:
 @dataclass
 class Snapshot:
     """A frozen behaviour policy and where the online agent stood when it was taken."""
-    policy: torch.nn.Module
+    policy: BehaviourPolicy
     eval_return: float
     step: int
     replay_episodes: list[Episode] = field(default_factory=list)
@@ -147,13 +146,10 @@ class BuiltDataset:
     seconds: float
 
 
-def sac_policy(policy: torch.nn.Module, deterministic: bool) -> Policy:
-    """A numpy policy from a (P=1) TanhGaussianPolicy."""
-    @torch.no_grad()
+def sac_policy(policy: BehaviourPolicy, deterministic: bool) -> Policy:
+    """A rollout policy from the online agent, or from a policy frozen from it."""
     def act(obs: np.ndarray) -> np.ndarray:
-        obs_t = torch.as_tensor(obs, dtype=torch.float32)[None]
-        actions = policy.deterministic(obs_t) if deterministic else policy.sample(obs_t)[0]
-        return actions[0].numpy()
+        return policy.act(obs, deterministic)
     return act
 
 
@@ -161,12 +157,17 @@ def mean_return(env_id: str, policy: Policy, episodes: int, seed: int) -> float:
     return float(np.mean([e.ret for e in rollout(env_id, policy, episodes, seed, episodes_per_env=1)]))
 
 
-def train_sac(config: BuildConfig, log: Callable[[str], None], trace: bool = True) -> dict[str, Snapshot]:
-    """Train SAC online until its evaluation return reaches the targets; snapshot the policy at each.
+def train_sac(config: BuildConfig, log: Callable[[str], None], trace: bool = True,
+              make_agent: AgentFactory | None = None) -> dict[str, Snapshot]:
+    """Train the online agent `make_agent` makes (SAC: algorithms/online_sac.py) until its evaluation return
+    reaches the targets; snapshot the policy at each.
 
     Returns {"medium": ..., "expert": ...} for the targets asked for. The replay episodes up to the medium
     snapshot (complete episodes only) are kept for medium-replay.
     """
+    if make_agent is None:
+        raise DatasetError("medium data and a SAC expert need an online agent to train: pass make_agent="
+                           "offline_sweeps.algorithms.online_sac.OnlineSAC, as launch.py dataset make does")
     targets = {}
     if config.needs_medium:
         targets["medium"] = config.medium_return
@@ -176,15 +177,16 @@ def train_sac(config: BuildConfig, log: Callable[[str], None], trace: bool = Tru
     env = make_env(config.env_id)
     env.action_space.seed(config.seed)
     obs_dim, act_dim = gym.spaces.flatdim(env.observation_space), gym.spaces.flatdim(env.action_space)
-    agent = SAC([SACConfig(seed=config.seed, hidden=config.sac_hidden, batch_size=config.sac_batch_size)],
-                obs_dim, act_dim, torch.as_tensor(env.action_space.low), torch.as_tensor(env.action_space.high))
+    agent = make_agent(obs_dim=obs_dim, act_dim=act_dim, action_low=env.action_space.low,
+                       action_high=env.action_space.high, seed=config.seed, hidden=config.sac_hidden,
+                       batch_size=config.sac_batch_size)
     replay = TransitionBuffer(config.sac_steps, obs_dim, act_dim)
     snapshots: dict[str, Snapshot] = {}
     episodes: list[Episode] = []
     obs, _ = env.reset(seed=config.seed)
     record: dict[str, list] = {"obs": [obs], "act": [], "rew": [], "term": [], "trunc": []}
     best, started = -math.inf, time.perf_counter()
-    act = sac_policy(agent.policy, deterministic=False)
+    act = sac_policy(agent, deterministic=False)
     goal = ", then ".join(f"{kind} return {target:g}" for kind, target in targets.items())
     # The ETA is against the whole step budget ("at most"): reaching the targets ends the training sooner.
     with Progress(f"  SAC to {goal}", config.sac_steps, unit="steps", upper_bound=True) as progress:
@@ -203,11 +205,11 @@ def train_sac(config: BuildConfig, log: Callable[[str], None], trace: bool = Tru
                 obs, _ = env.reset()
                 record = {"obs": [obs], "act": [], "rew": [], "term": [], "trunc": []}
             if step > config.sac_start_steps:
-                agent.update(replay.sample(config.sac_batch_size, generator=agent.generators))
+                agent.update(replay)
             if step % config.eval_every and step != config.sac_steps:
                 progress.update(1)
                 continue
-            score = mean_return(config.env_id, sac_policy(agent.policy, deterministic=True), config.eval_episodes,
+            score = mean_return(config.env_id, sac_policy(agent, deterministic=True), config.eval_episodes,
                                 seed=config.seed + 10_000 + step)
             best = max(best, score)
             progress.update(1, eval_return=f"{score:.1f}", best=f"{best:.1f}")
@@ -216,7 +218,7 @@ def train_sac(config: BuildConfig, log: Callable[[str], None], trace: bool = Tru
                                f"({time.perf_counter() - started:6.0f} s)", log)
             for kind, target in targets.items():
                 if kind not in snapshots and score >= target:
-                    snapshots[kind] = Snapshot(copy.deepcopy(agent.policy), score, step,
+                    snapshots[kind] = Snapshot(agent.frozen(), score, step,
                                                list(episodes) if kind == "medium" else [])
                     if trace:
                         progress.write(f"  froze the {kind} policy at step {step} (eval return {score:.1f} >= "
@@ -401,15 +403,17 @@ def _sigterm_interrupts():
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
-def build(config: BuildConfig, log: Callable[[str], None] = print, trace: bool = True) -> list[BuiltDataset]:
+def build(config: BuildConfig, log: Callable[[str], None] = print, trace: bool = True,
+          make_agent: AgentFactory | None = None) -> list[BuiltDataset]:
     """Build every dataset kind in `config.kinds`; returns what was written. Interrupted (SIGTERM, Ctrl-C), it
     raises BuildInterrupted once the dataset being written is gone; those written before it stay, whole.
     `trace`: a line per evaluation of the SAC behaviour agent, the reference scores and the total time (else
-    only the progress lines and what was written)."""
+    only the progress lines and what was written). `make_agent`: the online agent for medium data and a SAC
+    expert (offline_sweeps.algorithms.online_sac.OnlineSAC); random and scripted-expert builds need none."""
     built: list[BuiltDataset] = []
     with _sigterm_interrupts():
         try:
-            _build(config, log, built, trace)
+            _build(config, log, built, trace, make_agent)
         except KeyboardInterrupt as interrupt:
             if isinstance(interrupt, BuildInterrupted):
                 raise
@@ -421,7 +425,8 @@ def build(config: BuildConfig, log: Callable[[str], None] = print, trace: bool =
     return built
 
 
-def _build(config: BuildConfig, log: Callable[[str], None], built: list[BuiltDataset], trace: bool = True) -> None:
+def _build(config: BuildConfig, log: Callable[[str], None], built: list[BuiltDataset], trace: bool = True,
+           make_agent: AgentFactory | None = None) -> None:
     existing = set(local_dataset_ids())
     clashes = [config.dataset_id(k) for k in config.kinds if config.dataset_id(k) in existing]
     if clashes and not config.overwrite:
@@ -438,7 +443,7 @@ def _build(config: BuildConfig, log: Callable[[str], None], built: list[BuiltDat
     if trace:
         log(f"  random policy: mean return {ref_min:.1f} over {config.ref_episodes} episodes (ref_min_score)")
 
-    snapshots = train_sac(config, log, trace) if config.needs_medium or config.expert == "sac" else {}
+    snapshots = train_sac(config, log, trace, make_agent) if config.needs_medium or config.expert == "sac" else {}
     if config.expert == "scripted":
         expert_act = expert_data_act = SCRIPTED_CONTROLLERS[config.env_id]
         expert_name = f"scripted controller ({expert_act.__name__})"

@@ -18,7 +18,7 @@ import numpy as np
 from ray import tune
 
 from .run import run_study
-from .study import load_study
+from .study_yaml import load_study
 
 QUICKSTART = Path(__file__).resolve().parent / "quickstart.yaml"
 

@@ -1,27 +1,22 @@
-"""Run a study on Ray Tune (embedded local Ray, or a running cluster), resume it, and re-run one config.
+"""Run a study on Ray Tune (embedded local Ray, or a running cluster) and resume it: the Tuner, its trainable
+and callbacks, and the progress lines.
 
 Tune is the engine: one Tune trial per expanded trial of the study (`{"trial": grid_search(trials)}`),
 each a population of packed members; checkpoints every `checkpoint_every` iterations; `max_failures`
 restarts a crashed trial from its last checkpoint; `resume` is `Tuner.restore`. Results land under
 `<storage>/<study name>/` (Tune's result.json / progress.csv per trial, the study YAML beside them),
-so reports never depend on W&B.
+so reports never depend on W&B. The folder's claim, lock and signature are folder.py's; Ray's start-up,
+ray_setup.py's; the datasets' check and build, inputs.py's.
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
-import json
-import logging
 import math
 import os
 import re
-import secrets
-import shutil
-import signal
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import ray
 import yaml
@@ -29,11 +24,15 @@ from ray import tune
 
 from ..algorithms import ALGORITHMS
 from ..algorithms.trainable import OfflineTrainable
-from ..algorithms.trainer import TrainConfig, TrainRun, split_members
-from ..datasets import BuildConfig, build, local_dataset_ids
+from ..algorithms.trainer import split_members
+from .folder import (KeepSigned, check_free_space, check_signature, claim_folder, experiment_dir, folder_lock,
+                     ray_log_file, sign_folder)
+from .inputs import check_inputs, ensure_datasets
 from .plan import SweepClock, check_resources, cluster_resources, duration, format_plan, make_plan
-from .study import (STUDY_FILE, Study, StudyError, apply_sampled, check_inputs, check_overrides, check_train_file,
-                    check_train_values, knob_text, load_study, read_train_file, trial_train_config)
+from .ray_setup import check_cluster_storage, init_ray, ray_messages_to, sigterm_as_sigint
+from .study import STUDY_FILE, Study, StudyError, apply_sampled, knob_text, trial_train_config
+from .study_yaml import load_study
+
 
 class StudyTrainable(OfflineTrainable):
     """OfflineTrainable fed by a study trial: `config["trial"]` is a TrainConfig dict plus `study` metadata."""
@@ -65,38 +64,6 @@ def sampled_space(study: Study) -> dict:
     return space
 
 
-def experiment_dir(study: Study) -> Path | str:
-    if "://" in study.storage:
-        return f"{study.storage.rstrip('/')}/{study.name}"
-    return Path(study.storage).expanduser().resolve() / study.name
-
-
-def ensure_datasets(study: Study, log: Callable[[str], None] = print, verbose: bool = True) -> None:
-    """Build the study's datasets that are missing locally, when the study says how (`build:`); unless `verbose`,
-    the behaviour agent's training shows only its progress line, not a line per evaluation."""
-    local = set(local_dataset_ids())
-    missing = sorted({d for part in study.parts for d in part.datasets if d not in local and not Path(d).exists()})
-    if not missing or not study.build:
-        return
-    by_name: dict[tuple[str, int], list[str]] = {}
-    for dataset_id in missing:
-        match = re.fullmatch(r"(.+)/([a-z-]+)-v(\d+)", dataset_id)
-        if not match:
-            raise StudyError(f"datasets: cannot build {dataset_id!r}; builder ids look like <name>/<kind>-v<N>")
-        name, kind, version = match.group(1), match.group(2), int(match.group(3))
-        by_name.setdefault((name, version), []).append(kind)
-    for (name, version), kinds in by_name.items():
-        settings = dict(study.build)
-        env = settings.pop("env", None)
-        if not env:
-            raise StudyError("build.env: name the Gymnasium env to build missing datasets from")
-        try:
-            config = BuildConfig(env_id=env, name=name, version=version, kinds=tuple(kinds), **settings)
-        except TypeError as error:
-            raise StudyError(f"build: {error}") from error
-        build(config, log=log, trace=verbose)
-
-
 def wandb_callbacks(study: Study, enabled: bool, verbose: bool = False, log: Callable[[str], None] = print) -> list:
     """One W&B run per member (see wandb_logging.py): offline unless an API key is configured."""
     if not (enabled and study.wandb["enabled"]):
@@ -104,80 +71,6 @@ def wandb_callbacks(study: Study, enabled: bool, verbose: bool = False, log: Cal
     from .wandb_logging import MemberWandbCallback
     return [MemberWandbCallback(study.wandb["project"], study.wandb["group"] or study.name, study.wandb.get("entity"),
                                 verbose=verbose, log=log)]
-
-
-def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = True) -> None:
-    """Join `address` (or RAY_ADDRESS), shipping this code to the workers; else start an embedded local Ray.
-    The workers' output reaches this console only when `verbose` on a cluster (never from the embedded Ray:
-    a trial's failure is in its error.txt and said in one progress line)."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, runtime_env={"py_modules": [str(stage_package())]}, log_to_driver=verbose)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-
-
-RAY_LOG = Path("logs") / "ray.log"
-
-
-def ray_log_file(folder: Path | str, name: str) -> Path:
-    """Where Ray's and Tune's own messages go while a sweep runs quietly: `<study folder>/logs/ray.log`, or a
-    temporary file when the study folder is a URI (s3://, gs://)."""
-    if isinstance(folder, Path):
-        return folder / RAY_LOG
-    import tempfile
-    return Path(tempfile.gettempdir()) / f"offline-sweeps-{name}-{time.strftime('%Y%m%d-%H%M%S')}-ray.log"
-
-
-@contextlib.contextmanager
-def ray_messages_to(log_file: Path | None):
-    """Ray's start-up notes (token authentication, the local instance), Tune's warnings and its experiment
-    banner go to `log_file` instead of the console; None leaves them on the console. The driver's "ray" logger
-    gets the file as its one handler (ray.init keeps a logger's handlers, setting only their format), stray
-    writes to sys.stderr go there too, and Tune's banner and TensorBoard hint, its "new output", are off
-    (RAY_AIR_NEW_OUTPUT=0: its old reporter at verbose 0 prints nothing)."""
-    if log_file is None:
-        yield
-        return
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    logger = logging.getLogger("ray")
-    handlers = logger.handlers[:]
-    previous = os.environ.get("RAY_AIR_NEW_OUTPUT")
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    with open(log_file, "a", buffering=1) as stream:
-        handler = logging.StreamHandler(stream)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(filename)s:%(lineno)d -- %(message)s"))
-        logger.handlers[:] = [handler]
-        try:
-            with contextlib.redirect_stderr(stream):
-                yield
-        finally:
-            logger.handlers[:] = handlers
-            if previous is None:
-                os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
-            else:
-                os.environ["RAY_AIR_NEW_OUTPUT"] = previous
-
-
-def stage_package() -> Path:
-    """This code as one importable `offline_sweeps/` folder, for Ray's runtime_env `py_modules`.
-
-    The repository keeps datasets/, algorithms/ and sweeps/ at its top and installs them as
-    `offline_sweeps.*`; a plain working_dir upload would not import under that name. A folder in
-    py_modules is zipped, sent once to every node and put on the workers' path, with no pip run there
-    (a wheel would be pip-installed with all its dependencies on every node): the nodes' own environment
-    provides torch, Ray and the rest.
-    """
-    import shutil
-    import tempfile
-    root = Path(__file__).resolve().parents[1]
-    package = Path(tempfile.mkdtemp(prefix="offline-sweeps-code-")) / "offline_sweeps"
-    for name in ("datasets", "algorithms", "sweeps"):
-        shutil.copytree(root / name, package / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    return package
 
 
 class ProgressLines(tune.Callback):
@@ -319,182 +212,6 @@ def _run_tune(study: Study, folder, trials, address, use_wandb, num_cpus, log, c
         sign_folder(folder)
 
 
-@contextlib.contextmanager
-def sigterm_as_sigint():
-    """While Tune runs, SIGTERM (what a cluster scheduler sends) is SIGINT: Tune stops the trials, saves the
-    experiment state and `fit` returns, so the driver prints the resume hint and exits 3. (Without this, Ray's
-    own SIGTERM handler aborts the driver with no message.) A second signal makes Tune stop at once."""
-    import threading
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def as_sigint(signum, frame):
-        signal.raise_signal(signal.SIGINT)
-    previous = signal.signal(signal.SIGTERM, as_sigint)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-SIGNATURE_FILE = ".resume-signature.json"
-CONFIG_DIR_ENV = "OFFLINE_SWEEPS_CONFIG_DIR"
-
-
-def config_dir() -> Path:
-    """$OFFLINE_SWEEPS_CONFIG_DIR, else $XDG_CONFIG_HOME/offline_sweeps, else ~/.config/offline_sweeps."""
-    if os.environ.get(CONFIG_DIR_ENV):
-        return Path(os.environ[CONFIG_DIR_ENV]).expanduser()
-    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config").expanduser() / "offline_sweeps"
-
-
-def resume_key() -> bytes:
-    """This installation's key for signing study folders (`<config dir>/resume.key`, made 0600 on first use)."""
-    path = config_dir() / "resume.key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        temporary = path.with_name(f".resume.key-{secrets.token_hex(6)}")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as file:
-            file.write(secrets.token_hex(32) + "\n")
-        try:
-            os.link(temporary, path)        # never replaces a key another process made meanwhile
-        except FileExistsError:
-            pass
-        finally:
-            temporary.unlink()
-    return bytes.fromhex(path.read_text().strip())
-
-
-def ray_state_files(folder: Path) -> list[Path]:
-    """What `Tuner.restore` may unpickle: every file at the top of the folder (tuner.pkl, experiment_state-*.json
-    with its cloudpickle blobs, searcher and variant states, study.yaml) and every .pkl below it (a trial's
-    error.pkl, a dict checkpoint)."""
-    top = [p for p in folder.iterdir() if p.is_file() and p.name not in (SIGNATURE_FILE, LOCK_FILE)]
-    below = [p for p in folder.glob("*/**/*.pkl") if p.is_file()]
-    return sorted(set(top + below))
-
-
-def _folder_mac(folder: Path) -> str:
-    mac = hmac.new(resume_key(), digestmod=hashlib.sha256)
-    for path in ray_state_files(folder):
-        mac.update(path.relative_to(folder).as_posix().encode() + b"\0")
-        mac.update(hashlib.sha256(path.read_bytes()).digest())
-    return mac.hexdigest()
-
-
-def sign_folder(folder: Path) -> None:
-    """Record that this installation wrote the folder's Ray state as it is now (an HMAC-SHA256 under
-    resume_key()); `resume` restores only a folder whose files still match."""
-    temporary = folder / f"{SIGNATURE_FILE}.tmp"
-    temporary.write_text(json.dumps({"hmac_sha256": _folder_mac(folder)}))
-    os.replace(temporary, folder / SIGNATURE_FILE)
-
-
-class KeepSigned(tune.Callback):
-    """Re-signs the folder while Tune runs, whenever its Ray files changed (looked at once per `every` seconds
-    at most, at the end of a Tune loop step), so that a driver killed with SIGKILL, which cannot sign, leaves a
-    folder `resume` accepts unless it died between a state write and the next look. Tune writes its
-    experiment state to a staging folder and copies it here in the background, hence the polling."""
-
-    def __init__(self, folder: Path, every: float = 2.0):
-        self.folder, self.every = Path(folder), every
-        self._looked, self._signed = -math.inf, None
-
-    def on_step_end(self, iteration, trials, **info):
-        now = time.monotonic()
-        if now - self._looked < self.every:
-            return
-        self._looked = now
-        stamp = _state_stamp(self.folder)
-        if stamp != self._signed:
-            sign_folder(self.folder)
-            self._signed = stamp
-
-
-def _state_stamp(folder: Path) -> tuple:
-    """What changes when a Ray file is rewritten: each one's name, size and modification time."""
-    stamps = []
-    for path in ray_state_files(folder):
-        try:
-            info = path.stat()
-        except FileNotFoundError:      # removed between the listing and now: the next look sees the change
-            continue
-        stamps.append((path.relative_to(folder).as_posix(), info.st_size, info.st_mtime_ns))
-    return tuple(stamps)
-
-
-def check_signature(folder: Path) -> None:
-    """Refuse, before anything is unpickled, a folder whose Ray files this installation did not sign."""
-    trust = f"if you trust the folder and where it came from, run `python launch.py resume --trust {folder}`"
-    try:
-        recorded = json.loads((folder / SIGNATURE_FILE).read_text())["hmac_sha256"]
-    except FileNotFoundError:
-        raise StudyError(f"{folder} was not written by this installation (no signature); resuming unpickles its "
-                         f"Ray files, which can run code: {trust}") from None
-    except (ValueError, KeyError, TypeError):
-        recorded = ""
-    if not hmac.compare_digest(str(recorded), _folder_mac(folder)):
-        raise StudyError(f"{folder}'s Ray files do not match this installation's signature (changed since, made "
-                         f"elsewhere, or left by a driver killed with SIGKILL, which cannot sign); resuming "
-                         f"unpickles them, which can run code: {trust}")
-
-
-LOCK_FILE = ".sweep.lock"
-MIN_FREE_BYTES = 100 * 2**20
-
-
-def check_free_space(folder: Path) -> None:
-    """Refuse a sweep onto storage with less than MIN_FREE_BYTES (100 MiB) free: checkpoints, results and
-    Tune's state would fill it mid-run."""
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    free = shutil.disk_usage(existing).free
-    if free < MIN_FREE_BYTES:
-        raise StudyError(f"storage {existing} has {free / 2**20:.0f} MiB free, below the {MIN_FREE_BYTES // 2**20} MiB "
-                         f"a sweep needs at least (checkpoints, results, Tune's state); free space or set storage=")
-
-
-@contextlib.contextmanager
-def folder_lock(folder: Path):
-    """Hold `<folder>/.sweep.lock` for one driver: a second sweep or resume on the folder stops at once."""
-    from filelock import FileLock, Timeout
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(folder / LOCK_FILE))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise StudyError(f"{folder} is in use by another sweep or resume (lock {folder / LOCK_FILE}); wait for it "
-                         f"to end, or give this study another name=") from None
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-@contextlib.contextmanager
-def claim_folder(folder: Path, trials: list[dict], overwrite: bool = False):
-    """One study per folder: lock it, then refuse it if an earlier study left anything there (a study.yaml
-    alone, from a sweep that stopped before Ray started, does not count, nor its logs/), or clear it with `overwrite`,
-    keeping a dynamics cache (a trial's `model_dir`) that lives inside it."""
-    with folder_lock(folder):
-        entries = [p for p in folder.iterdir() if p.name != LOCK_FILE]
-        if sorted(p.name for p in entries if p.name not in (SIGNATURE_FILE, RAY_LOG.parts[0])) not in ([], [STUDY_FILE]):
-            if not overwrite:
-                raise StudyError(f"{folder} already holds a study's results; continue it with `python launch.py "
-                                 f"resume {folder}`, give this one a new name=..., or pass --overwrite to clear it")
-            keep = {Path(t["model_dir"]).resolve() for t in trials if t.get("model_dir")}
-            for entry in entries:
-                resolved = entry.resolve()
-                if any(resolved == k or resolved in k.parents for k in keep):
-                    continue
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
-        yield
-
-
 def with_model_cache(trials: list[dict], folder: Path | str) -> list[dict]:
     """Model-based trials keep their dynamics ensembles in `<storage>/dynamics-cache` unless the study names
     a `train.model_dir`: an ensemble depends on the dataset, the model settings and their seed, not on the
@@ -506,15 +223,6 @@ def with_model_cache(trials: list[dict], folder: Path | str) -> list[dict]:
         if ALGORITHMS[trial["algorithm"]].USES_MODEL and not trial.get("model_dir"):
             trial["model_dir"] = str(folder.parent / "dynamics-cache")
     return trials
-
-
-def check_cluster_storage(study: Study, log: Callable[[str], None]) -> None:
-    """On a multi-node cluster every node writes checkpoints to the storage path: a local path works only
-    when it is shared (NFS) and mounted at the same place everywhere, which no check here can see."""
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) > 1 and "://" not in study.storage:
-        log(f"Note: storage {experiment_dir(study)} is a local path and the cluster has {len(nodes)} nodes; it "
-            f"must be shared storage mounted at that path on every node (NFS), else set storage: s3://... or gs://...")
 
 
 def resume_study(folder: str | Path, address: str | None = None, use_wandb: bool = True,
@@ -556,55 +264,3 @@ def _trial_name(trial) -> str:
     point = config["study"]["point"]
     parts = [config["algorithm"]] + [knob_text(k, v) for k, v in point.items()]
     return re.sub(r"[^A-Za-z0-9_.=,-]", "_", f"{trial.trial_id}_" + ",".join(parts))[:120]
-
-
-def train_from_file(path: str | Path, output: str | Path | None = None, log: Callable[[str], None] = print,
-                    overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """`launch.py train --config`: run one exported (or hand-written) TrainConfig YAML, with `key=value`
-    overrides (e.g. total_updates=2000 algo.expectile=0.8), to its budget, no Tune.
-
-    Writes the config as run to `<output>/config.yaml` and every iteration's metrics as JSON lines to
-    `<output>/result.json`; returns the last metrics.
-    """
-    values = train_values(path, overrides)
-    run = TrainRun(TrainConfig.from_dict(values))
-    output = Path(output or Path("results") / "train" / Path(path).stem).expanduser().resolve()
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "config.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
-    iterations = math.ceil(run.config.total_updates / run.config.eval_every)
-    log(f"Training {run.config.algorithm} on {run.config.dataset}: {run.members} member(s), {iterations} iteration(s)")
-    started = time.perf_counter()
-    with open(output / "result.json", "w") as results:
-        while True:
-            metrics = run.train_iteration()
-            results.write(json.dumps(_jsonable(metrics)) + "\n")
-            results.flush()
-            log(f"  updates {metrics['updates']:>8}  {_headline(metrics)}  ({time.perf_counter() - started:.0f} s)")
-            if metrics["done"]:
-                return metrics
-
-
-def train_values(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """A config file's training values with `overrides` (OmegaConf dotlist) merged in, checked as one-line
-    errors once merged (a file an override makes valid is accepted)."""
-    if not check_overrides(overrides):
-        return check_train_file(path)
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-    where = f"{path} with {' '.join(overrides)}"
-    try:
-        merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(read_train_file(path)),
-                                                        OmegaConf.from_dotlist(list(overrides))))
-    except OmegaConfBaseException as error:
-        raise StudyError(f"{where}: {str(error).splitlines()[0]}") from error
-    check_train_values(merged, where)
-    return merged
-
-
-def _headline(metrics: dict) -> str:
-    keys = ("eval/normalized_return", "eval/return", "eval/q_overestimation")
-    return "  ".join(f"{k.split('/')[-1]} {metrics[k]:9.2f}" for k in keys if k in metrics)
-
-
-def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from offline_sweeps.algorithms.host_memory import keep_freed_memory
+from offline_sweeps.algorithms.online_sac import OnlineSAC
 from offline_sweeps.datasets import BuildConfig, build
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -80,5 +81,6 @@ def pendulum_datasets(tmp_path_factory):
         patch.setenv("MINARI_DATASETS_PATH", str(root))
         build(BuildConfig("Pendulum-v1", kinds=("medium", "expert"), transitions=10_000, medium_return=-900.0,
                           expert="scripted", sac_steps=10_000, sac_start_steps=1000, eval_every=250,
-                          sac_hidden=(64, 64), ref_episodes=10, seed=0), log=lambda _: None)
+                          sac_hidden=(64, 64), ref_episodes=10, seed=0),
+              log=lambda _: None, make_agent=OnlineSAC)
     return {kind: str(root / "pendulum" / f"{kind}-v0") for kind in ("medium", "expert")}

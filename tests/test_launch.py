@@ -161,8 +161,8 @@ def test_train_with_overrides_runs_the_changed_config(pendulum_datasets, tmp_pat
 def test_an_override_can_make_a_config_file_valid(tmp_path):
     """The merged values are checked, not the file alone: eval_every past total_updates is fixed by the override,
     and the merged values are still checked (a bad one named with the file and its overrides)."""
-    from offline_sweeps.sweeps.run import train_values
     from offline_sweeps.sweeps.study import StudyError
+    from offline_sweeps.sweeps.train import train_values
     path = train_config(tmp_path, "pendulum/medium-v0")
     path.write_text(path.read_text().replace("eval_every: 10", "eval_every: 100"))
     with pytest.raises(StudyError, match="bc.yaml: eval_every=100 is larger than total_updates=40"):

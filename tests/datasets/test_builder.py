@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from offline_sweeps import datasets as ds
+from offline_sweeps.algorithms.online_sac import OnlineSAC
 from offline_sweeps.datasets.builder import BuildConfig, build, mean_return
 from offline_sweeps.datasets.controllers import pendulum_energy_shaping
 from offline_sweeps.datasets.rollout import random_policy
@@ -25,7 +26,7 @@ def test_sac_reaches_its_targets_and_every_kind_is_written(minari_root):
     config = BuildConfig("Pendulum-v1", transitions=1000, medium_return=-900.0, expert_return=-300.0,
                          sac_steps=12_000, sac_start_steps=1000, eval_every=250, sac_hidden=(64, 64), num_envs=5,
                          ref_episodes=10, seed=0)
-    built = {b.dataset_id: b for b in build(config, log=quiet)}
+    built = {b.dataset_id: b for b in build(config, log=quiet, make_agent=OnlineSAC)}
     ids = [f"pendulum/{kind}-v0" for kind in ds.KINDS]
     assert sorted(built) == sorted(ids) == ds.local_dataset_ids()
     assert not [p for p in minari_root.iterdir() if p.name.startswith(".")]      # no staging left behind
@@ -85,7 +86,7 @@ def test_sac_short_of_its_target_says_what_to_change():
     config = BuildConfig("Pendulum-v1", kinds=("medium",), expert="scripted", medium_return=0.0, sac_steps=400,
                          sac_start_steps=200, eval_every=200, sac_hidden=(16, 16), eval_episodes=2, ref_episodes=2)
     with pytest.raises(ds.DatasetError, match=r"short of the target.*raise --sac-steps or lower the target"):
-        build(config, log=quiet)
+        build(config, log=quiet, make_agent=OnlineSAC)
     assert ds.local_dataset_ids() == []
 
 

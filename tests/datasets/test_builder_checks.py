@@ -24,3 +24,11 @@ def test_one_transition_writes_one_whole_episode(minari_root):
     built = build(BuildConfig("Pendulum-v1", kinds=("random",), expert="scripted", transitions=1, ref_episodes=1),
                   log=lambda _: None)
     assert built[0].transitions == 200 and built[0].episodes == 1       # Pendulum's episodes are 200 steps
+
+
+def test_medium_data_without_an_online_agent_is_refused_with_one_line_naming_it(minari_root):
+    """datasets/ cannot import the SAC learner (tests/test_layers.py): the caller hands the builder its agent."""
+    with pytest.raises(ds.DatasetError, match=r"need an online agent.*make_agent=.*OnlineSAC") as refused:
+        build(BuildConfig("Pendulum-v1", kinds=("medium",), expert="scripted", medium_return=-900.0, ref_episodes=1),
+              log=lambda _: None)
+    assert "\n" not in str(refused.value) and ds.local_dataset_ids() == []

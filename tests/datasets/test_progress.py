@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from offline_sweeps import datasets as ds
+from offline_sweeps.algorithms.online_sac import OnlineSAC
 from offline_sweeps.datasets import progress
 from offline_sweeps.datasets.builder import BuildConfig, build
 from offline_sweeps.datasets.progress import Progress
@@ -64,7 +65,7 @@ def test_a_small_build_shows_its_sac_budget_and_collection_totals(minari_root, c
     config = BuildConfig("Pendulum-v1", kinds=("random", "medium"), expert="scripted", medium_return=-2000.0,
                          sac_steps=400, sac_start_steps=200, eval_every=200, sac_hidden=(16, 16), eval_episodes=2,
                          transitions=400, num_envs=2, ref_episodes=2)
-    build(config, log=lambda _: None)
+    build(config, log=lambda _: None, make_agent=OnlineSAC)
     err = capfd.readouterr().err
     assert "SAC to medium return -2000: 200/400 steps in" in err and "target reached" in err, err
     assert "collecting random data: 400/400 transitions in" in err, err

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from offline_sweeps.sweeps.study import parse_study
+from offline_sweeps.sweeps.study_yaml import parse_study
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from offline_sweeps.sweeps.report import collect
-from offline_sweeps.sweeps.run import experiment_dir, run_study
+from offline_sweeps.sweeps.folder import experiment_dir
+from offline_sweeps.sweeps.results import collect
+from offline_sweeps.sweeps.run import run_study
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from offline_sweeps.algorithms.trainable import GATE_ENV
-from offline_sweeps.sweeps.run import experiment_dir, run_study
+from offline_sweeps.sweeps.folder import experiment_dir
+from offline_sweeps.sweeps.run import run_study
 
 pytestmark = pytest.mark.slow
 LAUNCH = Path(__file__).resolve().parents[2] / "launch.py"

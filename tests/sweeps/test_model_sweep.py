@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from offline_sweeps.sweeps.run import experiment_dir, run_study
+from offline_sweeps.sweeps.folder import experiment_dir
+from offline_sweeps.sweeps.run import run_study
 
 pytestmark = pytest.mark.slow
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from offline_sweeps.sweeps.report import collect, export_best, write_report
-from offline_sweeps.sweeps.run import experiment_dir, run_study, train_from_file
+from offline_sweeps.sweeps.export import export_best
+from offline_sweeps.sweeps.folder import experiment_dir
+from offline_sweeps.sweeps.report import write_report
+from offline_sweeps.sweeps.results import collect
+from offline_sweeps.sweeps.run import run_study
+from offline_sweeps.sweeps.train import train_from_file
 
 pytest.importorskip("optuna")
 pytestmark = pytest.mark.slow

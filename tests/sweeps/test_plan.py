@@ -8,7 +8,8 @@ import pytest
 
 from offline_sweeps.sweeps import plan as plans
 from offline_sweeps.sweeps.run import ProgressLines
-from offline_sweeps.sweeps.study import StudyError, parse_study
+from offline_sweeps.sweeps.study import StudyError
+from offline_sweeps.sweeps.study_yaml import parse_study
 from offline_sweeps.sweeps.wandb_logging import member_run_name
 
 

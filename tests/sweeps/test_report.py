@@ -15,12 +15,17 @@ import yaml
 
 from offline_sweeps.algorithms import ALGORITHMS
 from offline_sweeps.algorithms.trainer import flatten_members, split_members
-from offline_sweeps.sweeps.report import (_log_spaced, _panels, bootstrap_ci, collect, export_best, iqm, load_results,
-                                          performance_profile, probability_of_improvement,
-                                          probability_of_improvement_across, random_level,
-                                          stratified_bootstrap_ci, summarize, write_report)
+from offline_sweeps.sweeps.export import export_best
+from offline_sweeps.sweeps.failure import random_level
+from offline_sweeps.sweeps.plots import _log_spaced, _panels
+from offline_sweeps.sweeps.report import write_report
+from offline_sweeps.sweeps.results import collect, load_results
+from offline_sweeps.sweeps.statistics import (bootstrap_ci, iqm, performance_profile, probability_of_improvement,
+                                              probability_of_improvement_across, stratified_bootstrap_ci)
 from offline_sweeps.sweeps.study import StudyError
-from offline_sweeps.sweeps.study import STUDY_FILE, parse_study
+from offline_sweeps.sweeps.study import STUDY_FILE
+from offline_sweeps.sweeps.study_yaml import parse_study
+from offline_sweeps.sweeps.summary import summarize
 
 DATASET = "pendulum/medium-v0"
 
@@ -197,7 +202,7 @@ def test_split_members_inverts_flatten_members(members):
 
 
 def test_report_and_export_import_no_ray():
-    code = "import sys, offline_sweeps.sweeps.report; assert 'ray' not in sys.modules, 'ray imported'"
+    code = "import sys, offline_sweeps.sweeps.report, offline_sweeps.sweeps.export; assert 'ray' not in sys.modules, 'ray imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -341,7 +346,7 @@ def test_performance_profile_against_hand_computation():
 def test_a_received_folder_does_not_resolve_environment_interpolations(tmp_path, monkeypatch):
     """A study.yaml from someone else naming ${oc.env:SECRET_TOKEN} must not put this machine's token into the
     report (issue 15, item 3); a sweep that resolves one lists the key."""
-    from offline_sweeps.sweeps.study import load_study
+    from offline_sweeps.sweeps.study_yaml import load_study
     monkeypatch.setenv("SECRET_TOKEN", "s3cr3t-value")
     folder = iql_study(tmp_path, curves_of({0.7: flat(80.0), 0.9: flat(70.0)}))
     received = yaml.safe_load((folder / STUDY_FILE).read_text())

@@ -7,9 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from offline_sweeps.sweeps.report import _panels, collect, summarize, write_report
-from offline_sweeps.sweeps.run import experiment_dir, run_study
-from offline_sweeps.sweeps.study import parse_study
+from offline_sweeps.sweeps.folder import experiment_dir
+from offline_sweeps.sweeps.plots import _panels
+from offline_sweeps.sweeps.report import write_report
+from offline_sweeps.sweeps.results import collect
+from offline_sweeps.sweeps.run import run_study
+from offline_sweeps.sweeps.study_yaml import parse_study
+from offline_sweeps.sweeps.summary import summarize
 
 pytestmark = pytest.mark.slow
 SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"

@@ -13,9 +13,13 @@ import pytest
 import yaml
 
 from offline_sweeps.algorithms.trainer import flatten_members
-from offline_sweeps.sweeps.report import (collect, criterion_values, expected_max_random, expected_max_top,
-                                          export_best, rank_correlation, selection, write_report)
-from offline_sweeps.sweeps.study import StudyError, parse_study
+from offline_sweeps.sweeps.export import export_best
+from offline_sweeps.sweeps.report import write_report
+from offline_sweeps.sweeps.results import collect
+from offline_sweeps.sweeps.selection import criterion_values, selection
+from offline_sweeps.sweeps.statistics import expected_max_random, expected_max_top, rank_correlation
+from offline_sweeps.sweeps.study import StudyError
+from offline_sweeps.sweeps.study_yaml import parse_study
 
 from .test_report import DATASET, curves_of, flat, iql_study
 

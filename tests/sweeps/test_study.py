@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from offline_sweeps.sweeps.study import StudyError, load_study, parse_study
+from offline_sweeps.sweeps.study import StudyError
+from offline_sweeps.sweeps.study_yaml import load_study, parse_study
 
 SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
 BASE = {"name": "t", "algorithm": "iql", "datasets": ["d/medium-v0"], "seeds": [0, 1, 2],

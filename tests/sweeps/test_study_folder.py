@@ -20,9 +20,12 @@ import pytest
 import yaml
 
 from offline_sweeps.algorithms.trainer import flatten_members
+from offline_sweeps.sweeps import folder as study_folder
 from offline_sweeps.sweeps import run
-from offline_sweeps.sweeps.report import export_best, load_results
-from offline_sweeps.sweeps.study import STUDY_FILE, StudyError, parse_study
+from offline_sweeps.sweeps.export import export_best
+from offline_sweeps.sweeps.results import load_results
+from offline_sweeps.sweeps.study import STUDY_FILE, StudyError
+from offline_sweeps.sweeps.study_yaml import parse_study
 
 LAUNCH = Path(__file__).resolve().parents[2] / "launch.py"
 
@@ -62,7 +65,7 @@ def experiment_state(folder: Path, ids: list[str], stamp: str) -> None:
 def config_dir(tmp_path, monkeypatch):
     """This installation's config dir (its resume key) in the test's folder."""
     folder = tmp_path / "config"
-    monkeypatch.setenv(run.CONFIG_DIR_ENV, str(folder))
+    monkeypatch.setenv(study_folder.CONFIG_DIR_ENV, str(folder))
     return folder
 
 
@@ -85,7 +88,7 @@ def test_a_sweep_into_a_used_folder_stops_before_ray_with_one_line_offering_resu
     message = str(refused.value)
     assert "\n" not in message and f"launch.py resume {folder}" in message
     assert "name=" in message and "--overwrite" in message
-    assert sorted(p.name for p in folder.iterdir() if p.name != run.LOCK_FILE) == before   # nothing touched
+    assert sorted(p.name for p in folder.iterdir() if p.name != study_folder.LOCK_FILE) == before   # nothing touched
 
 
 def test_a_folder_holding_only_the_study_yaml_of_a_sweep_that_never_started_is_reused(tmp_path, monkeypatch):
@@ -112,13 +115,13 @@ def test_overwrite_clears_the_old_trials_but_keeps_a_dynamics_cache_inside_the_f
     monkeypatch.setattr(run, "_run_claimed", lambda *args: seen.setdefault(
         "left", sorted(p.name for p in folder.iterdir())))
     run.run_study(study, log=lambda _: None, overwrite=True)
-    assert seen["left"] == sorted([run.LOCK_FILE, run.SIGNATURE_FILE, STUDY_FILE, "dynamics-cache"])
+    assert seen["left"] == sorted([study_folder.LOCK_FILE, study_folder.SIGNATURE_FILE, STUDY_FILE, "dynamics-cache"])
     assert (cache / "abc" / "model.pt").read_bytes() == b"weights"
 
 
 def test_the_lock_stops_a_second_driver_on_the_same_folder_with_one_line(tmp_path, no_ray):
     folder = tmp_path / "study"
-    with run.folder_lock(folder):
+    with study_folder.folder_lock(folder):
         with pytest.raises(StudyError) as refused:
             run.run_study(study_of(tmp_path), log=lambda _: None)
         assert "in use by another sweep" in str(refused.value) and "\n" not in str(refused.value)
@@ -126,7 +129,7 @@ def test_the_lock_stops_a_second_driver_on_the_same_folder_with_one_line(tmp_pat
         (folder / "tuner.pkl").write_bytes(b"")          # what Tuner.can_restore looks for
         with pytest.raises(StudyError, match="in use by another sweep"):
             run.resume_study(folder)
-    with run.folder_lock(folder):        # released: the next driver gets it
+    with study_folder.folder_lock(folder):        # released: the next driver gets it
         pass
 
 
@@ -169,7 +172,7 @@ def received_folder(tmp_path) -> tuple[Path, Path]:
 def test_resume_refuses_a_received_folder_without_unpickling_it_and_names_trust(tmp_path, config_dir):
     folder, marker = received_folder(tmp_path)
     refused = subprocess.run([sys.executable, str(LAUNCH), "resume", str(folder), "--no-wandb"], capture_output=True,
-                             text=True, timeout=300, env={**os.environ, run.CONFIG_DIR_ENV: str(config_dir)})
+                             text=True, timeout=300, env={**os.environ, study_folder.CONFIG_DIR_ENV: str(config_dir)})
     assert refused.returncode == 2, refused.stdout + refused.stderr
     error = refused.stderr.strip()
     assert "\n" not in error and "not written by this installation" in error
@@ -187,49 +190,49 @@ def test_resume_trust_passes_a_received_folder_on_to_tune(tmp_path, config_dir, 
 
 def test_a_folder_this_installation_signed_passes_and_one_changed_since_is_refused(tmp_path, config_dir):
     folder, marker = received_folder(tmp_path)
-    run.sign_folder(folder)
-    run.check_signature(folder)
+    study_folder.sign_folder(folder)
+    study_folder.check_signature(folder)
     key = config_dir / "resume.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(bytes.fromhex(key.read_text().strip())) == 32
     (folder / "tuner.pkl").write_bytes(pickle.dumps(Marker(tmp_path / "other")))        # tampered with
     with pytest.raises(StudyError, match="killed with SIGKILL.*resume --trust"):
-        run.check_signature(folder)
-    run.sign_folder(folder)
+        study_folder.check_signature(folder)
+    study_folder.sign_folder(folder)
     (folder / "abcd0001_iql,n" / "dict_checkpoint.pkl").write_bytes(b"x")       # a pickle added below
     with pytest.raises(StudyError, match="do not match"):
-        run.check_signature(folder)
+        study_folder.check_signature(folder)
 
 
 def test_a_running_sweep_re_signs_its_folder_when_tune_rewrites_its_state(tmp_path, config_dir):
     """KeepSigned: what a driver killed with SIGKILL leaves is resumable without --trust once the callback has
     looked after Tune's last write (and it does not sign again while nothing changed)."""
     folder, _ = received_folder(tmp_path)
-    keeper = run.KeepSigned(folder, every=0.0)
+    keeper = study_folder.KeepSigned(folder, every=0.0)
     keeper.on_step_end(iteration=1, trials=[])
-    run.check_signature(folder)
-    signature = (folder / run.SIGNATURE_FILE).stat().st_mtime_ns
+    study_folder.check_signature(folder)
+    signature = (folder / study_folder.SIGNATURE_FILE).stat().st_mtime_ns
     keeper.on_step_end(iteration=2, trials=[])
-    assert (folder / run.SIGNATURE_FILE).stat().st_mtime_ns == signature      # nothing changed: not re-signed
+    assert (folder / study_folder.SIGNATURE_FILE).stat().st_mtime_ns == signature      # nothing changed: not re-signed
     state = folder / "experiment_state-2026-12-03_10-00-00.json"
     state.write_text('{"trial_data": []}')                # Tune's next experiment state arrives
     with pytest.raises(StudyError, match="do not match"):
-        run.check_signature(folder)
+        study_folder.check_signature(folder)
     keeper.on_step_end(iteration=3, trials=[])
-    run.check_signature(folder)
-    slow = run.KeepSigned(folder, every=3600.0)            # looks at most once an hour: the first look only
+    study_folder.check_signature(folder)
+    slow = study_folder.KeepSigned(folder, every=3600.0)            # looks at most once an hour: the first look only
     slow.on_step_end(iteration=1, trials=[])
     state.write_text('{"trial_data": [1]}')
     slow.on_step_end(iteration=2, trials=[])
     with pytest.raises(StudyError, match="do not match"):
-        run.check_signature(folder)
+        study_folder.check_signature(folder)
 
 
 def test_another_installations_signature_is_refused(tmp_path, config_dir, monkeypatch):
     folder, _ = received_folder(tmp_path)
-    run.sign_folder(folder)
-    monkeypatch.setenv(run.CONFIG_DIR_ENV, str(tmp_path / "elsewhere"))
+    study_folder.sign_folder(folder)
+    monkeypatch.setenv(study_folder.CONFIG_DIR_ENV, str(tmp_path / "elsewhere"))
     with pytest.raises(StudyError, match="do not match"):
-        run.check_signature(folder)
+        study_folder.check_signature(folder)
 
 
 def test_report_and_export_never_unpickle(tmp_path, monkeypatch):
@@ -255,7 +258,7 @@ def test_a_sweep_onto_storage_with_too_little_free_space_stops_before_ray_with_o
                                                                                        monkeypatch):
     import shutil
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(run.shutil, "disk_usage", lambda path: usage._replace(free=10 * 2**20))
+    monkeypatch.setattr(study_folder.shutil, "disk_usage", lambda path: usage._replace(free=10 * 2**20))
     with pytest.raises(StudyError, match=r"10 MiB free, below the 100 MiB") as refused:
         run.run_study(study_of(tmp_path), log=lambda _: None)
     assert "\n" not in str(refused.value) and not (tmp_path / "study").exists()

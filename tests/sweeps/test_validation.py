@@ -10,8 +10,10 @@ from hypothesis import strategies as st
 
 from offline_sweeps.algorithms.base import ConfigError
 from offline_sweeps.sweeps import study as study_module
-from offline_sweeps.sweeps.study import (TOP_KEYS, TRAIN_KEYS, StudyError, check_inputs, check_train_file, load_study,
-                                         parse_study, reported_metrics)
+from offline_sweeps.sweeps.inputs import check_inputs
+from offline_sweeps.sweeps.study import StudyError
+from offline_sweeps.sweeps.study_yaml import TOP_KEYS, TRAIN_KEYS, load_study, parse_study, reported_metrics
+from offline_sweeps.sweeps.train import check_train_file
 
 BASE = {"name": "s", "algorithm": "iql", "datasets": ["d/medium-v0"], "train": {"eval_every": 10, "total_updates": 20},
         "search": {"expectile": {"grid": [0.5, 0.7]}}, "seeds": [0, 1], "pack": ["seed"]}

@@ -1,0 +1,88 @@
+"""`launch.py export`: the best setting per (algorithm, dataset) as a standalone training config, written to
+`<study folder>/best/<algorithm>-<dataset>.yaml` for `launch.py train --config`, its header (YAML comments) saying
+how it was chosen and what the seeds say about it: by the online oracle (selection.ranking) or by an offline
+criterion (selection.offline_picks).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .results import collect
+from .selection import Setting, offline_picks, ranking
+from .statistics import bootstrap_ci
+from .study import SELECT_CRITERIA, SELECTION_METRICS, StudyError
+from .summary import winner_comparison
+
+
+def export_best(folder: str | Path, select: str | None = None) -> list[Path]:
+    """The best knob setting per (algorithm, dataset) as a standalone YAML for `launch.py train --config`, in
+    `<folder>/best/`, picked by `select` (None: the study's `select:`, by default "online"):
+    - "online": the mean over seeds of the study's metric (its last or best evaluation, as the study says;
+      diverged seeds at the failure level; fewer diverged seeds break a tie), chosen with the test
+      environment. The header states the winner's 95% CI, its diverged seeds, P(winner beats the
+      runner-up) and every setting it cannot be told apart from.
+    - "fqe", "critic", "td_error": the mean over seeds of the members' final `SELECTION_METRICS` value,
+      from the data alone (see `selection`). The header states the criterion's value, and the setting's
+      test-environment score and regret against the online pick for reference. A panel whose members
+      reported no value of the criterion is skipped, named on stderr; a StudyError if that is every one."""
+    folder = Path(folder).expanduser().resolve()
+    study, runs = collect(folder)
+    select = study.select if select is None else select
+    if select not in SELECT_CRITERIA:
+        raise StudyError(f"select: {select!r} must be one of {', '.join(SELECT_CRITERIA)}")
+    ranked = ranking(study, runs)
+    picks = {panel: (winner, score) for panel, (score, winner, _) in ranked.items()} if select == "online" else \
+        offline_picks(study, runs, select)
+    for _, algorithm, dataset in sorted(set(ranked) - set(picks)):
+        print(f"warning: {algorithm} on {dataset} not exported: no member reported {SELECTION_METRICS[select][0]} "
+              f"(select: {select}); export it with select online", file=sys.stderr)
+    if not picks:
+        raise StudyError(f"select: {select} needs {SELECTION_METRICS[select][0]}, which no member of study "
+                         f"{study.name} reported; use select online, or a criterion the algorithms report")
+    out = folder / "best"
+    out.mkdir(exist_ok=True)
+    written = []
+    for (study_name, algorithm, dataset), (winner, estimate) in picks.items():
+        score, oracle, others = ranked[(study_name, algorithm, dataset)]
+        members = winner.members
+        config = {k: v for k, v in members[0].trial_config.items() if k != "members"}
+        config["algo"] = {**config.get("algo", {}), **{k: v for k, v in winner.knobs.items()
+                                                        if not k.startswith("train.")}}
+        for key, value in winner.knobs.items():
+            if key.startswith("train."):
+                config[key[6:]] = value
+        config["members"] = [{"seed": m.seed} for m in members]
+        if select == "online":
+            header = [f"Best {algorithm} on {dataset} in study {study.name}, chosen with the test environment "
+                      f"(online oracle): {winner.label()}", *winner_comparison(study, winner, score, others)]
+        else:
+            header = _offline_header(study, select, (algorithm, dataset), winner, estimate, (score, oracle))
+        path = out / f"{algorithm}-{dataset.strip('/').replace('/', '_')}.yaml"
+        header.append(f"Re-run: python launch.py train --config {path}")
+        path.write_text("".join(f"# {line}\n" for line in header) + yaml.safe_dump(config, sort_keys=False))
+        written.append(path)
+    return written
+
+
+def _offline_header(study, select: str, panel: tuple[str, str], pick: Setting, value: float,
+                    online: tuple[float, Setting]) -> list[str]:
+    """The export header's lines for a setting picked offline by `select`, its test-environment score beside."""
+    key, mode = SELECTION_METRICS[select]
+    failure = [m.seed for m in pick.members if m.diverged]
+    scores = pick.scores(study.optimize)
+    low, high = bootstrap_ci(list(scores.values()))
+    oracle_score, oracle = online
+    picked = float(np.mean(list(scores.values())))
+    return [f"Best {panel[0]} on {panel[1]} in study {study.name}, chosen offline (from the dataset alone) by "
+            f"{select}: {pick.label()}",
+            f"{select}: mean final {key} = {value:.4g} over seeds {sorted(m.seed for m in pick.members)} "
+            f"({'higher' if mode == 'max' else 'lower'} is better; diverged seeds {failure or 'none'} at the "
+            f"criterion's failure level)",
+            f"for reference, measured in the test environment (not used to choose): mean {study.optimize} "
+            f"{study.metric} = {picked:.4g}, 95% bootstrap CI [{low:.4g}, {high:.4g}]; the online oracle picks "
+            f"{oracle.label()} at {oracle_score:.4g}, regret "
+            f"{(1 if study.mode == 'max' else -1) * (oracle_score - picked):.4g}"]

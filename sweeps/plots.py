@@ -1,0 +1,250 @@
+"""The report's figures, drawn with matplotlib (Agg) from `summarize`'s rows, the member runs and `selection`'s
+curves: sensitivity.png (the metric and Q overestimation against each knob), learning_curves.png, profiles.png
+(performance profiles) and eop.png (Expected Online Performance). Figures only: every number they show is
+computed elsewhere (summary.py, selection.py, statistics.py).
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from ..algorithms import ALGORITHMS
+from .results import MemberRun
+from .selection import settings
+from .statistics import BOOTSTRAP_SEED, bootstrap_ci, finite_mean, performance_profile
+from .summary import knob_names
+
+
+def plot_sensitivity(study, rows: list[dict], runs: list[MemberRun], path: Path) -> None:
+    """One column of panels per (algorithm, knob): the metric (top) and Q overestimation (bottom) against
+    the knob, the x-axis running from weaker to stronger constraint (the learner's `CONSTRAINT_KNOBS`), log
+    scale when the grid is log-spaced. Per-seed points (x: a diverged seed, at the failure level) under the
+    mean and its 95% CI; a mean whose CI cannot be computed is drawn hollow, without a bar."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels = _panels(rows)
+    fig, axes = plt.subplots(2, len(panels), figsize=(max(7.0, 5.5 * len(panels)), 8), squeeze=False)
+    members_of = {id(row): setting.members for row, setting in zip(rows, settings(runs))}
+    for column, ((algorithm, knob), lines) in enumerate(panels.items()):
+        ax_metric, ax_q = axes[0, column], axes[1, column]
+        for n, (label, points) in enumerate(lines.items()):
+            color = f"C{n % 10}"
+            points = sorted(points, key=lambda p: p[0])
+            xs = np.array([p[0] for p in points], dtype=float)
+            for ax, mean_key, low_key, high_key, value in (
+                    (ax_metric, f"{study.optimize}_mean", f"{study.optimize}_mean_ci_low",
+                     f"{study.optimize}_mean_ci_high", lambda m: m.score(study.optimize)),
+                    (ax_q, "q_overestimation_mean_survivors", "q_overestimation_ci_low", "q_overestimation_ci_high",
+                     lambda m: math.nan if m.diverged else m.q_overestimation)):
+                means = np.array([p[1][mean_key] for p in points], dtype=float)
+                low = np.array([p[1][low_key] for p in points], dtype=float)
+                high = np.array([p[1][high_key] for p in points], dtype=float)
+                ax.plot(xs, means, "-", color=color, label=label)
+                has_ci = np.isfinite(low) & np.isfinite(high)
+                ax.errorbar(xs[has_ci], means[has_ci], yerr=[means[has_ci] - low[has_ci], high[has_ci] - means[has_ci]],
+                            fmt="o", color=color, capsize=3)
+                ax.plot(xs[~has_ci], means[~has_ci], "o", mfc="none", color=color)
+                for x, (_, row) in zip(xs, points):
+                    for m in members_of[id(row)]:
+                        if math.isfinite(value(m)) or (ax is ax_metric and m.diverged):
+                            ax.plot(x, value(m), "x" if m.diverged else ".", color=color, alpha=0.6, ms=6)
+        direction = ALGORITHMS[algorithm].CONSTRAINT_KNOBS.get(knob) if algorithm in ALGORITHMS else None
+        all_x = sorted({p[0] for points in lines.values() for p in points})
+        for ax in (ax_metric, ax_q):
+            if _log_spaced(all_x):
+                ax.set_xscale("log")
+            if direction == "lower":
+                ax.invert_xaxis()
+            ax.set_xlabel(f"{knob}  (weaker -> stronger constraint)" if direction else knob)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        ax_metric.set_title(f"{algorithm}: {knob}")
+        ax_metric.set_ylabel(f"{study.optimize} {study.metric}")
+        ax_q.set_ylabel("Q - Monte-Carlo return (survivors)")
+        ax_q.axhline(0.0, color="grey", lw=0.8)
+    fig.suptitle(f"{study.name}: mean and 95% bootstrap CI over seeds\n(dots: seeds; x: diverged, scored as a "
+                 f"failure; hollow: no CI)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_learning_curves(study, rows: list[dict], runs: list[MemberRun], path: Path) -> None:
+    """One column per (algorithm, knob), one line per knob value (and dataset), darker = stronger
+    constraint: the metric per iteration (mean over seeds, diverged ones at the failure level, and its 95%
+    bootstrap CI as a band), Q overestimation per iteration (survivors), and the metric against the learned
+    Q at the visited states (the lecture's return-against-log-Q plot, one point per iteration; log x where
+    Q spans decades)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+    panels = _panels(rows)
+    fig, axes = plt.subplots(3, len(panels), figsize=(max(7.0, 5.5 * len(panels)), 11), squeeze=False)
+    members_of = {id(row): setting.members for row, setting in zip(rows, settings(runs))}
+    for column, ((algorithm, knob), lines) in enumerate(panels.items()):
+        ax_metric, ax_q, ax_log_q = axes[:, column]
+        direction = ALGORITHMS[algorithm].CONSTRAINT_KNOBS.get(knob) if algorithm in ALGORITHMS else None
+        values = sorted({x for points in lines.values() for x, _ in points}, reverse=direction == "lower")
+        curves = sorted(((label, x, row) for label, points in lines.items() for x, row in points),
+                        key=lambda c: (c[0], values.index(c[1])))
+        for label, x, row in curves:
+            color = plt.cm.viridis_r(0.15 + 0.75 * values.index(x) / max(1, len(values) - 1))
+            name = f"{label} {knob}={x:g}" if knob != "(single setting)" else label
+            members = members_of[id(row)]
+            length = max(len(m.history) for m in members)
+            def stack(values):
+                return np.array([np.pad(v, (0, length - len(v)), constant_values=np.nan) for v in values])
+            scored = stack([m.scored_history() for m in members])
+            iterations = np.arange(1, length + 1)
+            mean = finite_mean(scored)
+            band = np.array([bootstrap_ci(c) for c in scored.T])
+            ax_metric.plot(iterations, mean, color=color, label=name)
+            ax_metric.fill_between(iterations, band[:, 0], band[:, 1], color=color, alpha=0.2)
+            q = stack([m.curves.get("eval/q_overestimation", np.full(len(m.history), np.nan)) for m in members])
+            q_mean = stack([m.curves.get("eval/q_mean", np.full(len(m.history), np.nan)) for m in members])
+            with np.errstate(all="ignore"):
+                ax_q.plot(iterations, finite_mean(q), color=color, label=name)
+                ax_log_q.plot(finite_mean(q_mean), finite_mean(stack([m.history for m in members])), "o-",
+                              color=color, ms=3, label=name)
+        ax_metric.set_title(f"{algorithm}: {knob}" + (" (darker: stronger constraint)" if direction else ""))
+        ax_metric.set_ylabel(f"{study.metric} (diverged: failure level)")
+        ax_q.set_ylabel("Q - Monte-Carlo return (survivors)")
+        ax_q.axhline(0.0, color="grey", lw=0.8)
+        q_seen = np.concatenate([m.curves.get("eval/q_mean", np.empty(0)) for m in runs if m.algorithm == algorithm])
+        q_seen = q_seen[np.isfinite(q_seen)]
+        scale = "linear"
+        if len(q_seen) and np.ptp(q_seen) > 0:     # log where Q spans decades (symlog when it crosses zero)
+            if q_seen.min() > 0 and q_seen.max() / q_seen.min() > 10:
+                scale = "log"
+            elif q_seen.min() < 0 < q_seen.max() and np.abs(q_seen).max() > 100:
+                scale = "symlog"
+        ax_log_q.set_xscale(scale)
+        ax_log_q.set_xlabel(f"learned Q at the visited states (eval/q_mean{', ' + scale if scale != 'linear' else ''})")
+        ax_log_q.set_ylabel(f"{study.metric} (survivors)")
+        for ax in (ax_metric, ax_q):
+            ax.set_xlabel("iteration")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        for ax in (ax_metric, ax_q, ax_log_q):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{study.name}: learning curves, mean and 95% bootstrap CI over seeds", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_profiles(study, rows: list[dict], runs: list[MemberRun], path: Path) -> None:
+    """Performance profiles (Agarwal et al. 2021), one panel per (algorithm, knob), one line per knob value
+    (pooled over datasets, each dataset weighing the same): the fraction of runs whose failure-scored
+    metric exceeds each threshold, with a 95% stratified-bootstrap band. Only where the metric is "max"."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels = _panels(rows)
+    setting_of = {id(row): setting for row, setting in zip(rows, settings(runs))}
+    scores = [m.score(study.optimize) for m in runs if math.isfinite(m.score(study.optimize))]
+    taus = np.linspace(min(scores), max(scores), 101) if scores else np.zeros(1)
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(7.0, 5.5 * len(panels)), 4.5), squeeze=False)
+    for ax, ((algorithm, knob), lines) in zip(axes[0], panels.items()):
+        direction = ALGORITHMS[algorithm].CONSTRAINT_KNOBS.get(knob) if algorithm in ALGORITHMS else None
+        by_value: dict = defaultdict(list)
+        for label, points in lines.items():
+            for x, row in points:     # pooled over datasets: the line's label without its dataset
+                pooled = " ".join(label.replace(row["dataset"], "", 1).replace(":", "").split())
+                by_value[(pooled, x)].append(setting_of[id(row)])
+        values = sorted({x for _, x in by_value}, reverse=direction == "lower")
+        for (prefix, x), chosen in sorted(by_value.items(), key=lambda item: (item[0][0], values.index(item[0][1]))):
+            strata = [np.array(list(s.scores(study.optimize).values())) for s in chosen]
+            color = plt.cm.viridis_r(0.15 + 0.75 * values.index(x) / max(1, len(values) - 1))
+            ax.plot(taus, performance_profile(strata, taus), color=color,
+                    label=f"{prefix + ' ' if prefix else ''}{knob}={x:g}" if knob != "(single setting)" else prefix or algorithm)
+            if sum(len(v) for v in strata) >= 2:
+                resampled = np.array([performance_profile([v[rng.integers(0, len(v), len(v))] for v in strata if len(v)], taus)
+                                      for _ in range(1000)])
+                low, high = np.percentile(resampled, [2.5, 97.5], axis=0)
+                ax.fill_between(taus, low, high, color=color, alpha=0.15)
+        ax.set_title(f"{algorithm}: {knob}" + (" (darker: stronger constraint)" if direction else ""))
+        ax.set_xlabel(f"threshold tau on {study.optimize} {study.metric}")
+        ax.set_ylabel("fraction of runs scoring > tau")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{study.name}: performance profiles over seeds and datasets (diverged runs at the failure level)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_eop(study, curves: list[dict], path: Path, oracles: dict[tuple, float]) -> None:
+    """One panel per (study, algorithm, dataset): the Expected Online Performance against the online budget k,
+    for uniform selection and for each offline criterion, the online oracle's score (`oracles`, by panel) dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+    panels: dict = defaultdict(lambda: defaultdict(list))
+    for row in curves:
+        panel = panels[(row["study"], row["algorithm"], row["dataset"])]
+        panel[row["selection"]].append((row["k"], row["expected_best"]))
+    several = len({key[0] for key in panels}) > 1
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(7.0, 5.5 * len(panels)), 4.5), squeeze=False)
+    for ax, ((study_name, algorithm, dataset), lines) in zip(axes[0], panels.items()):
+        for n, (name, points) in enumerate(lines.items()):
+            ks, expected = zip(*points)
+            ax.plot(ks, expected, "o-" if name != "random" else "-", color=f"C{n % 10}", ms=3,
+                    label="uniform at random, with replacement (exact)" if name == "random" else f"top k by {name}")
+        oracle = oracles[(study_name, algorithm, dataset)]
+        ax.axhline(oracle, color="grey", lw=0.8, ls="--", label="online oracle (all settings tried)")
+        ax.set_title(f"{study_name + ': ' if several else ''}{algorithm} on {dataset}")
+        ax.set_xlabel("online budget k (settings evaluated in the test environment)")
+        ax.set_ylabel(f"expected best mean {study.optimize} {study.metric}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{study.name}: Expected Online Performance (Kurenkov & Kolesnikov 2022), diverged seeds at the "
+                 f"failure level", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _panels(rows: list[dict]) -> dict:
+    """{(algorithm, knob): {line label: [(x, row), ...]}}: one panel per numeric knob that varies within an
+    algorithm's settings, one line per dataset and setting of the algorithm's other knobs."""
+    names = knob_names(rows)
+    panels: dict = {}
+    by_algorithm: dict = defaultdict(list)
+    for row in rows:
+        by_algorithm[row["algorithm"]].append(row)
+    for algorithm, group in by_algorithm.items():
+        knobs = sorted(k for k in names if any(k in r for r in group))
+        varying = [k for k in knobs if len({json.dumps(r.get(k)) for r in group}) > 1
+                   and all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool) for r in group)]
+        for knob in varying or [None]:
+            lines: dict = defaultdict(list)
+            for row in group:
+                others = ", ".join(f"{k}={row.get(k)}" for k in knobs if k != knob and k in row and
+                                   len({json.dumps(r.get(k)) for r in group}) > 1)
+                label = (f"{row['study']}: " if "study" in row else "") + row["dataset"] + (f" [{others}]" if others else "")
+                lines[label].append((row.get(knob, 0.0) if knob else 0.0, row))
+            panels[(algorithm, knob or "(single setting)")] = dict(lines)
+    return panels
+
+
+def _log_spaced(xs: list[float]) -> bool:
+    """A grid of three or more positive values spanning a factor of ten or more, closer to evenly spaced in
+    log than in linear terms."""
+    xs = np.array(sorted(set(xs)), dtype=float)
+    if len(xs) < 3 or xs.min() <= 0 or xs.max() / xs.min() < 10:
+        return False
+    def unevenness(v):
+        steps = np.diff(v)
+        return steps.std() / steps.mean()
+    return unevenness(np.log(xs)) < unevenness(xs)

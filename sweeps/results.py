@@ -1,0 +1,225 @@
+"""Reading a study folder back: the only code that opens a study's trial files.
+
+What is read, and how: `study.yaml` (its `${...}` interpolations left as text, so a received folder cannot pull
+this machine's environment variables into a report); the newest `experiment_state-*.json`, as plain JSON and only
+for the trial ids of the folder's own experiment (its cloudpickled parts stay undecoded text); and each trial's
+`params.json` and `result.json` (JSON lines), the source of truth whether or not W&B was reachable. Nothing is
+unpickled and nothing here starts Ray.
+
+`load_results` gives every evaluation of every member as a pandas DataFrame; `collect` and `collect_studies` give
+one `MemberRun` per member, a diverged member scored at its dataset's failure level (failure.py).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..algorithms.trainer import TrainConfig, split_members
+from .failure import failure_levels, score_failure
+from .study import SELECTION_METRICS, STUDY_FILE, StudyError, apply_sampled, trial_train_config
+from .study_yaml import load_study
+
+
+@dataclass
+class MemberRun:
+    """One member of one trial, read back: its knobs and seed, its history of the study's metric, and its scores."""
+    algorithm: str
+    dataset: str
+    knobs: dict            # the study's axis values for this member, seed excluded
+    seed: int
+    history: np.ndarray    # the study metric at each evaluation, as reported (nan once diverged)
+    q_overestimation: float
+    diverged_at: int | None  # the 1-based iteration whose evaluation first saw it diverged; None: it did not
+    finished: bool         # its trial ran the whole training budget
+    iterations: int
+    trial_config: dict     # the trial's TrainConfig dict
+    member: dict           # this member's entry of trial_config["members"]
+    last: float = math.nan   # the metric at the last evaluation, a diverged member at the failure level
+    best: float = math.nan   # the best evaluation so far, failure-scored the same way
+    failure: float = math.nan  # the failure level it was scored with
+    failure_rule: str = ""     # how that level was chosen
+    curves: dict = field(default_factory=dict)   # per evaluation: "eval/q_overestimation", "eval/q_mean"
+    study: str = ""            # the study's name
+    ope: dict = field(default_factory=dict)      # {"ope/fqe_value": its last reported value, ...} (nan: none)
+
+    @property
+    def diverged(self) -> bool:
+        return self.diverged_at is not None
+
+    def score(self, optimize: str) -> float:
+        return self.best if optimize == "best" else self.last
+
+    def scored_history(self) -> np.ndarray:
+        """The metric at each evaluation, from its divergence on at the failure level."""
+        scored = self.history.copy()
+        if self.diverged:
+            scored[self.diverged_at - 1:] = self.failure
+        return scored
+
+
+def _number(value) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+IDENTITY = ("study", "trial", "member", "iteration", "algorithm", "dataset", "seed")
+
+
+def _read(folder: str | Path) -> tuple[object, list[tuple[str, dict, list[dict]]]]:
+    """The study and, per trial that reported at least once, (trial folder name, trial dict, results)."""
+    folder = Path(folder).expanduser().resolve()
+    if not (folder / STUDY_FILE).is_file():
+        raise StudyError(f"{folder} is not a study folder (no {STUDY_FILE}); give <storage>/<study name>")
+    study = load_study(folder / STUDY_FILE, resolve=False)     # a received folder's ${oc.env:...} stays text
+    trials = []
+    own = experiment_trial_ids(folder)
+    for params_file in sorted(folder.glob("*/params.json")):
+        if own is not None and not any(params_file.parent.name.startswith(f"{i}_") for i in own):
+            continue            # a trial of another experiment that ran in this folder: not this study's
+        results_file = params_file.with_name("result.json")
+        if not results_file.is_file() or results_file.stat().st_size == 0:
+            continue
+        results = result_lines(results_file)
+        trials.append((params_file.parent.name, apply_sampled(json.loads(params_file.read_text())), results))
+    if not trials:
+        raise StudyError(f"{folder} has no trial results yet; run or resume the study first")
+    return study, trials
+
+
+def result_lines(path: Path) -> list[dict]:
+    """The JSON lines of a trial's result.json; a truncated last line (a full disk, a killed writer) is skipped
+    and named on stderr. A bad line before the last is an error: the file is not Tune's."""
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    results = []
+    for n, line in enumerate(lines):
+        try:
+            results.append(json.loads(line))
+        except ValueError:
+            if n < len(lines) - 1:
+                raise StudyError(f"{path} line {n + 1} is not JSON; the file is damaged") from None
+            print(f"warning: skipped the truncated last line ({len(line)} characters) of {path}", file=sys.stderr)
+    return results
+
+
+def experiment_trial_ids(folder: Path) -> set[str] | None:
+    """The trial ids of the folder's own experiment: those in Tune's newest `experiment_state-*.json`, read as
+    plain JSON (the cloudpickled parts stay undecoded text, nothing is unpickled). None where the folder has
+    no readable experiment state (then every trial folder counts)."""
+    states = sorted(folder.glob("experiment_state-*.json"))
+    if not states:
+        return None
+    try:
+        state = json.loads(states[-1].read_text())
+        ids = {json.loads(entry[0])["trial_id"] for entry in state["trial_data"]}
+    except (ValueError, KeyError, TypeError, IndexError, OSError) as error:
+        print(f"warning: {states[-1]} is unreadable ({type(error).__name__}); reading every trial folder",
+              file=sys.stderr)
+        return None
+    return ids
+
+
+def _knobs(trial: dict, member: dict) -> dict:
+    """A member's values of the study's axes, seed excluded."""
+    return {**{k: v for k, v in trial["study"]["point"].items() if k not in ("seed", "sample")},
+            **{k: v for k, v in member.items() if k != "seed"}}
+
+
+def _frame(study, trials: list[tuple[str, dict, list[dict]]]):
+    import pandas as pd
+    records = []
+    for name, trial, results in trials:
+        members = trial_train_config(trial)["members"]
+        for result in results:
+            for k, metrics in enumerate(split_members(result, len(members))):
+                scalars = {key: v for key, v in metrics.items() if not isinstance(v, (dict, list))}
+                records.append({"study": study.name, "trial": name, "member": k,
+                                "iteration": int(result.get("training_iteration", 0)), "algorithm": trial["algorithm"],
+                                "dataset": trial["dataset"], "seed": int(members[k].get("seed", 0)),
+                                **_knobs(trial, members[k]), **{key: v for key, v in scalars.items()
+                                                                if key not in IDENTITY}})
+    # A trial restored from a checkpoint reports the iterations after it again: keep the last report of each.
+    frame = pd.DataFrame.from_records(records)
+    frame = frame.drop_duplicates(subset=["trial", "member", "iteration"], keep="last")
+    return frame.sort_values(["trial", "member", "iteration"], kind="stable").reset_index(drop=True)
+
+
+def load_results(folder: str | Path):
+    """Every evaluation of every member of a study as a pandas DataFrame, one row per (trial, member,
+    iteration): study, trial (its folder), member, iteration, algorithm, dataset, seed, one column per
+    knob of the study, and every metric the member reported (`eval/normalized_return`, `diverged`, ...,
+    `member_k/` removed; metrics shared by the population, such as `updates`, in every member's row).
+    Values are as reported: a diverged member's metrics are nan (`collect` scores them as failures). A
+    trial restored from a checkpoint keeps the last report of each iteration."""
+    study, trials = _read(folder)
+    return _frame(study, trials)
+
+
+def collect(folder: str | Path) -> tuple[object, list[MemberRun]]:
+    """The study and one MemberRun per member of every trial that reported at least once, diverged members
+    scored at the failure level (failure.py); built on `load_results`."""
+    return collect_studies([folder])
+
+
+def collect_studies(folders) -> tuple[object, list[MemberRun]]:
+    """`collect` over several studies of the same metric, scored together (one failure level per dataset);
+    the study returned is the first, named after all of them."""
+    runs, normalization, studies = [], defaultdict(list), []
+    for folder in folders:
+        study, trials = _read(folder)
+        if studies and (study.metric, study.mode, study.optimize) != (studies[0].metric, studies[0].mode,
+                                                                       studies[0].optimize):
+            raise StudyError(f"{folder}: study {study.name} ranks by {study.optimize} {study.metric} ({study.mode}), "
+                             f"{studies[0].name} by {studies[0].optimize} {studies[0].metric} ({studies[0].mode}); "
+                             f"only studies of the same metric share a report")
+        if study.name in (s.name for s in studies):
+            raise StudyError(f"{folder}: study {study.name} is given twice")
+        studies.append(study)
+        frame = _frame(study, trials)
+        numbers = {key: _column(frame, key) for key in (study.metric, "diverged", "eval/q_overestimation", "updates",
+                                                        "eval/return", "eval/normalized_return", "eval/q_mean",
+                                                        *(key for key, _ in SELECTION_METRICS.values()))}
+        by_name = {name: trial for name, trial, _ in trials}
+        for (name, k), rows in frame.groupby(["trial", "member"], sort=True):
+            config, index = trial_train_config(by_name[name]), rows.index
+            diverged = np.flatnonzero(numbers["diverged"][index] > 0)
+            member = config["members"][k]
+            runs.append(MemberRun(
+                config["algorithm"], config["dataset"], _knobs(by_name[name], member), int(member.get("seed", 0)),
+                numbers[study.metric][index], float(numbers["eval/q_overestimation"][index][-1]),
+                int(diverged[0]) + 1 if len(diverged) else None,
+                bool(numbers["updates"][index][-1] >= config.get("total_updates", TrainConfig.total_updates)),
+                len(index), config, member, study=study.name,
+                curves={key: numbers[key][index] for key in ("eval/q_overestimation", "eval/q_mean")},
+                ope={key: _last_finite(numbers[key][index]) for key, _ in SELECTION_METRICS.values()}))
+            normalization[config["dataset"]] += list(zip(numbers["eval/return"][index],
+                                                          numbers["eval/normalized_return"][index]))
+    study = studies[0]
+    for dataset, (level, rule) in failure_levels(study, runs, normalization).items():
+        for run in runs:
+            if run.dataset == dataset:
+                score_failure(run, level, study.mode)
+                run.failure_rule = rule
+    if len(studies) > 1:
+        study = copy.copy(study)
+        study.name, study.description = " + ".join(s.name for s in studies), "; ".join(
+            f"{s.name}: {s.description}" for s in studies if s.description)
+    return study, runs
+
+
+def _last_finite(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite[-1]) if len(finite) else math.nan
+
+
+def _column(frame, key: str) -> np.ndarray:
+    """A numeric column as float64 (nan where missing or not a number)."""
+    import pandas as pd
+    if key not in frame:
+        return pd.Series(math.nan, index=frame.index).to_numpy()
+    return pd.to_numeric(frame[key].map(_number), errors="coerce").to_numpy(dtype=np.float64)
