@@ -3,6 +3,9 @@
 Items guarded here: BEAR's MMD on raw pre-tanh samples with the authors' kernels (2), CQL's and COMBO's TD target
 without the entropy term (3), BRAC's untrained zero entropy weight and the BRAC/BEAR warm start (4), BEAR's
 best-of-10 acting (5), IQL's actor-lr schedule over the run's length (6) and COMBO's push-down states (7).
+Issue 26's: CQL's temperature at the policy's lr (1), MOPO's authors' lrs and target entropy (2), BRAC's behaviour
+fit with its entropy term (3), and (5) each algorithm's data normalization, initialization, policy parameterization
+and SAC-family update order as its reference.
 """
 from __future__ import annotations
 
