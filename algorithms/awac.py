@@ -8,7 +8,9 @@ Reinforcement Learning with Offline Datasets"), the implicit KL constraint:
 
 lambda (`awac_lambda`, per member) is the strength of the implicit constraint: small lambda -> greedy in A,
 large lambda -> behaviour cloning. The exponentiated advantages are clipped at `max_weight`, as in the
-reference implementations.
+reference implementations. The rest is CORL's awac.py: the critic steps before the actor, the policy is a
+Gaussian with an unbounded mean (`tanh_mean: false`: "mean = self._mlp(state)") and a state-independent log-std
+clamped to [-20, 2], its samples clipped to the action bounds, acting with the mean; observations are normalized.
 """
 from __future__ import annotations
 
@@ -39,10 +41,14 @@ def weighted_log_likelihood_loss(log_prob: torch.Tensor, weights: torch.Tensor) 
     return -(weights * log_prob).mean(-1).sum()
 
 
+LOG_STD_BOUNDS = (-20.0, 2.0)     # CORL awac.py Actor: min_log_std=-20.0, max_log_std=2.0
+
+
 @dataclass
 class AWACConfig(LearnerConfig):
     hidden: tuple[int, ...] = (256, 256, 256)   # CORL awac.py: 3 hidden layers of 256, actor and critics
     awac_lambda: float = 1.0 / 3.0              # CORL hopper/medium_v2.yaml
+    tanh_mean: bool = False                     # CORL Actor: an unbounded mean; true: tanh-squashed, as IQL's
     max_weight: float = 100.0
     actor_lr: float = 3e-4
     critic_lr: float = 3e-4
@@ -61,12 +67,14 @@ class AWAC(Learner):
     Config = AWACConfig
     PACKABLE = ("seed", "awac_lambda", "actor_lr", "critic_lr")
     CONSTRAINT_KNOBS = {"awac_lambda": "higher"}     # a flatter advantage weighting: closer to BC
+    NORMALIZE_OBSERVATIONS = True                    # CORL awac.py: normalize_states, always
 
     def __init__(self, configs, obs_dim, act_dim, action_low=-1.0, action_high=1.0, device="cpu"):
         super().__init__(configs, obs_dim, act_dim, action_low, action_high, device)
         cfg, P = self.config, self.members
-        self.critic = PackedCritic(P, obs_dim, act_dim, cfg.hidden)
-        self.policy = GaussianPolicy(P, obs_dim, act_dim, cfg.hidden, self.action_low, self.action_high)
+        self.critic = PackedCritic(P, obs_dim, act_dim, cfg.hidden, init=cfg.init)
+        self.policy = GaussianPolicy(P, obs_dim, act_dim, cfg.hidden, self.action_low, self.action_high, init=cfg.init,
+                                     log_std_bounds=LOG_STD_BOUNDS, tanh_mean=cfg.tanh_mean)
         self.finish_init()
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.beta = 1.0 / self.knob("awac_lambda")

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 import torch.nn as nn
 
-from .networks import init_members
+from .networks import INITS, init_members
 
 
 MAX_BATCH_SIZE = 1 << 20    # a minibatch past a million transitions is a typo (batch_size: 1e9 hung)
@@ -85,10 +85,12 @@ class LearnerConfig(CheckedConfig):
     batch_size: int = 256
     gamma: float = 0.99
     divergence_bound: float = 1e6     # |Q| or |loss| past this marks a member diverged
+    init: str = "default"             # the networks' weight initialization (networks.INITS): the reference's
 
     def __post_init__(self):
         check_field_types(self)
         self.layer_sizes("hidden")
+        self.check(self.init in INITS, "init", " or ".join(INITS))
         self.check(1 <= self.batch_size <= MAX_BATCH_SIZE, "batch_size",
                    f"a whole number from 1 to {MAX_BATCH_SIZE}")
         self.check(0.0 <= self.gamma < 1.0, "gamma", "in [0, 1)")
@@ -126,6 +128,10 @@ class Learner(nn.Module):
     # Constraint knob -> the direction that constrains more ("higher" or "lower"); the report orients plots by it.
     CONSTRAINT_KNOBS: ClassVar[dict[str, str]] = {}
     USES_MODEL: ClassVar[bool] = False        # trains or loads a dynamics model in `attach_data`
+    # What the training run does to the data when its config leaves it to the algorithm (TrainConfig's
+    # `normalize_observations: null`, `reward_normalization: null`): what the algorithm's reference code does.
+    NORMALIZE_OBSERVATIONS: ClassVar[bool] = False
+    REWARD_NORMALIZATION: ClassVar[str] = "none"
 
     def __init__(self, configs: Sequence[LearnerConfig], obs_dim: int, act_dim: int,
                  action_low: torch.Tensor, action_high: torch.Tensor, device: torch.device | str = "cpu"):

@@ -1,7 +1,7 @@
 """Behaviour cloning (Pomerleau, 1991), the baseline every offline RL paper reports, as CORL's
 `any_percent_bc.py` runs it: a deterministic policy a = scale * tanh(f(s)) + bias regressed on the dataset's
-actions, L = E_(s,a)~D [ ||pi(s) - a||^2 ] (`loss: mse`, lr 3e-4). `loss: nll` is maximum likelihood under a
-Gaussian with a learned state-independent std instead, L = -E_(s,a)~D [ log pi(a | s) ].
+actions, L = E_(s,a)~D [ ||pi(s) - a||^2 ] (`loss: mse`, lr 3e-4), on normalized observations. `loss: nll` is
+maximum likelihood under a Gaussian with a learned state-independent std instead, L = -E_(s,a)~D [ log pi(a | s) ].
 """
 from __future__ import annotations
 
@@ -42,11 +42,12 @@ class BCConfig(LearnerConfig):
 class BC(Learner):
     Config = BCConfig
     PACKABLE = ("seed", "actor_lr")
+    NORMALIZE_OBSERVATIONS = True       # CORL any_percent_bc.py: normalize: bool = True
 
     def __init__(self, configs, obs_dim, act_dim, action_low=-1.0, action_high=1.0, device="cpu"):
         super().__init__(configs, obs_dim, act_dim, action_low, action_high, device)
         self.policy = GaussianPolicy(self.members, obs_dim, act_dim, self.config.hidden, self.action_low,
-                                     self.action_high)
+                                     self.action_high, init=self.config.init)
         self.finish_init()
         self.actor_optimizer = PackedAdam(self.policy.parameters(), lr=self.knob("actor_lr"))
 

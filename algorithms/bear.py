@@ -11,18 +11,29 @@ computes it (aviralkumar2907/BEAR algos.py; rail-berkeley/d4rl_evaluations bear/
 - policy improvement (section 5): max_pi E_s E_a~pi [ min_j Q_j(s, a) ] s.t. E_s [ MMD(pi(.|s), pi_beta(.|s)) ] <= eps,
   solved by dual gradient descent on the Lagrangian
   L_pi = E_s [ -min_j E_a~pi Q_j(s, a) + alpha * (MMD(s) - eps) ],  alpha = exp(log alpha) >= 0,
-  with log alpha raised while MMD > eps and clamped to [-5, 10], as in the authors' code. For the first
-  `warm_start_updates` updates after the behaviour fit the actor minimizes alpha * MMD alone (the D4RL code's
-  40k `num_pretrain_steps`), while the critic and alpha learn.
+  with log alpha raised while MMD > eps and clamped to [-5, 10], as in both codebases. For the first
+  `warm_start_updates` updates after the behaviour fit the actor minimizes alpha * MMD alone, while the critic and
+  alpha learn (d4rl_evaluations bear.py: `if self._n_train_steps_total >= 40000`, a constant there; the original
+  algos.py waits 20 evaluation epochs).
 - critic (algorithm 1): y = r + gamma * (1 - done) * max_k [ lambda min_j Q'_j(s', a_k)
   + (1 - lambda) max_j Q'_j(s', a_k) ],  a_k ~ pi(.|s'), k = 1..p, lambda = 0.75 (BCQ's soft clipped double-Q).
-- acting (the authors' `select_action`): draw 10 actions of pi(.|s) and take the one the first critic scores
+- acting (`select_action` in algos.py): draw 10 actions of pi(.|s) and take the one the first critic scores
   highest (`evaluation_actions: max_q`); `mean` acts with tanh(mu(s)).
 
-eps (`mmd_threshold`, per member) is the knob. Deviations from the authors' code, each named: pi_beta-hat is a
-squashed Gaussian fitted by maximum likelihood before the actor-critic starts (BRAC's `BehaviorPretraining`),
-not a VAE trained alongside; there is no entropy term and no target actor (the next actions come from pi
-itself); `mmd_samples: squashed` measures the MMD on actions scaled to [-1, 1] with unclipped noise instead.
+The two author codebases differ; each setting says which it follows. From the original (aviralkumar2907/BEAR,
+algos.py and its readme's "hyperparameters that generally work well"): the Laplacian kernel with sigma 10 (Gaussian:
+20), 5 MMD samples (`num_samples`; main.py's default is 10, d4rl_evaluations' BEARTrainer 4), the actor's Q as each
+critic's mean over those samples, then the min (d4rl_evaluations: the min at the first sample only), taken from the
+critic after its step (d4rl_evaluations computes every loss before any step), acting with the best of 10
+(d4rl_evaluations' README: `num_samples=100`). From d4rl_evaluations (bear/, the version the authors
+recommend; examples/bear_hdf5_d4rl.py and rlkit/torch/sac/bear.py): policy lr 1e-4 and Q lr 3e-4 (the original:
+Adam's default 1e-3), the 40k-update warm start, no target actor (the next actions come from pi itself; the original
+keeps a Polyak-averaged one), log alpha starting at 0 (the original: randn). Both: eps 0.05, 10 target actions,
+lambda 0.75, alpha's lr 1e-3, Polyak 0.005.
+Our own, each named: pi_beta-hat is a squashed Gaussian fitted by maximum likelihood before the actor-critic starts
+(BRAC's `BehaviorPretraining`), not a VAE trained alongside; there is no entropy term; the networks start with
+PyTorch's default initialization (rlkit's fan-in and small-output inits are not reproduced); `mmd_samples:
+squashed` measures the MMD on actions scaled to [-1, 1] with unclipped noise instead.
 """
 from __future__ import annotations
 
@@ -92,22 +103,23 @@ def lagrange_loss(log_lagrange: torch.Tensor, mmd: torch.Tensor, threshold: torc
 
 @dataclass
 class BEARConfig(LearnerConfig):
-    mmd_threshold: float = 0.05          # eps
-    kernel: str = "laplacian"            # "laplacian" or "gaussian"
-    kernel_sigma: float | None = None    # None: the authors' 10 for the Laplacian kernel, 20 for the Gaussian
-    mmd_samples: str = "raw"             # "raw": pre-tanh, noise clipped to +-0.5 (the authors'); "squashed"
-    num_samples: int = 5                 # n = m samples of pi and pi_beta-hat per state for the MMD
-    num_target_samples: int = 10         # p actions of pi(.|s') the target maximizes over
-    min_q_weight: float = 0.75           # lambda of the soft clipped double-Q target
-    evaluation_actions: str = "max_q"    # "max_q": the best-Q of `num_evaluation_samples` draws (the authors'); "mean"
-    num_evaluation_samples: int = 10
-    actor_lr: float = 1e-4               # d4rl_evaluations bear: policy_lr 1e-4
-    critic_lr: float = 3e-4
-    lagrange_lr: float = 1e-3
-    polyak: float = 0.005
-    warm_start_updates: int = 40_000     # MMD-only actor first (d4rl_evaluations: num_pretrain_steps 40000)
-    behavior_lr: float = 1e-3
+    mmd_threshold: float = 0.05          # eps (both codebases: 0.05)
+    kernel: str = "laplacian"            # "laplacian" or "gaussian" (BEAR readme: both "generally work well")
+    kernel_sigma: float | None = None    # None: the BEAR readme's 10 for the Laplacian kernel, 20 for the Gaussian
+    mmd_samples: str = "raw"             # "raw": pre-tanh, noise clipped to +-0.5 (both codebases); "squashed"
+    num_samples: int = 5                 # n = m samples of pi and pi_beta-hat per state (BEAR readme: num_samples_match=5)
+    num_target_samples: int = 10         # p actions of pi(.|s') the target maximizes over (both)
+    min_q_weight: float = 0.75           # lambda of the soft clipped double-Q target (both)
+    evaluation_actions: str = "max_q"    # "max_q": the best-Q of `num_evaluation_samples` draws (both); "mean"
+    num_evaluation_samples: int = 10     # algos.py select_action (d4rl_evaluations README: 100)
+    actor_lr: float = 1e-4               # d4rl_evaluations bear_hdf5_d4rl.py --policy_lr 1e-4
+    critic_lr: float = 3e-4              # d4rl_evaluations --qf_lr 3e-4
+    lagrange_lr: float = 1e-3            # both: the multiplier's Adam at 1e-3
+    polyak: float = 0.005                # both: soft_target_tau / tau 5e-3
+    warm_start_updates: int = 40_000     # MMD-only actor first (d4rl_evaluations bear.py: _n_train_steps_total >= 40000)
+    behavior_lr: float = 1e-3            # ours: the Gaussian pi_beta-hat replacing the VAE
     behavior_pretrain_steps: int = 10_000
+    behavior_entropy: bool = False       # pure max-likelihood (both codebases fit a VAE by its ELBO, no entropy term)
 
     def __post_init__(self):
         super().__post_init__()
@@ -134,8 +146,9 @@ class BEAR(BehaviorPretraining, Learner):
     def __init__(self, configs, obs_dim, act_dim, action_low=-1.0, action_high=1.0, device="cpu"):
         super().__init__(configs, obs_dim, act_dim, action_low, action_high, device)
         cfg, P = self.config, self.members
-        self.policy = TanhGaussianPolicy(P, obs_dim, act_dim, cfg.hidden, self.action_low, self.action_high)
-        self.critic = PackedCritic(P, obs_dim, act_dim, cfg.hidden)
+        self.policy = TanhGaussianPolicy(P, obs_dim, act_dim, cfg.hidden, self.action_low, self.action_high,
+                                         init=cfg.init)
+        self.critic = PackedCritic(P, obs_dim, act_dim, cfg.hidden, init=cfg.init)
         self.log_lagrange = torch.nn.Parameter(torch.zeros(P))
         self.finish_init()
         self.add_behavior_policy()

@@ -2,10 +2,14 @@
 Reinforcement Learning"), BRAC with the KL divergence, as the authors' BRAC-primal agent
 (google-research/behavior_regularized_offline_rl, brac/brac_primal_agent.py):
 
-- behaviour policy: pi_beta-hat, a squashed Gaussian per member, fitted first by maximum likelihood,
-  L_beta = -E_(s,a)~D [ log pi_beta-hat(a | s) ], alone for `behavior_pretrain_steps` updates, then frozen.
-  As in the authors' code, dataset actions are pulled `CLIP_EPS` inside the bounds first: a saturated
-  action has an infinite pre-tanh value.
+- behaviour policy: pi_beta-hat, a squashed Gaussian per member, fitted first, alone for `behavior_pretrain_steps`
+  updates, then frozen, as the authors' behaviour-cloning agent fits it (brac/bc_agent.py): maximum likelihood
+  with an entropy term whose weight is tuned towards the entropy -|A|,
+  L_beta = E_s~D [ w log pi_beta-hat(a_b|s) ] - E_(s,a)~D [ log pi_beta-hat(a|s) ],  a_b ~ pi_beta-hat(.|s),
+  L_w = relu(w) (H(pi_beta-hat) + |A|), w starting at 1 (`behavior_entropy: true`). On near-deterministic data
+  pure maximum likelihood (`behavior_entropy: false`) shrinks the fitted std to its floor, and the KL to it, at
+  the same `kl_weight`, grows by orders of magnitude. As in the authors' code, dataset actions are pulled
+  `CLIP_EPS` inside the bounds first: a saturated action has an infinite pre-tanh value.
 - divergence: D(s) = KL(pi(.|s) || pi_beta-hat(.|s)), estimated from N samples a_j ~ pi(.|s) as
   mean_j [ log pi(a_j|s) - log pi_beta-hat(a_j|s) ] (`sample_kl`). Both policies squash the same way, so the
   tanh corrections cancel and this estimates the KL of the pre-tanh Gaussians (`gaussian_kl`, closed form).
@@ -20,7 +24,9 @@ alpha (`kl_weight`, per member) is the knob; `penalty="policy"` uses eq. 4 alone
 eq. 3 and eq. 4 together, as in the paper. The entropy weight tau is 0 and untrained by default, as in the
 authors' agent (alpha_entropy=0, train_alpha_entropy=False): an entropy bonus would pull against the KL term
 and blur what `kl_weight` means. `entropy_bonus: true` adds SAC's temperature, tuned towards a target entropy.
-The expectations over pi use the same N samples for Q, entropy and divergence.
+The expectations over pi use the same N samples for Q, entropy and divergence. Also as the authors' networks.py:
+both policies map their log-std output smoothly into [-5, 0] (LOG_STD_MIN, LOG_STD_MAX and a tanh), the layers are
+Keras Dense defaults (`init: glorot`), and the critic steps before the actor (`_optimize_q`, then `_optimize_p`).
 
 `BehaviorPretraining` (the fitted behaviour policy, its pretraining phase and the warm start) is shared with
 BEAR.
@@ -33,11 +39,12 @@ import torch
 
 from .base import ConfigError
 from .bc import negative_log_likelihood
-from .networks import TanhGaussianPolicy, init_members, polyak_update, q_at_samples, squashed_gaussian_log_prob
+from .networks import TanhGaussianPolicy, init_members, q_at_samples, squashed_gaussian_log_prob
 from .optim import PackedAdam
-from .sac import SAC, SACConfig, actor_loss, soft_bellman_target, temperature_loss
+from .sac import SAC, SACConfig, actor_loss, descend, soft_bellman_target, temperature_loss
 
 CLIP_EPS = 1e-3     # dataset actions are kept this fraction of the half-range inside the bounds
+LOG_STD_BOUNDS = (-5.0, 0.0)   # the authors' networks.py: LOG_STD_MIN = -5, LOG_STD_MAX = 0, reached through a tanh
 
 
 def sample_kl(log_prob_pi: torch.Tensor, log_prob_behavior: torch.Tensor) -> torch.Tensor:
@@ -60,6 +67,23 @@ def policy_penalty_actor_loss(q_pi: torch.Tensor, log_prob: torch.Tensor, kl: to
     return actor_loss(q_on * q_pi, log_prob, temperature) + (kl_weight[:, None] * kl).mean(-1).sum()
 
 
+def behavior_entropy_loss(log_prob_sampled: torch.Tensor, log_prob_data: torch.Tensor,
+                          entropy_weight: torch.Tensor) -> torch.Tensor:
+    """The authors' behaviour-cloning loss (bc_agent.py `_build_p_loss`): the batch mean of w log pi(a_b|s) at a
+    reparameterized sample a_b ~ pi(.|s) minus log pi(a|s) at the dataset's action, summed over members;
+    `log_prob_*` are `[P, B]`, `entropy_weight` w is `[P]` (already rectified)."""
+    return (entropy_weight[:, None] * log_prob_sampled - log_prob_data).mean(-1).sum()
+
+
+def entropy_weight_loss(weight: torch.Tensor, entropy: torch.Tensor, target_entropy: float) -> torch.Tensor:
+    """The authors' `_build_ae_loss`, relu(w) (H - target), summed over the members' `[P]` weights and entropy
+    estimates, with the gradient of their `relu_v2`: the step that raises w always passes, the one that lowers it only
+    while w > 0, so w stays near zero at worst and comes back when the entropy falls below the target."""
+    gap = (entropy - target_entropy).detach()
+    routed = torch.where((weight > 0) | (gap <= 0), weight, weight.detach())
+    return ((weight.detach().clamp(min=0) + routed - routed.detach()) * gap).sum()
+
+
 def clip_inside(actions: torch.Tensor, low: torch.Tensor, high: torch.Tensor, eps: float = CLIP_EPS) -> torch.Tensor:
     """`actions` clamped to [low + m, high - m], m = eps * (high - low) / 2."""
     margin = eps * (high - low) / 2
@@ -74,21 +98,27 @@ def check_behavior_fields(config) -> None:
 
 
 class BehaviorPretraining:
-    """Mixin for a Learner whose config has `behavior_lr`, `behavior_pretrain_steps` and `warm_start_updates`: a
-    fitted behaviour policy pi_beta-hat (`self.behavior`), the only thing trained during the first
-    `behavior_pretrain_steps` updates and frozen afterwards, when `regularized_update` trains the rest; during
-    its first `warm_start_updates` updates `warming_up` is true and the actor ignores Q.
+    """Mixin for a Learner whose config has `behavior_lr`, `behavior_pretrain_steps`, `behavior_entropy` and
+    `warm_start_updates`: a fitted behaviour policy pi_beta-hat (`self.behavior`), the only thing trained during the
+    first `behavior_pretrain_steps` updates and frozen afterwards, when `regularized_update` trains the rest; during
+    its first `warm_start_updates` updates `warming_up` is true and the actor ignores Q. With `behavior_entropy` the
+    fit has the BRAC authors' entropy term (`behavior_entropy_loss`), its weight tuned at `behavior_lr` towards the
+    entropy -|A| (bc_agent.py: target_entropy None -> -action dims; run_bc.sh's one optimizer serves both).
 
-    Call `add_behavior_policy()` after `finish_init()`. The update counter is a buffer, so checkpoints
-    restore the phase.
+    Call `add_behavior_policy(**policy_options)` after `finish_init()`. The update counter is a buffer, so
+    checkpoints restore the phase.
     """
 
-    def add_behavior_policy(self) -> None:
+    def add_behavior_policy(self, **policy_options) -> None:
         self.behavior = TanhGaussianPolicy(self.members, self.obs_dim, self.act_dim, self.config.hidden,
-                                           self.action_low, self.action_high)
+                                           self.action_low, self.action_high, init=self.config.init, **policy_options)
         self.behavior.to(self.device)
         init_members(self.behavior, self.generators)
         self.behavior_optimizer = PackedAdam(self.behavior.parameters(), lr=self.config.behavior_lr)
+        if self.config.behavior_entropy:
+            # The authors' alpha_entropy variable, tf.Variable(1.0), rectified where it is used.
+            self.behavior_entropy_weight = torch.nn.Parameter(torch.ones(self.members, device=self.device))
+            self.behavior_entropy_optimizer = PackedAdam([self.behavior_entropy_weight], lr=self.config.behavior_lr)
         # On the CPU, where the host reads it every update (on a GPU that read would wait for the device).
         self.register_buffer("updates", torch.zeros((), dtype=torch.long, device="cpu"))
 
@@ -115,13 +145,26 @@ class BehaviorPretraining:
         actions = clip_inside(batch.actions, self.action_low, self.action_high)
         return self.behavior.log_prob(batch.observations, actions)
 
+    def behavior_sample_log_prob(self, observations: torch.Tensor) -> torch.Tensor:
+        """log pi_beta-hat(a_b|s) `[P, B]` at one reparameterized sample a_b per state."""
+        return self.behavior.sample(observations, self.normal(observations.shape[1], self.act_dim))[1]
+
     def fit_behavior(self, batch) -> dict[str, torch.Tensor]:
+        """One step of the behaviour fit; with `behavior_entropy` then one of its entropy weight, from a fresh sample
+        of the updated policy (the authors' `_optimize_p`, then `_optimize_ae`)."""
         log_prob = self.behavior_log_prob(batch)
-        loss = negative_log_likelihood(log_prob)
-        self.behavior_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.behavior_optimizer.step()
-        return {"train/behavior_nll": -log_prob.detach().mean(-1)}
+        metrics = {"train/behavior_nll": -log_prob.detach().mean(-1)}
+        if not self.config.behavior_entropy:
+            descend(self.behavior_optimizer, negative_log_likelihood(log_prob))
+            return metrics
+        weight = self.behavior_entropy_weight.detach().clamp(min=0)
+        descend(self.behavior_optimizer,
+                behavior_entropy_loss(self.behavior_sample_log_prob(batch.observations), log_prob, weight))
+        with torch.no_grad():
+            entropy = -self.behavior_sample_log_prob(batch.observations).mean(-1)
+        descend(self.behavior_entropy_optimizer,
+                entropy_weight_loss(self.behavior_entropy_weight, entropy, -float(self.act_dim)))
+        return {**metrics, "train/behavior_entropy": entropy, "train/behavior_entropy_weight": weight}
 
     def update(self, batch) -> dict[str, torch.Tensor]:
         """A max-likelihood step on pi_beta-hat while pretraining (its metrics only), else `regularized_update`."""
@@ -140,8 +183,10 @@ class BehaviorPretraining:
 
 @dataclass
 class BRACConfig(SACConfig):
-    # Defaults from the authors' brac_primal_agent.py and their run scripts (run_primal.sh, run_bc.sh).
+    # Defaults from the authors' brac_primal_agent.py, bc_agent.py, networks.py and their run scripts (run_primal.sh,
+    # run_bc.sh).
     hidden: tuple[int, ...] = (200, 200)   # policy and behaviour nets (run_primal.sh model_params)
+    init: str = "glorot"                   # networks.py: tf.keras.layers.Dense defaults
     critic_hidden: tuple[int, ...] | None = (300, 300)
     actor_lr: float = 3e-4                 # run_primal.sh: policy lr 3e-4, Q lr 1e-3
     critic_lr: float = 1e-3
@@ -153,6 +198,7 @@ class BRACConfig(SACConfig):
     warm_start_updates: int = 20_000       # actor on the penalty alone first (the authors' warm_start)
     behavior_lr: float = 5e-4              # run_bc.sh: 300k updates at lr 5e-4
     behavior_pretrain_steps: int = 300_000
+    behavior_entropy: bool = True          # bc_agent.py: entropy term, weight tuned (train_alpha_entropy=True) to -|A|
 
     def __post_init__(self):
         super().__post_init__()
@@ -169,8 +215,11 @@ class BRAC(BehaviorPretraining, SAC):
 
     def __init__(self, configs, obs_dim, act_dim, action_low=-1.0, action_high=1.0, device="cpu"):
         super().__init__(configs, obs_dim, act_dim, action_low, action_high, device)
-        self.add_behavior_policy()
+        self.add_behavior_policy(**self.policy_options())
         self.kl_weight = self.knob("kl_weight")
+
+    def policy_options(self) -> dict:
+        return {"log_std_bounds": LOG_STD_BOUNDS, "log_std_squash": True}
 
     def policy_samples(self, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """N = `num_kl_samples` actions per state from pi `[P, B, N, act]`, their log pi `[P, B, N]`, and the
@@ -202,36 +251,24 @@ class BRAC(BehaviorPretraining, SAC):
             return soft_bellman_target(batch.rewards, batch.terminals, next_value, next_log_prob.mean(-1),
                                        temperature, self.config.gamma)
 
-    def regularized_update(self, batch) -> dict[str, torch.Tensor]:
+    def actor_terms(self, batch) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+        """Eq. 4's loss (Q off during the warm start) and, with `entropy_bonus`, the temperature's, from the networks
+        as they are now."""
         temperature = self.temperature()
         q_on = 0.0 if self.warming_up else 1.0
-        target = self.td_target(batch)
-        loss_q, q, extra = self.critic_objective(batch, target)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        loss_q.backward()
-        self.critic_optimizer.step()
-
         actions, log_prob, kl = self.policy_samples(batch.observations)
         self.critic.requires_grad_(False)
         q_pi = q_at_samples(self.critic, batch.observations, actions).min(dim=1).values.mean(-1)
         self.critic.requires_grad_(True)
         log_prob = log_prob.mean(-1)
         loss_pi = policy_penalty_actor_loss(q_pi, log_prob, kl, temperature, self.kl_weight, q_on)
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        loss_pi.backward()
-        self.actor_optimizer.step()
+        loss_temperature = (temperature_loss(self.log_alpha, log_prob, self.target_entropy)
+                            if self.config.entropy_bonus else None)
+        log_prob, kl = log_prob.detach(), kl.detach()
+        return loss_pi, loss_temperature, {
+            "train/actor_loss": (temperature[:, None] * log_prob - q_on * q_pi.detach()
+                                 + self.kl_weight[:, None] * kl).mean(-1),
+            "train/entropy": -log_prob.mean(-1), "train/temperature": temperature, "train/kl": kl.mean(-1)}
 
-        if self.config.entropy_bonus:
-            loss_temperature = temperature_loss(self.log_alpha, log_prob, self.target_entropy)
-            self.temperature_optimizer.zero_grad(set_to_none=True)
-            loss_temperature.backward()
-            self.temperature_optimizer.step()
-
-        polyak_update(self.critic_target, self.critic, self.config.polyak)
-        q, log_prob, kl = q.detach(), log_prob.detach(), kl.detach()
-        return {"train/q_data_mean": q.mean(dim=(1, 2)),
-                "train/critic_loss": (q - target[:, None]).pow(2).mean(dim=(1, 2)),
-                "train/actor_loss": (temperature[:, None] * log_prob - q_on * q_pi.detach()
-                                     + self.kl_weight[:, None] * kl).mean(-1),
-                "train/entropy": -log_prob.mean(-1), "train/temperature": temperature,
-                "train/kl": kl.mean(-1), **extra}
+    def regularized_update(self, batch) -> dict[str, torch.Tensor]:
+        return SAC.update(self, batch)

@@ -9,7 +9,10 @@ Policy Optimization"): CQL's conservative critic with the push-down taken on mod
   the minibatch: `combo_regularizer`. `push_down_states: mixed` takes the log-sum-exp at every state of the
   minibatch, real and model, as OfflineRL-Kit's re-implementation does (`rho_s="mix"`).
 - TD target: SAC's without the entropy term (`backup_entropy: false`: the authors' deterministic backup).
-- the policy is SAC's (sac.py), and rollouts are MBPO's (model_based.py) with the unpenalized model reward.
+- the policy is SAC's (sac.py), and rollouts are MBPO's (model_based.py) with the unpenalized model reward. As
+  OfflineRL-Kit (run_combo.py, policy/model_free/cql.py, which its COMBOPolicy extends): actor and temperature lr
+  1e-4, critic 3e-4; the actor and temperature step first, from the critic before its step, and the critic's loss
+  then samples the updated policy (`update_order: actor_first`, CQLPolicy.learn).
 
 beta (`conservative_weight`, per member) is the knob; the paper uses beta in {0.5, 1, 5}.
 """
@@ -38,6 +41,9 @@ def combo_regularizer(q_model_sampled: torch.Tensor, q_data: torch.Tensor, tempe
 @dataclass
 class COMBOConfig(SampledActionsConfig, ModelBasedConfig):
     hidden: tuple[int, ...] = (256, 256, 256)   # OfflineRL-Kit run_combo.py hidden-dims
+    actor_lr: float = 1e-4                      # run_combo.py: actor-lr 1e-4, critic-lr 3e-4, alpha-lr 1e-4
+    temperature_lr: float | None = 1e-4
+    update_order: str = "actor_first"           # CQLPolicy.learn: "update actor" first, then alpha, then the critics
     real_ratio: float = 0.5
     conservative_weight: float = 1.0     # beta
     push_down_states: str = "model"      # "model": the paper's; "mixed": real and model states (OfflineRL-Kit)

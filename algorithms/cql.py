@@ -10,6 +10,13 @@ Reinforcement Learning"), CQL(H) on top of SAC:
 - Lagrange variant (eq. 5): alpha' >= 0 is learned so that the gap (logsumexp - Q at data) tracks
   `target_action_gap`.
 
+The rest follows young-geng/CQL (SimpleSAC/conservative_sac.py, model.py), which CORL's cql.py ports: every loss
+is computed before any network steps (`update_order: simultaneous`); the temperature learns at the policy's
+learning rate (`temperature_lr: null`: "self.alpha_optimizer = optimizer_class(self.log_alpha.parameters(),
+lr=self.config.policy_lr)"); the policy's log-std is log_std_multiplier * f(s) + log_std_offset with both scalars
+learned from 1 and -1 (`log_std_offset: -1`), clamped to [-20, 2] (ReparameterizedTanhGaussian); the output layers
+start Xavier-uniform with gain 0.01 and zero bias (`init: small_output`, FullyConnectedNetwork).
+
 alpha (`conservative_weight`, per member) is the knob; alpha = 0 is naive offline SAC, the lecture's
 failure case (registered on its own as `sac`, which skips the regularizer's cost; here it is always
 computed, so that a member's random draws do not depend on its neighbours' alphas).
@@ -64,11 +71,18 @@ class SampledActionsConfig(CheckedConfig):
         self.check(self.sampled_q_precision in SAMPLED_Q_PRECISIONS, "sampled_q_precision", " or ".join(SAMPLED_Q_PRECISIONS))
 
 
+LOG_STD_BOUNDS = (-20.0, 2.0)            # young-geng/CQL ReparameterizedTanhGaussian(log_std_min=-20.0, log_std_max=2.0)
+
+
 @dataclass
 class CQLConfig(SampledActionsConfig, SACConfig):
     conservative_weight: float = 5.0     # alpha (young-geng/CQL cql_min_q_weight)
     actor_lr: float = 3e-5               # CORL's hopper/medium config (young-geng's plain default: 3e-4)
+    temperature_lr: float | None = None  # the actor's: young-geng and CORL give alpha's optimizer lr=policy_lr
     backup_entropy: bool = False         # young-geng/CQL and CORL: backup_entropy=False
+    update_order: str = "simultaneous"   # young-geng and CORL: all losses first, then the alpha, policy, Q steps
+    init: str = "small_output"           # young-geng FullyConnectedNetwork: xavier_uniform_(last_fc.weight, gain=1e-2)
+    log_std_offset: float | None = -1.0  # young-geng policy_log_std_offset (multiplier 1), both learned; None: f(s)
     lagrange: bool = False
     target_action_gap: float = 1.0       # with lagrange: the gap alpha' aims at (young-geng cql_target_action_gap)
     lagrange_init: float = 1.0           # log alpha' at the start (young-geng and CORL: Scalar(1.0))
@@ -94,6 +108,9 @@ class CQL(SAC):
                                                                  device=self.device))
             self.lagrange_optimizer = PackedAdam([self.log_alpha_prime], lr=self.config.lagrange_lr)
         self.sampled_q_dtype = sampled_q_dtype(self.config.sampled_q_precision, self.device)
+
+    def policy_options(self) -> dict:
+        return {"log_std_bounds": LOG_STD_BOUNDS, "log_std_offset": self.config.log_std_offset}
 
     def critic_objective(self, batch, target):
         sampled, log_density = sampled_actions(self, batch.observations, batch.next_observations,

@@ -8,7 +8,13 @@ Q-Learning"). It never queries Q at actions outside the dataset:
 tau (`expectile`) sets how close V gets to the max over in-support actions (tau=0.5: the mean, SARSA-like;
 tau -> 1: the max); beta (`inverse_temperature`) sets how greedy the extracted policy is. Both can differ
 per member. The update order follows the authors' code: V, then the actor with the new V, then Q; the actor's
-learning rate decays to 0 on a cosine over the run's own length, as theirs does.
+learning rate decays to 0 on a cosine over the run's own length, as theirs does. Also as theirs
+(ikostrikov/implicit_q_learning): every layer starts orthogonal with gain sqrt(2) and zero bias (`init:
+orthogonal`, common.py default_init), the policy's mean is tanh-squashed with a state-independent log-std in
+[-5, 2] (learner.py: NormalTanhPolicy(..., log_std_min=-5.0, state_dependent_std=False,
+tanh_squash_distribution=False)), observations are not normalized, and locomotion rewards are scaled by
+1000 / (max - min episode return) (train_offline.py `normalize`): a training run's `reward_normalization` is "iql"
+unless its config says otherwise.
 """
 from __future__ import annotations
 
@@ -49,6 +55,7 @@ def actor_loss(log_prob: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class IQLConfig(LearnerConfig):
+    init: str = "orthogonal"             # common.py: default_init = nn.initializers.orthogonal(sqrt(2)), every Dense
     expectile: float = 0.7               # tau
     inverse_temperature: float = 3.0     # beta
     max_weight: float = 100.0
@@ -75,13 +82,14 @@ class IQL(Learner):
     Config = IQLConfig
     PACKABLE = ("seed", "expectile", "inverse_temperature", "actor_lr", "critic_lr", "value_lr")
     CONSTRAINT_KNOBS = {"expectile": "lower", "inverse_temperature": "lower"}    # tau -> 1: max; beta -> inf: greedy
+    REWARD_NORMALIZATION = "iql"         # train_offline.py: normalize(dataset) for halfcheetah, walker2d and hopper
 
     def __init__(self, configs, obs_dim, act_dim, action_low=-1.0, action_high=1.0, device="cpu"):
         super().__init__(configs, obs_dim, act_dim, action_low, action_high, device)
         cfg, P = self.config, self.members
-        self.critic = PackedCritic(P, obs_dim, act_dim, cfg.hidden)
-        self.value = PackedMLP(P, obs_dim, 1, cfg.hidden)
-        self.policy = GaussianPolicy(P, obs_dim, act_dim, cfg.hidden, self.action_low, self.action_high)
+        self.critic = PackedCritic(P, obs_dim, act_dim, cfg.hidden, init=cfg.init)
+        self.value = PackedMLP(P, obs_dim, 1, cfg.hidden, init=cfg.init)
+        self.policy = GaussianPolicy(P, obs_dim, act_dim, cfg.hidden, self.action_low, self.action_high, init=cfg.init)
         self.finish_init()
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.expectile, self.beta = self.knob("expectile"), self.knob("inverse_temperature")

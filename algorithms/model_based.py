@@ -38,8 +38,6 @@ from .sac import SAC, SACConfig
 
 @dataclass
 class ModelBasedConfig(SACConfig):
-    actor_lr: float = 1e-4               # OfflineRL-Kit run_mopo.py / run_combo.py: actor 1e-4, critic 3e-4, alpha 1e-4
-    temperature_lr: float = 1e-4
     rollout_length: int = 5              # h
     rollout_batch_size: int = 50_000     # start states per refresh (per member)
     rollout_every: int = 1000            # updates between refreshes

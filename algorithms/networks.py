@@ -16,27 +16,62 @@ import torch.nn.functional as F
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
+# Weight initializations, each as one of the reference codebases does it (`init:` in every algorithm's config):
+# - "default": PyTorch's nn.Linear (weights and biases uniform in +-1/sqrt(fan_in)): CORL, OfflineRL-Kit;
+# - "orthogonal": every layer, the output's included, orthogonal with gain sqrt(2), biases 0 (ikostrikov/
+#   implicit_q_learning common.py: default_init = orthogonal(sqrt(2)));
+# - "small_output": nn.Linear's hidden layers, the output layer Xavier-uniform with gain 0.01 and bias 0
+#   (young-geng/CQL SimpleSAC/model.py FullyConnectedNetwork, orthogonal_init=False);
+# - "glorot": every layer Xavier (Glorot) uniform, biases 0: Keras' Dense default, which the TensorFlow references
+#   build on (BRAC's networks.py, MOPO's softlearning feedforward_model).
+INITS = ("default", "orthogonal", "small_output", "glorot")
+
+
+def layer_inits(scheme: str, layers: int) -> list[tuple[str, float]]:
+    """The (kind, gain) of each of an MLP's `layers` linear layers under `scheme` (one of INITS)."""
+    if scheme == "default":
+        return [("default", 1.0)] * layers
+    if scheme == "orthogonal":
+        return [("orthogonal", math.sqrt(2.0))] * layers
+    if scheme == "small_output":
+        return [("default", 1.0)] * (layers - 1) + [("xavier_uniform", 0.01)]
+    if scheme == "glorot":
+        return [("xavier_uniform", 1.0)] * layers
+    raise ValueError(f"init={scheme!r}: choose one of {', '.join(INITS)}")
+
 
 class PackedLinear(nn.Module):
-    """`y[p] = x[p] @ W[p] + b[p]` for every member p; x is `[P, B, in]`."""
+    """`y[p] = x[p] @ W[p] + b[p]` for every member p; x is `[P, B, in]`. `init` is (kind, gain): kind "default"
+    (nn.Linear's), "orthogonal" or "xavier_uniform" (both with zero biases)."""
 
-    def __init__(self, members: int, in_features: int, out_features: int):
+    def __init__(self, members: int, in_features: int, out_features: int,
+                 init: tuple[str, float] = ("default", 1.0)):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(members, in_features, out_features))
         self.bias = nn.Parameter(torch.empty(members, 1, out_features))
+        self.init = init
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self, generators: list[torch.Generator] | None = None) -> None:
-        """nn.Linear's default initialization; with generators, slice i draws from `generators[i]`."""
+        """This layer's initialization; with generators, slice i draws from `generators[i]` alone."""
+        kind, gain = self.init
         bound = 1.0 / math.sqrt(self.weight.shape[1])
-        if generators is None:
+        if generators is None and kind == "default":
             self.weight.uniform_(-bound, bound)
             self.bias.uniform_(-bound, bound)
             return
-        for i, generator in enumerate(generators):
-            self.weight[i].uniform_(-bound, bound, generator=generator)
-            self.bias[i].uniform_(-bound, bound, generator=generator)
+        for i in range(self.weight.shape[0]):
+            generator = None if generators is None else generators[i]
+            if kind == "default":
+                self.weight[i].uniform_(-bound, bound, generator=generator)
+                self.bias[i].uniform_(-bound, bound, generator=generator)
+                continue
+            # Slice i is [in, out], nn.Linear's weight transposed: an orthogonal matrix stays one, and Xavier's bound
+            # depends on fan_in + fan_out only.
+            initialize = nn.init.orthogonal_ if kind == "orthogonal" else nn.init.xavier_uniform_
+            initialize(self.weight[i], gain=gain, generator=generator)
+            self.bias[i].zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.baddbmm(self.bias, x, self.weight)
@@ -46,12 +81,13 @@ class PackedMLP(nn.Module):
     """An MLP per member: `[P, B, in] -> [P, B, out]`, ReLU (or any activation) between layers."""
 
     def __init__(self, members: int, in_features: int, out_features: int, hidden: Sequence[int],
-                 activation: type[nn.Module] = nn.ReLU):
+                 activation: type[nn.Module] = nn.ReLU, init: str = "default"):
         super().__init__()
         sizes = [in_features, *hidden, out_features]
+        inits = layer_inits(init, len(sizes) - 1)
         layers: list[nn.Module] = []
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            layers.append(PackedLinear(members, n_in, n_out))
+            layers.append(PackedLinear(members, n_in, n_out, inits[i]))
             if i < len(sizes) - 2:
                 layers.append(activation())
         self.layers = nn.Sequential(*layers)
@@ -73,21 +109,39 @@ class PackedMLP(nn.Module):
 class TanhGaussianPolicy(nn.Module):
     """SAC's squashed Gaussian: a = scale * tanh(u) + bias, u ~ N(mu(s), sigma(s)).
 
-    `action_low`/`action_high` are the env's bounds; the network works in [-1, 1].
+    `action_low`/`action_high` are the env's bounds; the network works in [-1, 1]. The network's log-std output f(s)
+    becomes log sigma(s) as the reference codebases make it:
+    - clamped to `log_std_bounds` (SAC's; [-5, 2] is OfflineRL-Kit's, [-20, 2] young-geng's and softlearning's);
+    - with `log_std_squash`, mapped smoothly into them, low + (high - low) (tanh f + 1) / 2 (BRAC's networks.py);
+    - with `log_std_offset` b0, first m f(s) + b with scalars m and b per member, learned with the policy from 1 and
+      b0 (young-geng/CQL model.py: log_std_multiplier, log_std_offset).
     """
 
     def __init__(self, members: int, obs_dim: int, act_dim: int, hidden: Sequence[int],
-                 action_low: torch.Tensor | float = -1.0, action_high: torch.Tensor | float = 1.0):
+                 action_low: torch.Tensor | float = -1.0, action_high: torch.Tensor | float = 1.0,
+                 init: str = "default", log_std_bounds: tuple[float, float] = (LOG_STD_MIN, LOG_STD_MAX),
+                 log_std_squash: bool = False, log_std_offset: float | None = None):
         super().__init__()
-        self.net = PackedMLP(members, obs_dim, 2 * act_dim, hidden)
+        self.net = PackedMLP(members, obs_dim, 2 * act_dim, hidden, init=init)
         low = torch.as_tensor(action_low, dtype=torch.float32).expand(act_dim)
         high = torch.as_tensor(action_high, dtype=torch.float32).expand(act_dim)
         self.register_buffer("action_scale", (high - low) / 2)
         self.register_buffer("action_bias", (high + low) / 2)
+        self.log_std_bounds, self.log_std_squash = log_std_bounds, log_std_squash
+        self.log_std_multiplier = self.log_std_shift = None
+        if log_std_offset is not None:
+            self.log_std_multiplier = nn.Parameter(torch.ones(members, 1))
+            self.log_std_shift = nn.Parameter(torch.full((members, 1), float(log_std_offset)))
 
     def distribution(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, log_std = self.net(obs).chunk(2, dim=-1)
-        return mu, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        if self.log_std_multiplier is not None:
+            per_member = (-1, *([1] * (log_std.dim() - 1)))
+            log_std = self.log_std_multiplier.view(per_member) * log_std + self.log_std_shift.view(per_member)
+        low, high = self.log_std_bounds
+        if self.log_std_squash:
+            return mu, low + 0.5 * (high - low) * (torch.tanh(log_std) + 1)
+        return mu, log_std.clamp(low, high)
 
     def sample(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterized action `[P, B, act]` and its log-probability `[P, B]` (tanh-corrected).
@@ -115,32 +169,45 @@ class TanhGaussianPolicy(nn.Module):
 
 
 class GaussianPolicy(nn.Module):
-    """The Gaussian policy of IQL/AWAC/BC: mean = scale * tanh(net(s)) + bias, a learned
-    state-independent log-std per member; log-probabilities of in-bound actions need no tanh correction."""
+    """The Gaussian policy of IQL/AWAC/BC: a learned state-independent log-std per member, clamped to
+    `log_std_bounds`, and the mean mu(s) = scale * tanh(net(s)) + bias (IQL, BC), or with `tanh_mean=False`
+    scale * net(s) + bias, unbounded (CORL's AWAC). Log-probabilities are the Gaussian's, with no tanh correction;
+    samples and the deterministic action are clipped to the action bounds."""
 
     def __init__(self, members: int, obs_dim: int, act_dim: int, hidden: Sequence[int],
-                 action_low: torch.Tensor | float = -1.0, action_high: torch.Tensor | float = 1.0):
+                 action_low: torch.Tensor | float = -1.0, action_high: torch.Tensor | float = 1.0,
+                 init: str = "default", log_std_bounds: tuple[float, float] = (LOG_STD_MIN, LOG_STD_MAX),
+                 tanh_mean: bool = True):
         super().__init__()
-        self.net = PackedMLP(members, obs_dim, act_dim, hidden)
+        self.net = PackedMLP(members, obs_dim, act_dim, hidden, init=init)
         self.log_std = nn.Parameter(torch.zeros(members, 1, act_dim))
         low = torch.as_tensor(action_low, dtype=torch.float32).expand(act_dim)
         high = torch.as_tensor(action_high, dtype=torch.float32).expand(act_dim)
         self.register_buffer("action_scale", (high - low) / 2)
         self.register_buffer("action_bias", (high + low) / 2)
+        self.log_std_bounds, self.tanh_mean = log_std_bounds, tanh_mean
+
+    def mean(self, obs: torch.Tensor) -> torch.Tensor:
+        out = self.net(obs)
+        return (torch.tanh(out) if self.tanh_mean else out) * self.action_scale + self.action_bias
+
+    def clip(self, actions: torch.Tensor) -> torch.Tensor:
+        low, high = self.action_bias - self.action_scale, self.action_bias + self.action_scale
+        return torch.maximum(torch.minimum(actions, high), low)
 
     def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.net(obs)) * self.action_scale + self.action_bias
+        """The mean, clipped to the bounds (a no-op for a tanh mean; an env clips an unbounded one the same way)."""
+        return self.clip(self.mean(obs))
 
     def sample(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """mu(s) + sigma * noise, clipped to the action bounds: `[P, B, act]`."""
-        std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
-        low, high = self.action_bias - self.action_scale, self.action_bias + self.action_scale
-        return torch.maximum(torch.minimum(self.deterministic(obs) + std * noise, high), low)
+        std = self.log_std.clamp(*self.log_std_bounds).exp()
+        return self.clip(self.mean(obs) + std * noise)
 
     def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """log N(a; mu(s), sigma) summed over action dimensions: `[P, B]`."""
-        mu = self.deterministic(obs)
-        log_std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        mu = self.mean(obs)
+        log_std = self.log_std.clamp(*self.log_std_bounds)
         return (-0.5 * ((actions - mu) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
@@ -158,10 +225,11 @@ def squashed_gaussian_log_prob(u: torch.Tensor, mu: torch.Tensor, log_std: torch
 class PackedCritic(nn.Module):
     """`ensemble` Q-functions per member (2 for SAC's twin critics): `Q(s, a) -> [P, E, B]`."""
 
-    def __init__(self, members: int, obs_dim: int, act_dim: int, hidden: Sequence[int], ensemble: int = 2):
+    def __init__(self, members: int, obs_dim: int, act_dim: int, hidden: Sequence[int], ensemble: int = 2,
+                 init: str = "default"):
         super().__init__()
         self.members, self.ensemble = members, ensemble
-        self.net = PackedMLP(members * ensemble, obs_dim + act_dim, 1, hidden)
+        self.net = PackedMLP(members * ensemble, obs_dim + act_dim, 1, hidden, init=init)
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor, hidden_dtype: torch.dtype | None = None) -> torch.Tensor:
         P, E = self.members, self.ensemble

@@ -12,6 +12,16 @@ The losses are pure functions of tensors, one per term of the paper:
 Every tensor carries the member axis P first; a member's loss is a mean over its batch, and the
 population's loss is the sum over members, so gradients never mix members.
 The learner is used online by the dataset builder and is the base of the offline actor-critics.
+
+`update_order` says which networks each loss sees, as the reference codebases differ:
+- "critic_first": the critic steps, then the actor's and the temperature's losses are taken from the updated critic
+  (OfflineRL-Kit's SACPolicy.learn, the BRAC authors' _optimize_q before _optimize_p; SAC's default here, as the
+  dataset builder trains it);
+- "simultaneous": every loss is taken from the networks as they were before any step of this update (young-geng/CQL
+  ConservativeSAC.train and CORL's cql.py compute the policy, alpha and Q losses first, then step; the MOPO authors'
+  softlearning runs all training ops in one session.run);
+- "actor_first": the actor and temperature step first, their losses from the critic before its step, and the
+  critic's loss then samples the updated policy (OfflineRL-Kit's CQLPolicy.learn, which its COMBO inherits).
 """
 from __future__ import annotations
 
@@ -46,24 +56,38 @@ def temperature_loss(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_ent
     return (-log_alpha[:, None] * (log_prob.detach() + target_entropy)).mean(-1).sum()
 
 
+def descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One gradient step of `optimizer` on `loss`."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+UPDATE_ORDERS = ("critic_first", "simultaneous", "actor_first")
+
+
 @dataclass
 class SACConfig(LearnerConfig):
     actor_lr: float = 3e-4
     critic_lr: float = 3e-4
-    temperature_lr: float = 3e-4
+    temperature_lr: float | None = 3e-4    # None: each member's actor_lr (young-geng and CORL tie alpha's to the policy's)
     polyak: float = 0.005
     init_temperature: float = 1.0
     target_entropy: float | None = None    # None: -act_dim, as in the paper
     critic_hidden: tuple[int, ...] | None = None   # the critics' layer sizes; None: `hidden`, as the policy's
     backup_entropy: bool = True            # alpha log pi(a'|s') in the TD target (the paper's soft backup)
+    update_order: str = "critic_first"     # which networks each loss sees (module docstring)
 
     def __post_init__(self):
         super().__post_init__()
         if self.critic_hidden is not None:
             self.layer_sizes("critic_hidden")
         self.check(0.0 < self.polyak <= 1.0, "polyak", "in (0, 1]")
-        for name in ("actor_lr", "critic_lr", "temperature_lr", "init_temperature"):
+        for name in ("actor_lr", "critic_lr", "init_temperature"):
             self.check(getattr(self, name) > 0, name, "positive")
+        self.check(self.temperature_lr is None or self.temperature_lr > 0, "temperature_lr",
+                   "positive, or null for the actor's")
+        self.check(self.update_order in UPDATE_ORDERS, "update_order", " or ".join(UPDATE_ORDERS))
 
 
 class SAC(Learner):
@@ -74,15 +98,21 @@ class SAC(Learner):
     def __init__(self, configs, obs_dim, act_dim, action_low=-1.0, action_high=1.0, device="cpu"):
         super().__init__(configs, obs_dim, act_dim, action_low, action_high, device)
         cfg, P = self.config, self.members
-        self.policy = TanhGaussianPolicy(P, obs_dim, act_dim, cfg.hidden, self.action_low, self.action_high)
-        self.critic = PackedCritic(P, obs_dim, act_dim, cfg.critic_hidden or cfg.hidden)
+        self.policy = TanhGaussianPolicy(P, obs_dim, act_dim, cfg.hidden, self.action_low, self.action_high,
+                                         init=cfg.init, **self.policy_options())
+        self.critic = PackedCritic(P, obs_dim, act_dim, cfg.critic_hidden or cfg.hidden, init=cfg.init)
         self.log_alpha = torch.nn.Parameter(torch.full((P,), float(cfg.init_temperature)).log())
         self.finish_init()
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.target_entropy = -float(act_dim) if cfg.target_entropy is None else cfg.target_entropy
         self.actor_optimizer = PackedAdam(self.policy.parameters(), lr=self.knob("actor_lr"))
         self.critic_optimizer = PackedAdam(self.critic.parameters(), lr=self.knob("critic_lr"))
-        self.temperature_optimizer = PackedAdam([self.log_alpha], lr=cfg.temperature_lr)
+        temperature_lr = self.knob("actor_lr") if cfg.temperature_lr is None else cfg.temperature_lr
+        self.temperature_optimizer = PackedAdam([self.log_alpha], lr=temperature_lr)
+
+    def policy_options(self) -> dict:
+        """TanhGaussianPolicy's log-std settings for this algorithm's reference; SAC's own by default."""
+        return {}
 
     def act(self, observations: torch.Tensor) -> torch.Tensor:
         return self.policy.deterministic(observations)
@@ -115,33 +145,43 @@ class SAC(Learner):
         """Per-member `[P]` figures of the critics' Q `[P, E, B]` at the minibatch's (s, a)."""
         return {"train/q_data_mean": q.mean(dim=(1, 2))}
 
-    def update(self, batch) -> dict[str, torch.Tensor]:
-        """One gradient step on critics, actor and temperature; returns per-member `[P]` metrics."""
-        alpha = self.log_alpha.detach().exp()
+    def critic_terms(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """The critic's loss from the networks as they are now, with its TD target `[P, B]`, its Q at the data
+        `[P, E, B]` and its extra metrics."""
         target = self.td_target(batch)
-        loss_q, q, extra = self.critic_objective(batch, target)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        loss_q.backward()
-        self.critic_optimizer.step()
+        loss, q, extra = self.critic_objective(batch, target)
+        return loss, target, q, extra
 
+    def actor_terms(self, batch) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+        """The actor's loss and the temperature's (None where it is not trained) from the networks as they are now,
+        and their per-member metrics."""
+        alpha = self.log_alpha.detach().exp()
         actions, log_prob = self.sample_actions(batch.observations)
         self.critic.requires_grad_(False)
         q_pi = self.critic(batch.observations, actions).min(dim=1).values
         self.critic.requires_grad_(True)
-        loss_pi = actor_loss(q_pi, log_prob, alpha)
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        loss_pi.backward()
-        self.actor_optimizer.step()
+        return (actor_loss(q_pi, log_prob, alpha), temperature_loss(self.log_alpha, log_prob, self.target_entropy),
+                {"train/actor_loss": (alpha[:, None] * log_prob - q_pi).detach().mean(-1),
+                 "train/entropy": -log_prob.detach().mean(-1), "train/temperature": alpha})
 
-        loss_alpha = temperature_loss(self.log_alpha, log_prob, self.target_entropy)
-        self.temperature_optimizer.zero_grad(set_to_none=True)
-        loss_alpha.backward()
-        self.temperature_optimizer.step()
-
+    def update(self, batch) -> dict[str, torch.Tensor]:
+        """One gradient step on critics, actor and temperature in `update_order`; returns per-member `[P]` metrics."""
+        order = self.config.update_order
+        if order == "critic_first":
+            critic = self.critic_terms(batch)
+            descend(self.critic_optimizer, critic[0])
+        loss_pi, loss_temperature, metrics = self.actor_terms(batch)
+        if order == "simultaneous":
+            critic = self.critic_terms(batch)
+        descend(self.actor_optimizer, loss_pi)
+        if loss_temperature is not None:
+            descend(self.temperature_optimizer, loss_temperature)
+        if order == "actor_first":
+            critic = self.critic_terms(batch)
+        if order != "critic_first":
+            descend(self.critic_optimizer, critic[0])
         polyak_update(self.critic_target, self.critic, self.config.polyak)
+        _, target, q, extra = critic
         q = q.detach()
-        return {**self.q_metrics(q),
-                "train/critic_loss": (q - target[:, None]).pow(2).mean(dim=(1, 2)),
-                "train/actor_loss": (alpha[:, None] * log_prob - q_pi).detach().mean(-1),
-                "train/entropy": -log_prob.detach().mean(-1),
-                "train/temperature": alpha, **extra}
+        return {**self.q_metrics(q), "train/critic_loss": (q - target[:, None]).pow(2).mean(dim=(1, 2)),
+                **metrics, **extra}

@@ -46,8 +46,9 @@ class TrainConfig(CheckedConfig):
     eval_every: int = 5_000                # updates per iteration; every iteration ends with an evaluation
     eval_episodes: int = 10
     total_updates: int = 1_000_000
-    normalize_observations: bool = True
-    reward_normalization: str = "none"     # "none", or "iql": r * 1000 / (max return - min return)
+    normalize_observations: bool | None = None   # None: as the algorithm's reference code (Learner.NORMALIZE_OBSERVATIONS)
+    reward_normalization: str | None = None      # "none", "iql" (r * 1000 / (max - min episode return)); None: as the
+                                                 # algorithm's reference code (Learner.REWARD_NORMALIZATION)
     reward_scale: float = 1.0
     reward_bias: float = 0.0
     eval_seed: int = 0
@@ -74,8 +75,14 @@ class TrainConfig(CheckedConfig):
                               f"no evaluation would fall inside the run")
         self.check(self.mc_tail_steps is None or self.mc_tail_steps >= 0,
                    "mc_tail_steps", "null (ceil(5 / (1 - gamma))) or a whole number of steps >= 0")
-        if self.reward_normalization not in ("none", "iql"):
-            raise ConfigError(f"reward_normalization={self.reward_normalization!r}: choose 'none' or 'iql'")
+        if self.reward_normalization not in (None, "none", "iql"):
+            raise ConfigError(f"reward_normalization={self.reward_normalization!r}: choose 'none' or 'iql' "
+                              f"(or null for {self.algorithm}'s own)")
+        learner_class = ALGORITHMS[self.algorithm]
+        if self.normalize_observations is None:
+            self.normalize_observations = learner_class.NORMALIZE_OBSERVATIONS
+        if self.reward_normalization is None:
+            self.reward_normalization = learner_class.REWARD_NORMALIZATION
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ConfigError(f"device={self.device!r}: choose auto, cpu or cuda[:N]")
         if self.model and not ALGORITHMS[self.algorithm].USES_MODEL:
@@ -118,7 +125,10 @@ class TrainRun:
         check_env_compatible(self.dataset, make_env(self.env_id))
         scale, bias = config.reward_scale, config.reward_bias
         if config.reward_normalization == "iql":
-            scale *= iql_reward_scale(self.dataset.episode_returns)
+            try:
+                scale *= iql_reward_scale(self.dataset.episode_returns)
+            except ValueError as error:
+                raise ConfigError(f"reward_normalization: iql: {error}; set reward_normalization: none") from None
         self.reward_scale, self.reward_bias = scale, bias
         self.buffer = TransitionBuffer.from_dataset(self.dataset, self.device, config.normalize_observations,
                                                     reward_scale=scale, reward_bias=bias)

@@ -3,6 +3,9 @@
 Items guarded here: BEAR's MMD on raw pre-tanh samples with the authors' kernels (2), CQL's and COMBO's TD target
 without the entropy term (3), BRAC's untrained zero entropy weight and the BRAC/BEAR warm start (4), BEAR's
 best-of-10 acting (5), IQL's actor-lr schedule over the run's length (6) and COMBO's push-down states (7).
+Issue 26's: CQL's temperature at the policy's lr (1), MOPO's authors' lrs and target entropy (2), BRAC's behaviour
+fit with its entropy term (3), and (5) each algorithm's data normalization, initialization, policy parameterization
+and SAC-family update order as its reference.
 """
 from __future__ import annotations
 
@@ -291,3 +294,229 @@ def test_cql_lagrange_starts_at_the_reference_log_alpha_prime():
     learner = make("cql", [{"seed": 0}], lagrange=True)
     assert learner.config.target_action_gap == 1.0
     torch.testing.assert_close(learner.log_alpha_prime.detach(), torch.ones(1))
+
+
+# --- issue 26: the residue ---------------------------------------------------------------------------------------
+# item 1: CQL's temperature learns at the policy's rate (young-geng: alpha_optimizer(lr=policy_lr); CORL the same)
+def test_cql_temperature_learns_at_each_members_actor_lr():
+    assert CQLConfig().temperature_lr is None
+    learner = make("cql", [{"seed": 0}, {"seed": 1, "actor_lr": 1e-4}])
+    assert learner.temperature_optimizer.param_groups[0]["lr"].tolist() == pytest.approx([3e-5, 1e-4])
+    fixed = make("cql", [{"seed": 0}], temperature_lr=3e-4)
+    assert fixed.temperature_optimizer.param_groups[0]["lr"].item() == pytest.approx(3e-4)
+
+
+# item 2: MOPO's learning rates and target entropy are the MOPO authors'; COMBO keeps OfflineRL-Kit's
+def test_mopo_uses_its_authors_learning_rates_and_fixed_target_entropy():
+    from offline_sweeps.algorithms.combo import COMBOConfig
+    config = MOPOConfig()
+    assert (config.actor_lr, config.critic_lr, config.temperature_lr, config.target_entropy) == (3e-4, 3e-4, None, -3.0)
+    learner = make("mopo", [{"seed": 0}])
+    assert learner.target_entropy == -3.0          # not -|A| (-2 here): base.py fixes -3 for every dataset
+    assert learner.temperature_optimizer.param_groups[0]["lr"].item() == pytest.approx(3e-4)
+    combo = COMBOConfig()
+    assert (combo.actor_lr, combo.temperature_lr, combo.target_entropy) == (1e-4, 1e-4, None)
+
+
+# item 3: BRAC's behaviour fit keeps the authors' entropy term, and so its std, on near-deterministic data
+def near_deterministic_buffer(n: int = 512) -> TransitionBuffer:
+    """Actions a fixed function of the state up to noise of 1e-3."""
+    rng = torch.Generator().manual_seed(0)
+    obs = torch.randn(n, OBS, generator=rng)
+    actions = 0.5 * torch.tanh(obs[:, :ACT]) + 1e-3 * torch.randn(n, ACT, generator=rng)
+    buffer = TransitionBuffer(n, OBS, ACT)
+    buffer.add(obs, actions, torch.randn(n, generator=rng), obs.roll(1, 0), torch.zeros(n), torch.zeros(n))
+    return buffer
+
+
+@pytest.mark.slow
+def test_brac_behaviour_fit_keeps_its_std_at_the_entropy_target_where_max_likelihood_collapses():
+    """On near-deterministic data pure maximum likelihood drives pi_beta-hat's log-std to its floor (-5), and the KL
+    of a policy to it grows by orders of magnitude; the authors' entropy term (its weight tuned towards the entropy
+    -|A| = -2, where each log-std sits near -2.4) holds it up. Measured (seeds 0 and 1, 1500 updates): mean log-std
+    -1.2 and -2.1 with the entropy term (its weight still swinging about the target), -4.8 without; the initial
+    policy's KL to them 3 and 13 against 2803 and 2830."""
+    from offline_sweeps.algorithms.brac import BRAC, gaussian_kl
+    assert BRACConfig().behavior_entropy is True
+    buffer = near_deterministic_buffer()
+    obs = randn(2, 256, OBS, seed=5)
+    fitted = {}
+    for entropy in (True, False):
+        configs = [BRACConfig(hidden=(16, 16), batch_size=64, behavior_pretrain_steps=10_000, behavior_lr=1e-2,
+                              behavior_entropy=entropy, seed=seed) for seed in (0, 1)]
+        learner = BRAC(configs, OBS, ACT, -torch.ones(ACT), torch.ones(ACT))
+        train(learner, buffer, 1500)
+        with torch.no_grad():
+            mu, log_std = learner.behavior.distribution(obs)
+            kl = gaussian_kl(*learner.policy.distribution(obs), mu, log_std).mean(-1)
+        fitted[entropy] = (log_std.mean(dim=(1, 2)), kl)
+    (tuned_log_std, tuned_kl), (plain_log_std, plain_kl) = fitted[True], fitted[False]
+    assert ((tuned_log_std > -3.0) & (tuned_log_std < -0.5)).all(), fitted
+    assert (plain_log_std < -4.5).all(), fitted
+    assert (plain_kl > 50 * tuned_kl).all(), fitted
+
+
+def test_entropy_weight_gradient_is_the_authors_relu_v2():
+    """relu(w) (H - target): the gradient raising w always passes; the one lowering it only while w > 0."""
+    from offline_sweeps.algorithms.brac import entropy_weight_loss
+    weight = torch.tensor([0.5, -0.2, -0.2, 0.5], requires_grad=True)
+    entropy = torch.tensor([-1.0, -1.0, -3.0, -3.0])      # target -2: above, above, below, below
+    loss = entropy_weight_loss(weight, entropy, -2.0)
+    assert loss.item() == pytest.approx(0.5 * 1.0 + 0.0 + 0.0 + 0.5 * -1.0)
+    loss.backward()
+    torch.testing.assert_close(weight.grad, torch.tensor([1.0, 0.0, -1.0, -1.0]))
+
+
+def test_brac_behaviour_loss_by_hand():
+    from offline_sweeps.algorithms.brac import behavior_entropy_loss
+    sampled, data = torch.tensor([[1.0, 3.0], [2.0, 0.0]]), torch.tensor([[-1.0, -2.0], [0.5, 1.5]])
+    # member 0: mean(0.5 * 1 + 1, 0.5 * 3 + 2) = 2.5; member 1: mean(0 * 2 - 0.5, 0 - 1.5) = -1
+    value = behavior_entropy_loss(sampled, data, torch.tensor([0.5, 0.0]))
+    assert value.item() == pytest.approx(2.5 - 1.0)
+
+
+# item 5: each algorithm's data pipeline, initialization and policy parameterization as its reference
+@pytest.mark.parametrize("name, normalize, rewards", [
+    ("bc", True, "none"), ("awac", True, "none"), ("iql", False, "iql"), ("cql", False, "none"),
+    ("sac", False, "none"), ("brac", False, "none"), ("bear", False, "none"), ("mopo", False, "none"),
+    ("combo", False, "none")])
+def test_observation_and_reward_normalization_follow_each_reference_unless_set(name, normalize, rewards):
+    from offline_sweeps.algorithms.trainer import TrainConfig
+    config = TrainConfig(name, "unused")
+    assert (config.normalize_observations, config.reward_normalization) == (normalize, rewards)
+    config = TrainConfig(name, "unused", normalize_observations=not normalize, reward_normalization="none")
+    assert (config.normalize_observations, config.reward_normalization) == (not normalize, "none")
+
+
+def gram(weight: torch.Tensor) -> torch.Tensor:
+    """W^T W or W W^T, whichever is the smaller: a multiple of the identity for a (semi-)orthogonal W."""
+    return weight.T @ weight if weight.shape[0] >= weight.shape[1] else weight @ weight.T
+
+
+def test_iql_layers_start_orthogonal_with_gain_sqrt2_and_zero_bias():
+    learner = make("iql", [{"seed": 0}, {"seed": 1}])
+    assert learner.config.init == "orthogonal"
+    for net in (learner.critic.net, learner.value, learner.policy.net):
+        for layer in net.layers[::2]:
+            for k in range(layer.weight.shape[0]):
+                w = layer.weight[k].detach()
+                torch.testing.assert_close(gram(w), 2.0 * torch.eye(min(w.shape)), atol=1e-5, rtol=1e-5)
+            assert not layer.bias.detach().any()
+    assert not learner.policy.log_std.detach().any()          # policy.py: log_stds initialized to zeros
+
+
+def xavier_bound(weight: torch.Tensor, gain: float) -> float:
+    return gain * math.sqrt(6.0 / sum(weight.shape))
+
+
+@pytest.mark.parametrize("name, output_gain, hidden", [("cql", 0.01, "default"), ("brac", 1.0, "glorot"),
+                                                       ("mopo", 1.0, "glorot")])
+def test_sac_family_layers_start_as_their_references(name, output_gain, hidden):
+    """CQL: young-geng's nn.Linear hidden layers with a Xavier(0.01) output layer and zero bias; BRAC and MOPO: Keras
+    Dense defaults (glorot-uniform, zero bias) everywhere."""
+    learner = make(name, [{"seed": 0}])
+    for net in (learner.policy.net, learner.critic.net):
+        *hidden_layers, output = net.layers[::2]
+        for layer in hidden_layers:
+            w = layer.weight[0].detach()
+            if hidden == "glorot":
+                bound = xavier_bound(w, 1.0)
+                assert not layer.bias.detach().any() and w.abs().max() <= bound and w.abs().max() > 0.8 * bound
+            else:
+                assert layer.bias.detach().abs().max() > 0                      # nn.Linear's uniform bias
+        w = output.weight[0].detach()
+        assert not output.bias.detach().any() and w.abs().max() <= xavier_bound(w, output_gain)
+        assert w.abs().max() > 0.5 * xavier_bound(w, output_gain)
+
+
+def test_awac_mean_is_unbounded_as_corls_and_acting_clips_it():
+    assert ALGORITHMS["awac"].Config().tanh_mean is False
+    learner = make("awac", [{"seed": 0}])
+    with torch.no_grad():
+        learner.policy.net.layers[-1].bias.fill_(3.0)             # raw output 3 + ...: past the bound (scale 2)
+        obs = randn(1, 8, OBS)
+        mean = learner.policy.mean(obs)
+        assert mean.min() > 2.0
+        torch.testing.assert_close(learner.act(obs), torch.full_like(mean, 2.0))
+        actions = torch.zeros(1, 8, ACT)
+        log_std = learner.policy.log_std.clamp(-20, 2)
+        expected = (-0.5 * (mean / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        torch.testing.assert_close(learner.policy.log_prob(obs, actions), expected)
+        learner.policy.log_std.fill_(-30.0)
+        assert learner.policy.log_std.clamp(*learner.policy.log_std_bounds).min().item() == -20.0   # CORL's floor
+    squashed = make("awac", [{"seed": 0}], tanh_mean=True)
+    with torch.no_grad():
+        squashed.policy.net.layers[-1].bias.fill_(3.0)
+        assert squashed.policy.mean(obs).max() < 2.0
+
+
+def test_cql_policy_log_std_is_young_gengs_learned_affine_of_the_network_output():
+    """log std = m f(s) + b, m and b learned from 1 and -1 and clamped to [-20, 2]; log_std_offset: null is f(s)."""
+    learner = make("cql", [{"seed": 0}, {"seed": 1}])
+    assert learner.config.log_std_offset == -1.0
+    obs = randn(2, 5, OBS)
+    with torch.no_grad():
+        raw = learner.policy.net(obs).chunk(2, dim=-1)[1]
+        torch.testing.assert_close(learner.policy.distribution(obs)[1], raw - 1.0)
+        learner.policy.log_std_multiplier.fill_(30.0)
+        assert learner.policy.distribution(obs)[1].min().item() >= -20.0
+    assert any(p is learner.policy.log_std_shift for p in learner.actor_optimizer.param_groups[0]["params"])
+    before = learner.policy.log_std_shift.detach().clone()
+    learner.update(toy_batch().__class__(*(x.expand(2, *x.shape[1:]) for x in toy_batch())))
+    assert not torch.equal(learner.policy.log_std_shift.detach(), before)
+    plain = make("cql", [{"seed": 0}], log_std_offset=None)
+    assert plain.policy.log_std_multiplier is None
+    with torch.no_grad():
+        torch.testing.assert_close(plain.policy.distribution(obs[:1])[1],
+                                   plain.policy.net(obs[:1]).chunk(2, dim=-1)[1].clamp(-20, 2))
+
+
+def test_brac_log_std_is_squashed_into_the_authors_range():
+    """networks.py: log_std = LOG_STD_MIN + 0.5 (LOG_STD_MAX - LOG_STD_MIN) (tanh(f) + 1), with -5 and 0."""
+    learner = make("brac", [{"seed": 0}])
+    obs = randn(1, 5, OBS)
+    for policy in (learner.policy, learner.behavior):
+        with torch.no_grad():
+            raw = policy.net(obs).chunk(2, dim=-1)[1]
+            torch.testing.assert_close(policy.distribution(obs)[1], -5.0 + 2.5 * (torch.tanh(raw) + 1))
+
+
+def test_mopo_policy_log_std_floor_is_softlearnings():
+    learner = make("mopo", [{"seed": 0}])
+    with torch.no_grad():
+        learner.policy.net.layers[-1].bias[..., ACT:] = -30.0
+        assert learner.policy.distribution(randn(1, 3, OBS))[1].min().item() == pytest.approx(-20.0)
+
+
+# item 5: the SAC family's update order, per reference
+def one_update(name: str, frozen: str, **shared) -> dict[str, torch.Tensor]:
+    """Parameters after one update of a fresh learner whose `frozen` optimizer ("critic", "actor" with the
+    temperature's, or "none") does not step: what the other networks' step saw of it."""
+    learner = make(name, [{"seed": 0}], **shared)
+    silent = {"critic": [learner.critic_optimizer], "actor": [learner.actor_optimizer, learner.temperature_optimizer],
+              "none": []}[frozen]
+    for optimizer in silent:
+        optimizer.step = lambda closure=None: None
+    learner.update(toy_batch())
+    return {"policy": [p.detach().clone() for p in learner.policy.parameters()],
+            "critic": [p.detach().clone() for p in learner.critic.parameters()]}
+
+
+def moved_the_same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("order, actor_sees_new_critic, critic_sees_new_actor", [
+    ("critic_first", True, False), ("simultaneous", False, False), ("actor_first", False, True)])
+def test_update_order_decides_which_networks_each_loss_sees(order, actor_sees_new_critic, critic_sees_new_actor):
+    base = one_update("cql", "none", update_order=order)
+    without_critic_step = one_update("cql", "critic", update_order=order)
+    without_actor_step = one_update("cql", "actor", update_order=order)
+    assert moved_the_same(base["policy"], without_critic_step["policy"]) is not actor_sees_new_critic
+    assert moved_the_same(base["critic"], without_actor_step["critic"]) is not critic_sees_new_actor
+
+
+@pytest.mark.parametrize("name, order", [("sac", "critic_first"), ("cql", "simultaneous"), ("brac", "critic_first"),
+                                         ("mopo", "simultaneous"), ("combo", "actor_first")])
+def test_update_order_defaults_follow_each_reference(name, order):
+    assert ALGORITHMS[name].Config().update_order == order
