@@ -246,13 +246,14 @@ def plot_bandit(study, rows: list[dict], path: Path) -> None:
             ax.axhline(first["fqe_pick"], color="C2", lw=0.9, ls="-.", label="FQE's top policy (no episode)")
         ax.set_xscale("log")
         ax.set_title(f"{study_name + ': ' if several else ''}{algorithm} on {dataset} ({first['arms']} policies"
-                     + (f", {first['left_out']} without recorded episodes left out" if first["left_out"] else "") + ")")
+                     + (f", {first['left_out']} without recorded episodes left out" if first["left_out"] else "") + ")",
+                     fontsize=9)
         ax.set_xlabel("online episodes spent choosing")
-        ax.set_ylabel(f"expected true {study.metric.removesuffix('_best')} of the deployed policy")
+        ax.set_ylabel(f"expected true {study.metric.removesuffix('_best')}\nof the deployed policy")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"{study.name}: choosing a trained policy with a counted online budget (the bandit protocol of "
-                 f"Jackson et al. 2025), mean over repeats and 95% bootstrap CI; diverged policies at the failure "
+                 f"Jackson et al. 2025)\nmean over repeats and 95% bootstrap CI; diverged policies at the failure "
                  f"level", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
