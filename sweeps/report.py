@@ -4,7 +4,8 @@ report.md states, per setting, summary.py's statistics (mean and IQM over seeds 
 seeds at the failure level), the winners and how far the seeds let them be told apart, the settings pooled across
 datasets, offline model selection against the online oracle with Expected Online Performance, and the bandit
 protocol's choice with a counted online budget (selection.py). report.csv, aggregate.csv, selection.csv, eop.csv
-and bandit.csv hold the same numbers, a column each; the figures beside them are plots.py's. Everything comes from results.py's reading of the study folders; nothing here starts Ray.
+and bandit.csv hold the same numbers, a column each; the figures beside them are plots.py's. Everything comes from
+results.py's reading of the study folders; nothing here starts Ray.
 """
 from __future__ import annotations
 

@@ -205,7 +205,8 @@ def bandit(study, runs: list[MemberRun], pulls: int = BANDIT_PULLS, repeats: int
     """The bandit curves of every panel with arms (module docstring): one row per method ("ucb", "round_robin",
     "fqe_top_k_ucb" where FQE was reported) and budget of 1..`pulls` episodes, with the expected true score of the
     deployed policy, its 95% CI, the panel's arms (and members left out for want of recorded episodes), the
-    episodes recorded per policy, the subsample size and the guides (`oracle`, `random_arm`, `fqe_pick`). Every panel draws from `seed`."""
+    episodes recorded per policy, the subsample size and the guides (`oracle`, `random_arm`, `fqe_pick`). Every
+    panel draws from `seed`."""
     fqe = criterion_values(runs, "fqe")
     rows = []
     for (study_name, algorithm, dataset), members in _panels(runs).items():
