@@ -3,7 +3,7 @@
     python launch.py sweep sweeps/quickstart.yaml [key=value ...] [--address auto] [--dry-run]
     python launch.py resume results/quickstart
     python launch.py report results/quickstart
-    python launch.py export results/quickstart [--select online|fqe|critic|td_error]
+    python launch.py export results/quickstart [--select online|fqe|critic|td_error | --select bandit --episodes K]
     python launch.py train --config results/quickstart/best/iql-pendulum_medium-v0.yaml [key=value ...]
     python launch.py dataset make --env Pendulum-v1 --kinds medium,expert
     python launch.py dataset list
@@ -176,7 +176,7 @@ def report(args: argparse.Namespace) -> None:
 
 def export(args: argparse.Namespace) -> None:
     from offline_sweeps.sweeps.export import export_best
-    for path in export_best(args.folder, select=args.select):
+    for path in export_best(args.folder, select=args.select, episodes=args.episodes):
         print(f"{path}  (re-run: python launch.py train --config {path})")
 
 
@@ -365,9 +365,13 @@ def parser() -> argparse.ArgumentParser:
                          "Write the best setting of each (algorithm, dataset) of a study as a TrainConfig YAML in "
                          "<folder>/best/, which `launch.py train --config` re-runs.")
     exporting.add_argument("folder", help="the study folder, <storage>/<study name>")
-    exporting.add_argument("--select", choices=SELECT_CRITERIA,
-                           help="how to pick the best setting: online (the test env's returns), or offline from "
-                                "the data alone (fqe, critic, td_error); default: the study's select: key, else online")
+    exporting.add_argument("--select", choices=(*SELECT_CRITERIA, "bandit"),
+                           help="how to pick the best setting: online (the test env's returns), offline from the "
+                                "data alone (fqe, critic, td_error), or bandit (a UCB bandit over the trained "
+                                "policies spending --episodes online episodes); default: the study's select: key, "
+                                "else online")
+    exporting.add_argument("--episodes", type=int, metavar="K",
+                           help="with --select bandit: the online budget, in test-environment episodes")
     exporting.set_defaults(run=export)
     training = _command(commands, "train", "run one config YAML to its budget (no Tune search)",
                         "Train one TrainConfig YAML (e.g. one that `export` wrote) to its budget in this process, "

@@ -8,6 +8,10 @@ a step near the cut must still see the reward after it. Each episode the limit c
 the Monte-Carlo returns; then every scored step is compared, and the return misses at most
 gamma^mc_tail_steps <= e^-5 (0.7%) of the value at the cut. A bootstrap from the learned Q would hide the
 very error being measured. eval/return and eval/length are the episode up to the env's own limit.
+
+The run's last evaluation keeps every episode's return (`eval/episode_returns`), the arms of the bandit protocol of
+Unifloral (Jackson et al. 2025; sweeps/selection.py), and runs `more_episodes` beyond the usual ones for it. Those
+run without the Monte-Carlo tail: the Q diagnostic stays on the usual episodes, as at every other evaluation.
 """
 from __future__ import annotations
 
@@ -83,31 +87,37 @@ def q_versus_monte_carlo(learner, runs: list[Episode], prepare, gamma: float, ta
 @torch.no_grad()
 def evaluate_population(learner, env_id: str, episodes: int, seed: int, gamma: float,
                         normalize=None, reward_scale: float = 1.0, reward_bias: float = 0.0,
-                        mc_tail_steps: int | None = None) -> dict[str, np.ndarray]:
+                        mc_tail_steps: int | None = None, more_episodes: int = 0) -> dict[str, np.ndarray]:
     """Per-member `[P]` arrays: eval/return, eval/return_std, eval/length, and for learners with a critic
     eval/q_mean, eval/mc_return_mean and eval/q_overestimation (Q minus the Monte-Carlo return, on the
-    reward scale the critic was trained on; `mc_tail_steps` None: `default_mc_tail_steps(gamma)`).
+    reward scale the critic was trained on; `mc_tail_steps` None: `default_mc_tail_steps(gamma)`); and
+    eval/episode_returns `[P, episodes + more_episodes]`, each episode's return. The `more_episodes` (start
+    states seed + episodes, ...) count in the returns and lengths, not in the Q diagnostic, and run no tail.
     Diverged members are not run (their entries are NaN)."""
     P, device = learner.members, learner.device
     alive = ~learner.diverged.cpu().numpy()
     prepare = normalize or (lambda obs: obs)
     tail_steps = default_mc_tail_steps(gamma) if mc_tail_steps is None else mc_tail_steps
 
-    def policy(obs: np.ndarray) -> np.ndarray:
-        obs_t = prepare(torch.as_tensor(obs, device=device).view(P, episodes, -1))
-        actions = learner.act(obs_t).reshape(P * episodes, -1)
-        return torch.nan_to_num(actions).cpu().numpy()
+    def run(first: int, count: int, tail: int) -> list[Episode]:
+        def policy(obs: np.ndarray) -> np.ndarray:
+            obs_t = prepare(torch.as_tensor(obs, device=device).view(P, count, -1))
+            actions = learner.act(obs_t).reshape(P * count, -1)
+            return torch.nan_to_num(actions).cpu().numpy()
+        # Every member meets the same start states (seed, seed + 1, ...), wherever it sits in the population,
+        # so a member scores the same packed or alone, and members are compared on common random numbers.
+        return rollout(env_id, policy, P * count, [seed + first + e for _ in range(P) for e in range(count)],
+                       episodes_per_env=1, tail_steps=tail)
 
-    # Every member meets the same start states (seed, seed + 1, ...), wherever it sits in the population,
-    # so a member scores the same packed or alone, and members are compared on common random numbers.
     # Without a critic there is nothing to compare, so no tail to pay for.
-    runs = rollout(env_id, policy, P * episodes, [seed + e for _ in range(P) for e in range(episodes)],
-                   episodes_per_env=1, tail_steps=tail_steps if learner.has_critic else 0)
-    returns = np.array([e.ret for e in runs]).reshape(P, episodes)
-    lengths = np.array([len(e) for e in runs]).reshape(P, episodes)
-    metrics = {"eval/return": returns.mean(1), "eval/return_std": returns.std(1), "eval/length": lengths.mean(1)}
+    runs = run(0, episodes, tail_steps if learner.has_critic else 0)
+    parts = [runs, run(episodes, more_episodes, 0)] if more_episodes else [runs]     # each member by member
+    returns = np.concatenate([np.array([e.ret for e in part]).reshape(P, -1) for part in parts], axis=1)
+    lengths = np.concatenate([np.array([len(e) for e in part]).reshape(P, -1) for part in parts], axis=1)
+    metrics = {"eval/return": returns.mean(1), "eval/return_std": returns.std(1), "eval/length": lengths.mean(1),
+               "eval/episode_returns": returns}
     if learner.has_critic:
         metrics.update(q_versus_monte_carlo(learner, runs, prepare, gamma, tail_steps, reward_scale, reward_bias))
     for key, value in metrics.items():
-        metrics[key] = np.where(alive, value, np.nan)
+        metrics[key] = np.where(alive.reshape(-1, *[1] * (np.ndim(value) - 1)), value, np.nan)
     return metrics

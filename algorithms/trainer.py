@@ -13,6 +13,11 @@ Offline policy evaluation (fqe.py) rides on the evaluations: every evaluation of
 ope/critic_initial_q and ope/td_error per member, and the run's last one (every one with `fqe.every_evaluation`)
 fits FQE for ope/fqe_value. The ope/* keys appear in every result (NaN where not measured), since Tune's
 progress.csv keeps only the columns of a trial's first result.
+
+The run's last evaluation runs `final_eval_episodes` episodes per member (at least `eval_episodes`) and reports
+each one's return as a list, `eval/episode_returns` (and `eval/episode_normalized_returns`): the arms of the bandit
+protocol of Unifloral (Jackson et al. 2025), which sweeps/selection.py replays. Unifloral records 1000 final
+episodes (`eval_final_episodes` in its algorithms/iql.py); 100 here, a tenth of that evaluation cost.
 """
 from __future__ import annotations
 
@@ -45,6 +50,8 @@ class TrainConfig(CheckedConfig):
     members: list = dataclasses.field(default_factory=lambda: [{}])   # per-member overrides (knobs, seed)
     eval_every: int = 5_000                # updates per iteration; every iteration ends with an evaluation
     eval_episodes: int = 10
+    final_eval_episodes: int = 100         # the last evaluation's episodes (at least eval_episodes), each one's return
+                                           # kept for the bandit protocol (Unifloral records 1000)
     total_updates: int = 1_000_000
     normalize_observations: bool | None = None   # None: as the algorithm's reference code (Learner.NORMALIZE_OBSERVATIONS)
     reward_normalization: str | None = None      # "none", "iql" (r * 1000 / (max - min episode return)); None: as the
@@ -70,6 +77,8 @@ class TrainConfig(CheckedConfig):
         for key in ("eval_every", "eval_episodes", "total_updates"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be at least 1")
+        self.check(self.final_eval_episodes >= 0, "final_eval_episodes",
+                   "a whole number of episodes >= 0 for the last evaluation (below eval_episodes: eval_episodes)")
         if self.eval_every > self.total_updates:
             raise ConfigError(f"eval_every={self.eval_every} is larger than total_updates={self.total_updates}: "
                               f"no evaluation would fall inside the run")
@@ -185,9 +194,12 @@ class TrainRun:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)     # the updates were only queued: time them done
         train_seconds = time.perf_counter() - started
+        final = self.updates >= cfg.total_updates
         evaluation = evaluate_population(learner, self.env_id, cfg.eval_episodes, cfg.eval_seed + self.iterations,
                                          learner.config.gamma, self.buffer.normalize, self.reward_scale,
-                                         self.reward_bias, cfg.mc_tail_steps)
+                                         self.reward_bias, cfg.mc_tail_steps,
+                                         max(0, cfg.final_eval_episodes - cfg.eval_episodes) if final else 0)
+        episode_returns = evaluation.pop("eval/episode_returns")
         alive = ~learner.diverged.cpu().numpy()
         for key, value in learner.evaluation_metrics(cfg.eval_episodes, cfg.eval_seed + self.iterations).items():
             evaluation[key] = np.where(alive, value, np.nan)
@@ -197,9 +209,14 @@ class TrainRun:
             if key != "diverged":
                 per_member[key] = np.where(alive, per_member[key], np.nan)
         per_member.update(evaluation)
-        if self.dataset.ref_min_score is not None and self.dataset.ref_max_score is not None:
+        normalizes = self.dataset.ref_min_score is not None and self.dataset.ref_max_score is not None
+        if normalizes:
             per_member["eval/normalized_return"] = normalized_score(self.dataset, evaluation["eval/return"])
-        done = self.updates >= cfg.total_updates or bool(learner.diverged.all())
+        if final:      # the bandit's arms: each episode of the final policies (NaN rows for diverged members)
+            per_member["eval/episode_returns"] = episode_returns
+            if normalizes:
+                per_member["eval/episode_normalized_returns"] = normalized_score(self.dataset, episode_returns)
+        done = final or bool(learner.diverged.all())
         ope, ope_shared = self.offline_evaluation(final=done)
         per_member.update(ope)
         for key in ("eval/return", "eval/normalized_return"):
@@ -245,12 +262,17 @@ class TrainRun:
         self.restore(torch.load(path, map_location="cpu", weights_only=True))
 
 
-def flatten_members(per_member: dict[str, np.ndarray]) -> dict[str, float]:
+def flatten_members(per_member: dict[str, np.ndarray]) -> dict[str, float | list[float]]:
     """`{key: [P] array}` -> `member_k/key` for every member, plus `key` itself: the member's value when
-    P = 1, else the mean over the members that have not diverged (what a Tune scheduler compares)."""
-    metrics: dict[str, float] = {}
+    P = 1, else the mean over the members that have not diverged (what a Tune scheduler compares).
+    `{key: [P, E] array}` (per episode) -> a list of E values per member, `member_k/key` (`key` when P = 1)."""
+    metrics: dict[str, float | list[float]] = {}
     for key, values in per_member.items():
         values = np.asarray(values, dtype=np.float64)
+        if values.ndim == 2:
+            metrics.update({key: values[0].tolist()} if len(values) == 1 else
+                           {f"member_{k}/{key}": row.tolist() for k, row in enumerate(values)})
+            continue
         finite = values[np.isfinite(values)]
         metrics[key] = float(finite.mean()) if len(finite) else float("nan")
         if len(values) > 1 or key == "diverged":

@@ -1,7 +1,8 @@
 """`launch.py export`: the best setting per (algorithm, dataset) as a standalone training config, written to
 `<study folder>/best/<algorithm>-<dataset>.yaml` for `launch.py train --config`, its header (YAML comments) saying
-how it was chosen and what the seeds say about it: by the online oracle (selection.ranking) or by an offline
-criterion (selection.offline_picks).
+how it was chosen and what the seeds say about it: by the online oracle (selection.ranking), by an offline
+criterion (selection.offline_picks), or by the bandit protocol with a budget of online episodes
+(selection.bandit_picks).
 """
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ import numpy as np
 import yaml
 
 from .results import collect
-from .selection import Setting, offline_picks, ranking
+from .selection import Setting, bandit_picks, offline_picks, ranking
 from .statistics import bootstrap_ci
 from .study import SELECT_CRITERIA, SELECTION_METRICS, StudyError
 from .summary import winner_comparison
 
 
-def export_best(folder: str | Path, select: str | None = None) -> list[Path]:
+def export_best(folder: str | Path, select: str | None = None, episodes: int | None = None) -> list[Path]:
     """The best knob setting per (algorithm, dataset) as a standalone YAML for `launch.py train --config`, in
     `<folder>/best/`, picked by `select` (None: the study's `select:`, by default "online"):
     - "online": the mean over seeds of the study's metric (its last or best evaluation, as the study says;
@@ -28,21 +29,37 @@ def export_best(folder: str | Path, select: str | None = None) -> list[Path]:
     - "fqe", "critic", "td_error": the mean over seeds of the members' final `SELECTION_METRICS` value,
       from the data alone (see `selection`). The header states the criterion's value, and the setting's
       test-environment score and regret against the online pick for reference. A panel whose members
-      reported no value of the criterion is skipped, named on stderr; a StudyError if that is every one."""
+      reported no value of the criterion is skipped, named on stderr; a StudyError if that is every one.
+    - "bandit" (with `episodes` K): the setting of the trained policy a UCB bandit over every seed-level policy
+      (Unifloral's protocol, selection.bandit) deploys most often after K online episodes, over 1000 replays of the
+      members' recorded final episodes. The header states the episodes spent, how often that setting's policy was
+      deployed and the deployed policy's expected true score; the config re-trains the setting with all its seeds,
+      which scores the setting's mean, not the deployed seed's."""
     folder = Path(folder).expanduser().resolve()
     study, runs = collect(folder)
     select = study.select if select is None else select
-    if select not in SELECT_CRITERIA:
-        raise StudyError(f"select: {select!r} must be one of {', '.join(SELECT_CRITERIA)}")
+    if select not in (*SELECT_CRITERIA, "bandit"):
+        raise StudyError(f"select: {select!r} must be one of {', '.join(SELECT_CRITERIA)} or bandit")
+    if (select == "bandit") != (episodes is not None):
+        raise StudyError("select bandit needs the online budget, --episodes K (K >= 1), and only it takes one")
+    if select == "bandit" and (isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1):
+        raise StudyError(f"--episodes {episodes!r} must be a whole number of online episodes >= 1")
     ranked = ranking(study, runs)
-    picks = {panel: (winner, score) for panel, (score, winner, _) in ranked.items()} if select == "online" else \
-        offline_picks(study, runs, select)
+    if select == "bandit":
+        spent = bandit_picks(study, runs, episodes)
+        picks = {panel: (pick["setting"], pick) for panel, pick in spent.items() if panel in ranked}
+    else:
+        picks = {panel: (winner, score) for panel, (score, winner, _) in ranked.items()} if select == "online" else \
+            offline_picks(study, runs, select)
+    needs = "recorded final episode returns (train.final_eval_episodes)" if select == "bandit" else \
+        SELECTION_METRICS.get(select, ("",))[0]
     for _, algorithm, dataset in sorted(set(ranked) - set(picks)):
-        print(f"warning: {algorithm} on {dataset} not exported: no member reported {SELECTION_METRICS[select][0]} "
+        print(f"warning: {algorithm} on {dataset} not exported: no member reported {needs} "
               f"(select: {select}); export it with select online", file=sys.stderr)
     if not picks:
-        raise StudyError(f"select: {select} needs {SELECTION_METRICS[select][0]}, which no member of study "
-                         f"{study.name} reported; use select online, or a criterion the algorithms report")
+        raise StudyError(f"select: {select} needs {needs}" + (" of a return metric to maximize" if select == "bandit"
+                                                              else "") + f", which no member of study {study.name} "
+                         f"reported; use select online, or a criterion the algorithms report")
     out = folder / "best"
     out.mkdir(exist_ok=True)
     written = []
@@ -59,6 +76,8 @@ def export_best(folder: str | Path, select: str | None = None) -> list[Path]:
         if select == "online":
             header = [f"Best {algorithm} on {dataset} in study {study.name}, chosen with the test environment "
                       f"(online oracle): {winner.label()}", *winner_comparison(study, winner, score, others)]
+        elif select == "bandit":
+            header = _bandit_header(study, episodes, (algorithm, dataset), estimate, (score, oracle))
         else:
             header = _offline_header(study, select, (algorithm, dataset), winner, estimate, (score, oracle))
         path = out / f"{algorithm}-{dataset.strip('/').replace('/', '_')}.yaml"
@@ -85,4 +104,24 @@ def _offline_header(study, select: str, panel: tuple[str, str], pick: Setting, v
             f"for reference, measured in the test environment (not used to choose): mean {study.optimize} "
             f"{study.metric} = {picked:.4g}, 95% bootstrap CI [{low:.4g}, {high:.4g}]; the online oracle picks "
             f"{oracle.label()} at {oracle_score:.4g}, regret "
+            f"{(1 if study.mode == 'max' else -1) * (oracle_score - picked):.4g}"]
+
+
+def _bandit_header(study, episodes: int, panel: tuple[str, str], pick: dict, online: tuple[float, Setting]) -> list[str]:
+    """The export header's lines for a setting picked by the bandit with `episodes` online episodes."""
+    setting, (low, high) = pick["setting"], pick["ci"]
+    scores = setting.scores(study.optimize)
+    picked = float(np.mean(list(scores.values())))
+    oracle_score, oracle = online
+    return [f"Best {panel[0]} on {panel[1]} in study {study.name}, chosen by a UCB bandit (Jackson et al. 2025, "
+            f"Unifloral's protocol) spending {episodes} online episodes in the test environment: {setting.label()}",
+            f"spent: {episodes} episodes over {pick['arms']} trained policies (every seed of every setting, a diverged "
+            f"one at the failure level" + (f"; {pick['left_out']} without recorded episodes left out" if
+                                           pick["left_out"] else "") + "), replayed 1000 times from their recorded "
+            f"final episodes: a policy of this setting was deployed in {100 * pick['share']:.3g}% of them (seed "
+            f"{pick['seed']} most often); the deployed policy's expected true final {study.metric.removesuffix('_best')}"
+            f" = {pick['expected']:.4g}, 95% bootstrap CI [{low:.4g}, {high:.4g}]",
+            f"this config re-trains the setting with all its seeds: expect its mean {study.optimize} {study.metric} = "
+            f"{picked:.4g} over seeds {sorted(scores)}, not the deployed seed's score; the online oracle (every setting "
+            f"fully evaluated) picks {oracle.label()} at {oracle_score:.4g}, regret "
             f"{(1 if study.mode == 'max' else -1) * (oracle_score - picked):.4g}"]

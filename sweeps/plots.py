@@ -1,7 +1,7 @@
 """The report's figures, drawn with matplotlib (Agg) from `summarize`'s rows, the member runs and `selection`'s
 curves: sensitivity.png (the metric and Q overestimation against each knob), learning_curves.png, profiles.png
-(performance profiles) and eop.png (Expected Online Performance). Figures only: every number they show is
-computed elsewhere (summary.py, selection.py, statistics.py).
+(performance profiles), eop.png (Expected Online Performance) and bandit.png (the bandit protocol's curves). Figures
+only: every number they show is computed elsewhere (summary.py, selection.py, statistics.py).
 """
 from __future__ import annotations
 
@@ -210,6 +210,51 @@ def plot_eop(study, curves: list[dict], path: Path, oracles: dict[tuple, float])
         ax.legend(fontsize=7)
     fig.suptitle(f"{study.name}: Expected Online Performance (Kurenkov & Kolesnikov 2022), diverged seeds at the "
                  f"failure level", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+BANDIT_LABELS = {"ucb": "UCB bandit over the policies", "round_robin": "round-robin (uniform)",
+                 "fqe_top_k_ucb": "FQE's top {top_k}, then UCB among them"}
+
+
+def plot_bandit(study, rows: list[dict], path: Path) -> None:
+    """One panel per (study, algorithm, dataset): the expected true score of the policy each method would deploy
+    against the online episodes spent (log x, as Unifloral's plots), with its 95% CI as a band; guides: the best
+    arm of a subsample (what unlimited episodes find), the mean arm (a random pick) and FQE's top arm (no episode)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels: dict = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        panels[(row["study"], row["algorithm"], row["dataset"])][row["method"]].append(row)
+    several = len({key[0] for key in panels}) > 1
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(7.0, 5.5 * len(panels)), 4.5), squeeze=False)
+    for ax, ((study_name, algorithm, dataset), methods) in zip(axes[0], panels.items()):
+        for n, (method, points) in enumerate(methods.items()):
+            episodes = [p["episodes"] for p in points]
+            ax.plot(episodes, [p["expected_score"] for p in points], color=f"C{n % 10}",
+                    label=BANDIT_LABELS[method].format(top_k=points[0]["top_k"]))
+            ax.fill_between(episodes, [p["ci_low"] for p in points], [p["ci_high"] for p in points],
+                            color=f"C{n % 10}", alpha=0.2)
+        first = next(iter(methods.values()))[0]
+        ax.axhline(first["oracle"], color="grey", lw=0.9, ls="--",
+                   label=f"oracle: the best of {first['subsample']} policies (unlimited episodes)")
+        ax.axhline(first["random_arm"], color="grey", lw=0.9, ls=":", label="random: a policy picked blind")
+        if math.isfinite(first["fqe_pick"]):
+            ax.axhline(first["fqe_pick"], color="C2", lw=0.9, ls="-.", label="FQE's top policy (no episode)")
+        ax.set_xscale("log")
+        ax.set_title(f"{study_name + ': ' if several else ''}{algorithm} on {dataset} ({first['arms']} policies"
+                     + (f", {first['left_out']} without recorded episodes left out" if first["left_out"] else "") + ")",
+                     fontsize=9)
+        ax.set_xlabel("online episodes spent choosing")
+        ax.set_ylabel(f"expected true {study.metric.removesuffix('_best')}\nof the deployed policy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{study.name}: choosing a trained policy with a counted online budget (the bandit protocol of "
+                 f"Jackson et al. 2025)\nmean over repeats and 95% bootstrap CI; diverged policies at the failure "
+                 f"level", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -2,9 +2,10 @@
 
 report.md states, per setting, summary.py's statistics (mean and IQM over seeds with 95% bootstrap CIs, diverged
 seeds at the failure level), the winners and how far the seeds let them be told apart, the settings pooled across
-datasets, and offline model selection against the online oracle with Expected Online Performance (selection.py).
-report.csv, aggregate.csv, selection.csv and eop.csv hold the same numbers, a column each; the figures beside them
-are plots.py's. Everything comes from results.py's reading of the study folders; nothing here starts Ray.
+datasets, offline model selection against the online oracle with Expected Online Performance, and the bandit
+protocol's choice with a counted online budget (selection.py). report.csv, aggregate.csv, selection.csv, eop.csv
+and bandit.csv hold the same numbers, a column each; the figures beside them are plots.py's. Everything comes from
+results.py's reading of the study folders; nothing here starts Ray.
 """
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from .plots import plot_eop, plot_learning_curves, plot_profiles, plot_sensitivity
+from .plots import plot_bandit, plot_eop, plot_learning_curves, plot_profiles, plot_sensitivity
 from .results import collect_studies
-from .selection import ranking, selection
+from .selection import bandit, ranking, selection
 from .study import SELECTION_METRICS
 from .summary import SUMMARY_COLUMNS, aggregate, knob_names, summarize, winner_comparison
 
@@ -25,8 +26,8 @@ def write_report(folders, out: str | Path | None = None) -> dict[str, Path]:
     `<folder>/report/`) or several of the same metric side by side (in `out`, by default
     `report-<name>+<name>/` beside the first); where there are several datasets or studies, also their
     comparison across datasets (aggregate.csv and a second table); offline model selection against the online
-    oracle (selection.csv) and Expected Online Performance (eop.csv, eop.png), see `selection`. Returns the
-    paths."""
+    oracle (selection.csv) and Expected Online Performance (eop.csv, eop.png), see `selection`; the bandit
+    protocol's curves (bandit.csv, and bandit.png where a panel has arms), see `bandit`. Returns the paths."""
     folders = [Path(f).expanduser().resolve() for f in ([folders] if isinstance(folders, (str, Path)) else folders)]
     study, runs = collect_studies(folders)
     rows = summarize(study, runs)
@@ -96,7 +97,9 @@ def write_report(folders, out: str | Path | None = None) -> dict[str, Path]:
         lines += [""] + [f"- {line}" for line in comparisons]
     chosen, curves = selection(study, runs)
     lines += _selection_lines(study, chosen, curves, several=len(folders) > 1)
-    for key, table in (("selection", chosen), ("eop", curves)):
+    budget = bandit(study, runs)
+    lines += _bandit_lines(study, budget, several=len(folders) > 1)
+    for key, table in (("selection", chosen), ("eop", curves), ("bandit", budget)):
         paths[key] = out / f"{key}.csv"
         with open(paths[key], "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(table[0]) if table else ["study", "algorithm", "dataset"])
@@ -107,6 +110,9 @@ def write_report(folders, out: str | Path | None = None) -> dict[str, Path]:
         paths["eop_plot"] = out / "eop.png"
         plot_eop(study, curves, paths["eop_plot"], {(row["study"], row["algorithm"], row["dataset"]): row["score"]
                                                     for row in chosen if row["criterion"] == "online"})
+    if budget:
+        paths["bandit_plot"] = out / "bandit.png"
+        plot_bandit(study, budget, paths["bandit_plot"])
     plot_sensitivity(study, rows, runs, paths["plot"])
     plot_learning_curves(study, rows, runs, paths["curves"])
     if study.mode == "max":
@@ -166,6 +172,49 @@ def _selection_lines(study, chosen: list[dict], curves: list[dict], several: boo
                   "| selection | " + " | ".join(f"k={k}" for k in budgets) + " |", "|" + "---|" * (len(budgets) + 1)]
         lines += [f"| {'random' if name == 'random' else 'top k by ' + name} | "
                   + " | ".join(_cell(expected[k]) for k in budgets) + " |" for name, expected in by_selection.items()]
+    return lines
+
+
+def _bandit_lines(study, rows: list[dict], several: bool) -> list[str]:
+    """report.md's section on choosing with a counted online budget: the bandit curves at a few budgets."""
+    lines = ["", "## Choosing with a counted online budget (bandit)", "",
+             "Jackson et al. 2025, \"A Clean Slate for Offline Reinforcement Learning\" (the Unifloral library's "
+             "evaluation.py): the online budget counted in **episodes**. The arms are the trained policies, every seed "
+             "of every setting, each with the returns of its last evaluation's episodes (a diverged one at the failure "
+             "level). Each of 1000 repeats draws a subsample of the policies and spends up to 200 episodes on them, "
+             "each episode's return drawn from the pulled policy's recorded ones; after each episode it would deploy "
+             "the policy of the highest mean return so far. Shown: the expected true score of that policy (the mean "
+             "of all its recorded episodes) [95% bootstrap CI over the repeats]. **ucb**: a UCB bandit (alpha 2), "
+             "as the paper; **round_robin**: every policy in turn; **fqe_top_k_ucb**: FQE first (no episode), then "
+             "the bandit among FQE's top k. Guides: the oracle (the best policy of a subsample, what unlimited "
+             "episodes find), a random policy (the mean one) and FQE's top policy (no episode). A policy is one seed: "
+             "its score includes that seed's luck, which re-training the setting does not repeat (so the oracle here "
+             "lies above the Winners' best setting mean), and it is the final policy whatever the study optimizes. "
+             "Curves: bandit.png; every budget: bandit.csv."]
+    if not rows:
+        return lines + ["", "No bandit curve: " + ("the study's metric is not a return to maximize."
+                                                   if study.mode != "max" or study.metric.removesuffix("_best")
+                                                   not in ("eval/return", "eval/normalized_return") else
+                                                   "no member recorded its last evaluation's episode returns "
+                                                   "(`train.final_eval_episodes`; a trial stopped early records none).")]
+    panels: dict = defaultdict(dict)
+    for row in rows:
+        panels[(row["study"], row["algorithm"], row["dataset"])].setdefault(row["method"], {})[row["episodes"]] = row
+    for (study_name, algorithm, dataset), methods in panels.items():
+        first = next(iter(next(iter(methods.values())).values()))
+        budgets = _budgets(len(next(iter(methods.values()))))
+        guides = (f"oracle {_cell(first['oracle'])}, random {_cell(first['random_arm'])}"
+                  + (f", FQE's top policy {_cell(first['fqe_pick'])}" if math.isfinite(first["fqe_pick"]) else ""))
+        lines += ["", f"**{study_name + ' ' if several else ''}{algorithm} on {dataset}** ({first['arms']} policies, "
+                      f"{first['recorded']} recorded episodes each, subsamples of {first['subsample']}"
+                      + (f"; {first['left_out']} members without recorded episodes left out" if first["left_out"]
+                         else "") + f"; {guides})", "",
+                  "| method | " + " | ".join(f"{t} ep." for t in budgets) + " |", "|" + "---|" * (len(budgets) + 1)]
+        for method, by_budget in methods.items():
+            name = f"fqe top {first['top_k']}, then ucb" if method == "fqe_top_k_ucb" else method
+            lines.append(f"| {name} | " + " | ".join(
+                f"{_cell(by_budget[t]['expected_score'])} [{_cell(by_budget[t]['ci_low'])}, "
+                f"{_cell(by_budget[t]['ci_high'])}]" for t in budgets) + " |")
     return lines
 
 

@@ -7,7 +7,8 @@ for the trial ids of the folder's own experiment (its cloudpickled parts stay un
 unpickled and nothing here starts Ray.
 
 `load_results` gives every evaluation of every member as a pandas DataFrame; `collect` and `collect_studies` give
-one `MemberRun` per member, a diverged member scored at its dataset's failure level (failure.py).
+one `MemberRun` per member, a diverged member scored at its dataset's failure level (failure.py), with the returns
+of its last evaluation's episodes in the study metric's units (the bandit protocol's arms, selection.py).
 """
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ class MemberRun:
     curves: dict = field(default_factory=dict)   # per evaluation: "eval/q_overestimation", "eval/q_mean"
     study: str = ""            # the study's name
     ope: dict = field(default_factory=dict)      # {"ope/fqe_value": its last reported value, ...} (nan: none)
+    episodes: np.ndarray = field(default_factory=lambda: np.empty(0))   # the metric per episode of its last
+    # evaluation (EPISODE_KEYS), as reported; empty where none was (a metric without one, an unfinished trial)
 
     @property
     def diverged(self) -> bool:
@@ -69,6 +72,8 @@ def _number(value) -> float:
 
 
 IDENTITY = ("study", "trial", "member", "iteration", "algorithm", "dataset", "seed")
+# The per-episode lists a run's last evaluation reports (trainer.py), by the study metric they are in the units of.
+EPISODE_KEYS = {"eval/return": "eval/episode_returns", "eval/normalized_return": "eval/episode_normalized_returns"}
 
 
 def _read(folder: str | Path) -> tuple[object, list[tuple[str, dict, list[dict]]]]:
@@ -137,7 +142,8 @@ def _frame(study, trials: list[tuple[str, dict, list[dict]]]):
         members = trial_train_config(trial)["members"]
         for result in results:
             for k, metrics in enumerate(split_members(result, len(members))):
-                scalars = {key: v for key, v in metrics.items() if not isinstance(v, (dict, list))}
+                scalars = {key: v for key, v in metrics.items()
+                           if not isinstance(v, (dict, list)) or key in EPISODE_KEYS.values()}
                 records.append({"study": study.name, "trial": name, "member": k,
                                 "iteration": int(result.get("training_iteration", 0)), "algorithm": trial["algorithm"],
                                 "dataset": trial["dataset"], "seed": int(members[k].get("seed", 0)),
@@ -153,7 +159,8 @@ def load_results(folder: str | Path):
     """Every evaluation of every member of a study as a pandas DataFrame, one row per (trial, member,
     iteration): study, trial (its folder), member, iteration, algorithm, dataset, seed, one column per
     knob of the study, and every metric the member reported (`eval/normalized_return`, `diverged`, ...,
-    `member_k/` removed; metrics shared by the population, such as `updates`, in every member's row).
+    `member_k/` removed; metrics shared by the population, such as `updates`, in every member's row), and at the
+    last evaluation the lists of `EPISODE_KEYS`, each episode's value.
     Values are as reported: a diverged member's metrics are nan (`collect` scores them as failures). A
     trial restored from a checkpoint keeps the last report of each iteration."""
     study, trials = _read(folder)
@@ -185,6 +192,7 @@ def collect_studies(folders) -> tuple[object, list[MemberRun]]:
                                                         "eval/return", "eval/normalized_return", "eval/q_mean",
                                                         *(key for key, _ in SELECTION_METRICS.values()))}
         by_name = {name: trial for name, trial, _ in trials}
+        episode_key = EPISODE_KEYS.get(study.metric.removesuffix("_best"))
         for (name, k), rows in frame.groupby(["trial", "member"], sort=True):
             config, index = trial_train_config(by_name[name]), rows.index
             diverged = np.flatnonzero(numbers["diverged"][index] > 0)
@@ -196,7 +204,8 @@ def collect_studies(folders) -> tuple[object, list[MemberRun]]:
                 bool(numbers["updates"][index][-1] >= config.get("total_updates", TrainConfig.total_updates)),
                 len(index), config, member, study=study.name,
                 curves={key: numbers[key][index] for key in ("eval/q_overestimation", "eval/q_mean")},
-                ope={key: _last_finite(numbers[key][index]) for key, _ in SELECTION_METRICS.values()}))
+                ope={key: _last_finite(numbers[key][index]) for key, _ in SELECTION_METRICS.values()},
+                episodes=_episodes(frame, episode_key, index)))
             normalization[config["dataset"]] += list(zip(numbers["eval/return"][index],
                                                           numbers["eval/normalized_return"][index]))
     study = studies[0]
@@ -215,6 +224,17 @@ def collect_studies(folders) -> tuple[object, list[MemberRun]]:
 def _last_finite(values: np.ndarray) -> float:
     finite = values[np.isfinite(values)]
     return float(finite[-1]) if len(finite) else math.nan
+
+
+def _episodes(frame, key: str | None, index) -> np.ndarray:
+    """The last list of `key` in the rows `index`, where all its values are finite numbers; else empty."""
+    if key is None or key not in frame:
+        return np.empty(0)
+    for value in reversed(frame[key][index].tolist()):
+        if isinstance(value, list):
+            values = np.array([_number(v) for v in value], dtype=np.float64)
+            return values if len(values) and np.isfinite(values).all() else np.empty(0)
+    return np.empty(0)
 
 
 def _column(frame, key: str) -> np.ndarray:

@@ -12,6 +12,23 @@ training transitions, so that it measures fit, not generalization), and `selecti
 costs in test-environment score (regret against the oracle, Spearman's rho), and the Expected Online Performance
 of Kurenkov & Kolesnikov 2022 ("Showing Your Offline Reinforcement Learning Work: Online Evaluation Budget
 Matters", ICML): the expected best score when only k settings can be tried online.
+
+`bandit` counts the online budget in episodes instead, by the protocol of Jackson et al. 2025 ("A Clean Slate for
+Offline Reinforcement Learning", NeurIPS; the Unifloral library's evaluation.py, run_bandit_trials and
+bootstrap_bandit_trials). The arms are the trained policies: every member (seed) of every setting of a panel, each
+with the returns of its last evaluation's episodes (`train.final_eval_episodes`, in the study metric's units), a
+diverged member an arm whose every episode scores the failure level (failure.py). Each of `BANDIT_REPEATS` repeats
+draws `BANDIT_SUBSAMPLE` arms without replacement and runs a UCB bandit (alpha 2) for `BANDIT_PULLS` episodes, each
+an episode return of the pulled arm drawn with replacement (statistics.bandit_deployments); after each episode the
+policy of the highest empirical mean is deployed, and scored by its true mean (the mean of all its recorded
+episodes). Per budget: the mean over repeats, with a 95% bootstrap CI. Beside it, on the same subsamples, uniform
+round-robin, and "FQE first": the bandit among the `FQE_TOP_K` arms of the highest `ope/fqe_value`. As Unifloral:
+the arms, alpha, the tie-breaking, the reward draws, what is deployed and how it is scored, the 1000 repeats, 200
+pulls and 1000 bootstrap resamples, subsampling 20 (run_bandit_trials' default; its README and plots use 8). Not
+as Unifloral: 100 recorded episodes per policy by default, not 1000; an untried policy is never deployed; numpy's
+generator, not JAX's; the guides (`oracle`: the expected best arm of a subsample, `random_arm`: the mean arm,
+`fqe_pick`: FQE's top arm with no online episode). `bandit_picks` (export) runs the bandit over every arm, with no
+subsample, and names the setting whose policy it deploys most often.
 """
 from __future__ import annotations
 
@@ -23,7 +40,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .results import MemberRun
-from .statistics import expected_max_random, expected_max_top, finite_mean, rank_correlation
+from .statistics import (BANDIT_SEED, bandit_deployments, bootstrap_mean_columns, expected_max_random,
+                         expected_max_top, finite_mean, rank_correlation, subsample_arms, top_arms)
 from .study import SELECTION_METRICS
 
 
@@ -156,4 +174,89 @@ def offline_picks(study, runs: list[MemberRun], criterion: str) -> dict[tuple, t
         if np.isfinite(keyed).any():
             pick = _offline_pick(candidates, keyed)
             picks[panel] = (candidates[pick], float(orient * keyed[pick]))
+    return picks
+
+
+BANDIT_PULLS = 200         # run_bandit_trials' defaults (Unifloral evaluation.py): max_pulls,
+BANDIT_REPEATS = 1_000     # num_repeats,
+BANDIT_SUBSAMPLE = 20      # num_subsample
+FQE_TOP_K = 5              # "FQE first": the bandit among this many arms of the highest ope/fqe_value
+
+
+def bandit_arms(study, members: list[MemberRun]) -> tuple[list[MemberRun], list[np.ndarray]]:
+    """The bandit's arms among `members`, and each one's episode returns: a diverged member at the failure level
+    (one episode), a surviving one with its last evaluation's episodes; members without any are no arm. No arms
+    where the study's metric is not a return to maximize (the bandit has no rewards then)."""
+    if study.mode != "max" or study.metric.removesuffix("_best") not in ("eval/return", "eval/normalized_return"):
+        return [], []
+    arms = [m for m in members if m.diverged or len(m.episodes)]
+    return arms, [np.array([m.failure]) if m.diverged else m.episodes for m in arms]
+
+
+def _panels(runs: list[MemberRun]) -> dict[tuple, list[MemberRun]]:
+    panels: dict[tuple, list[MemberRun]] = defaultdict(list)
+    for setting in settings(runs):
+        panels[(setting.study, setting.algorithm, setting.dataset)] += setting.members
+    return dict(sorted(panels.items()))
+
+
+def bandit(study, runs: list[MemberRun], pulls: int = BANDIT_PULLS, repeats: int = BANDIT_REPEATS,
+           subsample: int = BANDIT_SUBSAMPLE, top_k: int = FQE_TOP_K, seed: int = BANDIT_SEED) -> list[dict]:
+    """The bandit curves of every panel with arms (module docstring): one row per method ("ucb", "round_robin",
+    "fqe_top_k_ucb" where FQE was reported) and budget of 1..`pulls` episodes, with the expected true score of the
+    deployed policy, its 95% CI, the panel's arms (and members left out for want of recorded episodes), the
+    episodes recorded per policy, the subsample size and the guides (`oracle`, `random_arm`, `fqe_pick`). Every
+    panel draws from `seed`."""
+    fqe = criterion_values(runs, "fqe")
+    rows = []
+    for (study_name, algorithm, dataset), members in _panels(runs).items():
+        arms, returns = bandit_arms(study, members)
+        if not arms:
+            continue
+        true = np.array([r.mean() for r in returns])
+        rng = np.random.default_rng(seed)
+        subsets = subsample_arms(len(arms), subsample, repeats, rng)
+        criterion = np.array([fqe.get(id(m), math.nan) for m in arms])
+        panel = {"study": study_name, "algorithm": algorithm, "dataset": dataset, "arms": len(arms),
+                 "left_out": len(members) - len(arms), "subsample": subsets.shape[1], "top_k": 0,
+                 "recorded": max((len(m.episodes) for m in arms if not m.diverged), default=0),
+                 "oracle": float(expected_max_random(true, replacement=False)[subsets.shape[1] - 1]),
+                 "random_arm": float(true.mean()), "fqe_pick": math.nan}
+        methods = {"ucb": (subsets, "ucb"), "round_robin": (subsets, "round_robin")}
+        if np.isfinite(criterion).any():
+            top = top_arms(subsets, criterion, top_k, rng)
+            methods["fqe_top_k_ucb"] = (top, "ucb")
+            panel.update(top_k=top.shape[1], fqe_pick=float(true[top[:, 0]].mean()))
+        for method, (chosen, rule) in methods.items():
+            mean, low, high = bootstrap_mean_columns(true[bandit_deployments(returns, chosen, pulls, rng, rule)])
+            rows += [{**panel, "method": method, "episodes": t, "expected_score": float(mean[t - 1]),
+                      "ci_low": float(low[t - 1]), "ci_high": float(high[t - 1])} for t in range(1, pulls + 1)]
+    return rows
+
+
+def bandit_picks(study, runs: list[MemberRun], episodes: int, repeats: int = BANDIT_REPEATS,
+                 seed: int = BANDIT_SEED) -> dict[tuple, dict]:
+    """{(study, algorithm, dataset): pick} for export: UCB over every arm of the panel (no subsample; each repeat
+    takes the arms in its own random order) for `episodes` episodes; the pick is the setting whose policy it
+    deploys in the most repeats (a tie: the higher mean true score of those deployments), with "share" (of the
+    repeats), "seed" (its policy deployed most often), "expected" and its 95% CI "ci" (the true score of the
+    deployed policy, over every repeat), "arms" and "left_out"."""
+    owner = {id(m): s for s in settings(runs) for m in s.members}
+    picks = {}
+    for panel, members in _panels(runs).items():
+        arms, returns = bandit_arms(study, members)
+        if not arms:
+            continue
+        true = np.array([r.mean() for r in returns])
+        rng = np.random.default_rng(seed)
+        deployed = bandit_deployments(returns, subsample_arms(len(arms), len(arms), repeats, rng), episodes, rng)[:, -1]
+        mean, low, high = bootstrap_mean_columns(true[deployed][:, None])
+        by_setting: dict[int, list[int]] = defaultdict(list)
+        for arm in deployed:
+            by_setting[id(owner[id(arms[arm])])].append(arm)
+        chosen = max(by_setting.values(), key=lambda hits: (len(hits), float(true[hits].mean())))
+        seeds = [arms[arm].seed for arm in chosen]
+        picks[panel] = {"setting": owner[id(arms[chosen[0]])], "share": len(chosen) / repeats,
+                        "seed": max(sorted(set(seeds)), key=seeds.count), "expected": float(mean[0]),
+                        "ci": (float(low[0]), float(high[0])), "arms": len(arms), "left_out": len(members) - len(arms)}
     return picks

@@ -5,8 +5,11 @@ interquartile mean (IQM), 95% percentile-bootstrap CIs (plain, and stratified ov
 of improvement P(X > Y) between two settings' scores by seed, and performance profiles. After Kurenkov &
 Kolesnikov 2022 ("Showing Your Offline Reinforcement Learning Work: Online Evaluation Budget Matters", ICML):
 the expected maximum of k settings tried online, drawn uniformly or taken in the order of an offline
-criterion (Expected Online Performance). Also Spearman's rank correlation and the mean over members of the
-finite values. Every bootstrap draws from a fixed seed, so a report is the same each time it is written.
+criterion (Expected Online Performance). After Jackson et al. 2025 ("A Clean Slate for Offline Reinforcement
+Learning", the Unifloral library's evaluation.py): a UCB bandit over trained policies that spends a budget of
+online episodes, replayed from each policy's recorded episode returns, and the 95% bootstrap CI of its mean over
+repeats. Also Spearman's rank correlation and the mean over members of the finite values. Every bootstrap draws
+from a fixed seed, so a report is the same each time it is written.
 """
 from __future__ import annotations
 
@@ -17,6 +20,9 @@ from scipy import stats
 
 BOOTSTRAP_RESAMPLES = 9_999
 BOOTSTRAP_SEED = 0
+UCB_ALPHA = 2.0                 # Unifloral's evaluation.py defaults: run_bandit_trials(ucb_alpha=2.0, seed=17),
+BANDIT_SEED = 17                # bootstrap_bandit_trials(n_bootstraps=1000)
+BANDIT_BOOTSTRAP_RESAMPLES = 1_000
 
 
 def iqm(values, axis: int = -1):
@@ -158,3 +164,70 @@ def finite_mean(values: np.ndarray) -> np.ndarray:
     """The mean over members (axis 0) of the finite values; nan where there is none."""
     finite = np.isfinite(values)
     return np.where(finite.any(0), np.where(finite, values, 0.0).sum(0) / np.maximum(finite.sum(0), 1), np.nan)
+
+
+def subsample_arms(arms: int, size: int, repeats: int, rng: np.random.Generator) -> np.ndarray:
+    """[repeats, min(size, arms)]: per repeat, arm indices drawn without replacement, in random order (Unifloral's
+    policy subsampling, `jax.random.choice(..., replace=False)` in run_bandit_trials)."""
+    return np.argsort(rng.random((repeats, arms)), axis=1)[:, :min(size, arms)]
+
+
+def top_arms(subsets: np.ndarray, criterion, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Each row of `subsets` [R, K] cut to its k arms of the highest `criterion` (one value per arm; nan ranks last),
+    best first, arms tied on the criterion in random order. [R, min(k, K)]"""
+    keyed = np.nan_to_num(np.asarray(criterion, dtype=np.float64)[subsets], nan=-np.inf)
+    order = np.lexsort((rng.random(subsets.shape), -keyed), axis=-1)[:, :k]
+    return np.take_along_axis(subsets, order, axis=1)
+
+
+def bandit_deployments(returns: list, subsets: np.ndarray, pulls: int, rng: np.random.Generator, rule: str = "ucb",
+                       alpha: float = UCB_ALPHA) -> np.ndarray:
+    """The arm a bandit would deploy after each of `pulls` online episodes, in every repeat: [R, pulls] arm indices.
+
+    `returns`: per arm, its recorded episode returns (1-D, any length >= 1); `subsets` [R, K]: the arms each repeat
+    chooses among. A pull plays one episode of an arm, its return drawn uniformly with replacement from the arm's
+    recorded ones. `rule` "ucb" is Unifloral's run_bandit (evaluation.py): with n_a the arm's pulls and t the pull's
+    1-based number, it pulls the argmax of mean_a + sqrt(alpha log t / (n_a + 1e-9)) (an unpulled arm's mean 0;
+    log 1 = 0, so the first pull is a uniform draw and every arm is then tried before any twice), ties broken
+    uniformly at random. "round_robin": the row's arms in turn, one episode each. After each pull the deployed
+    arm is the one of the highest empirical mean among those pulled, the first in the row on a tie (jnp.argmax's
+    rule; Unifloral also counts an unpulled arm at mean 0, which deploys an untried policy whenever every tried one
+    averages below 0, as raw Pendulum returns always do: here an untried policy is never deployed).
+    Vectorized over repeats; one Python step per pull."""
+    lengths = np.array([len(r) for r in returns])
+    table = np.zeros((len(returns), int(lengths.max())))
+    for arm, recorded in enumerate(returns):
+        table[arm, :len(recorded)] = recorded
+    repeats, width = subsets.shape
+    rows = np.arange(repeats)
+    counts, totals = np.zeros((repeats, width)), np.zeros((repeats, width))
+    deployed = np.empty((repeats, pulls), dtype=np.int64)
+    for t in range(1, pulls + 1):
+        if rule == "ucb":
+            index = totals / np.maximum(counts, 1) + np.sqrt(alpha * np.log(t) / (counts + 1e-9))
+            tied = index == index.max(axis=1, keepdims=True)
+            nth = np.floor(rng.random(repeats) * tied.sum(axis=1))
+            arm = np.argmax(np.cumsum(tied, axis=1) > nth[:, None], axis=1)
+        elif rule == "round_robin":
+            arm = np.full(repeats, (t - 1) % width)
+        else:
+            raise ValueError(f"rule={rule!r}: choose ucb or round_robin")
+        chosen = subsets[rows, arm]
+        counts[rows, arm] += 1
+        totals[rows, arm] += table[chosen, np.floor(rng.random(repeats) * lengths[chosen]).astype(np.int64)]
+        means = np.where(counts > 0, totals / np.maximum(counts, 1), -np.inf)
+        deployed[:, t - 1] = subsets[rows, np.argmax(means, axis=1)]
+    return deployed
+
+
+def bootstrap_mean_columns(samples, resamples: int = BANDIT_BOOTSTRAP_RESAMPLES,
+                           seed: int = BANDIT_SEED) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per column of `samples` [R, T] (repeats x budgets): the mean over the R rows and its 95% percentile-bootstrap
+    CI, the rows resampled with replacement (Unifloral's bootstrap_confidence_interval). One set of resamples
+    serves every column (Unifloral draws a fresh set per budget: the same CI of each column, a smoother band).
+    ([T], [T], [T])"""
+    samples = np.asarray(samples, dtype=np.float64)
+    repeats = len(samples)
+    weights = np.random.default_rng(seed).multinomial(repeats, np.full(repeats, 1.0 / repeats), size=resamples)
+    low, high = np.percentile(weights @ samples / repeats, [2.5, 97.5], axis=0)
+    return samples.mean(axis=0), low, high

@@ -175,3 +175,23 @@ def test_mc_tail_steps_is_validated():
         TrainConfig(algorithm="iql", dataset="unused", mc_tail_steps=-1)
     with pytest.raises(ConfigError, match="mc_tail_steps"):
         TrainConfig(algorithm="iql", dataset="unused", mc_tail_steps=True)
+
+
+def test_more_episodes_extend_the_returns_but_not_the_q_diagnostic():
+    """The last evaluation's extra episodes: every episode's return is kept, the extra ones start at seed + episodes
+    (the same episodes a longer evaluation runs), and the Q diagnostic stays on the usual episodes."""
+    learner = FixedPolicies([damping, lambda obs: 0.5 * damping(obs)], 3, 1)
+    usual = evaluate_population(learner, "Pendulum-v1", episodes=2, seed=7, gamma=GAMMA)
+    final = evaluate_population(learner, "Pendulum-v1", episodes=2, seed=7, gamma=GAMMA, more_episodes=3)
+    longer = evaluate_population(learner, "Pendulum-v1", episodes=5, seed=7, gamma=GAMMA, mc_tail_steps=0)
+    assert usual["eval/episode_returns"].shape == (2, 2) and final["eval/episode_returns"].shape == (2, 5)
+    np.testing.assert_array_equal(final["eval/episode_returns"], longer["eval/episode_returns"])
+    np.testing.assert_array_equal(final["eval/episode_returns"][:, :2], usual["eval/episode_returns"])
+    assert final["eval/return"] == pytest.approx(final["eval/episode_returns"].mean(1))
+    assert np.ptp(final["eval/episode_returns"][0]) > 0          # different start states, different returns
+    for key in ("eval/q_mean", "eval/mc_return_mean", "eval/q_overestimation"):
+        np.testing.assert_array_equal(final[key], usual[key])
+    learner.diverged[1] = True
+    dead = evaluate_population(learner, "Pendulum-v1", episodes=2, seed=7, gamma=GAMMA, more_episodes=3)
+    assert np.isnan(dead["eval/episode_returns"][1]).all()
+    np.testing.assert_array_equal(dead["eval/episode_returns"][0], final["eval/episode_returns"][0])

@@ -1,6 +1,9 @@
 """TrainRun: the Ray-free training loop (metrics, checkpoints, bad configs) and the Tune Trainable."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -110,3 +113,27 @@ def test_tune_runs_the_trainable_and_restores_its_checkpoint(pendulum_datasets, 
         run.restore(state)
         assert run.updates == 40
     assert sorted(r.config["algo"]["expectile"] for r in results) == [0.6, 0.9]
+    for result in results:      # the last result in Tune's result.json carries every final episode's return
+        lines = (Path(result.path) / "result.json").read_text().splitlines()
+        assert [len(json.loads(line).get("eval/episode_returns", [])) for line in lines] == [0, 100]
+
+
+def test_the_last_evaluation_keeps_every_episodes_return(pendulum_datasets):
+    """Only the run's last evaluation runs final_eval_episodes and reports each episode's return per member."""
+    members = [{"seed": 0, "expectile": 0.6}, {"seed": 1, "expectile": 0.9}]
+    run = TrainRun(tiny(pendulum_datasets["medium"], members=members, total_updates=40, final_eval_episodes=5))
+    first = run.train_iteration()
+    assert not any("episode" in key for key in first)
+    last = run.train_iteration()
+    assert last["done"] is True
+    for k in range(2):
+        returns = last[f"member_{k}/eval/episode_returns"]
+        normalized = last[f"member_{k}/eval/episode_normalized_returns"]
+        assert isinstance(returns, list) and len(returns) == len(normalized) == 5
+        assert np.mean(returns) == pytest.approx(last[f"member_{k}/eval/return"])
+        assert np.mean(normalized) == pytest.approx(last[f"member_{k}/eval/normalized_return"])
+    assert "eval/episode_returns" not in last         # no population mean of a list
+    solo = TrainRun(tiny(pendulum_datasets["medium"], algorithm="bc", total_updates=20, final_eval_episodes=0))
+    assert len(solo.train_iteration()["eval/episode_returns"]) == 2       # at least eval_episodes
+    with pytest.raises(ConfigError, match="final_eval_episodes"):
+        tiny(pendulum_datasets["medium"], final_eval_episodes=-1)

@@ -59,6 +59,8 @@ def test_tiny_study_end_to_end(pendulum_datasets, tmp_path, monkeypatch, local_r
     _, runs = collect(folder)
     assert sorted((r.knobs["expectile"], r.seed) for r in runs) == [(0.6, 0), (0.6, 1), (0.9, 0), (0.9, 1)]
     assert all(r.iterations == 2 and r.last == r.last for r in runs)      # two evaluations, finite metric
+    # The last evaluation's 100 episodes reached result.json and read back, their mean the member's last score.
+    assert all(len(r.episodes) == 100 and r.episodes.mean() == pytest.approx(r.last) for r in runs)
 
     paths = write_report(folder)
     table = paths["markdown"].read_text()
@@ -82,6 +84,8 @@ def test_tiny_study_end_to_end(pendulum_datasets, tmp_path, monkeypatch, local_r
     # Chosen offline: every member reported FQE at its last evaluation; the FQE pick re-runs to its numbers too.
     assert "## Offline model selection" in table and "fqe (`ope/fqe_value`)" in table
     assert "## Expected online performance" in table and "| random |" in table
+    assert "## Choosing with a counted online budget (bandit)" in table and "| fqe top 4, then ucb |" in table
+    assert "chosen by a UCB bandit" in export_best(folder, select="bandit", episodes=10)[0].read_text()
     by_fqe = export_best(folder, select="fqe")
     assert "chosen offline (from the dataset alone) by fqe" in by_fqe[0].read_text()
     picked = yaml.safe_load(by_fqe[0].read_text())["algo"]["expectile"]
