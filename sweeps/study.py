@@ -113,6 +113,7 @@ class Study:
     searcher: str = "default"            # default: the expansion below; optuna: Optuna picks the random axes
     select: str = "online"               # export's default criterion (SELECT_CRITERIA)
     source: dict = dataclasses.field(default_factory=dict)   # the merged YAML, as written to the study folder
+    reference: tuple = ()                # published scores shown beside the measured ones (reference.Reference)
     interpolated: tuple = ()             # keys whose ${...} interpolations were resolved (e.g. ${oc.env:VAR})
 
     def sampled_axes(self) -> list[Axis]:
