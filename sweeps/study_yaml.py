@@ -45,6 +45,20 @@ MODEL_METRICS = {"eval/model_return", "model/holdout_nll", "model/uncertainty_me
 SEARCHERS = ("default", "optuna")
 
 
+def scaled_steps(value, fraction) -> int:
+    """The `times` resolver: `${times:${train.total_updates},0.3}` is round(total_updates * 0.3), so a phase of a
+    run (BRAC's behaviour fit, a warm start) keeps its share of the budget when `train.total_updates` is overridden."""
+    if not (_number(value) and _number(fraction)) or value < 0 or fraction < 0:
+        raise ValueError(f"times: {value!r} and {fraction!r} must be non-negative numbers")
+    return int(round(float(value) * float(fraction)))
+
+
+if hasattr(OmegaConf, "register_resolver"):         # OmegaConf 2.4 (register_new_resolver is deprecated there)
+    OmegaConf.register_resolver("times", scaled_steps, replace=True, annotation_validation="off")
+else:
+    OmegaConf.register_new_resolver("times", scaled_steps, replace=True)
+
+
 @functools.lru_cache(maxsize=None)
 def reported_metrics(algorithm: str) -> frozenset[str]:
     """The metric keys a run of `algorithm` reports: the run's own, the critics' or model-based ones where they

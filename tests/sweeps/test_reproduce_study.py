@@ -1,0 +1,55 @@
+"""Issue 23 item 2: sweeps/reproduce_mujoco.yaml trains every registry algorithm at its reference settings on the
+three MuJoCo medium sets with a published score beside each, and the GPU command reaches every part."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from offline_sweeps.algorithms import ALGORITHMS
+from offline_sweeps.sweeps.reference import published_columns
+from offline_sweeps.sweeps.study import StudyError
+from offline_sweeps.sweeps.study_yaml import load_study, parse_study
+
+STUDY = Path(__file__).resolve().parents[2] / "sweeps" / "reproduce_mujoco.yaml"
+DATASETS = {"hopper/medium-v0", "halfcheetah/medium-v0", "walker2d/medium-v0"}
+GPU = ["train.total_updates=1000000", "train.eval_every=10000", "resources.gpu=0.25"]
+
+
+def test_every_algorithm_runs_on_the_three_medium_sets_with_its_seeds_packed():
+    study = load_study(STUDY)
+    assert {part.algorithm for part in study.parts} == set(ALGORITHMS)
+    trials = study.trials()
+    assert {(t["algorithm"], t["dataset"]) for t in trials} == {(a, d) for a in ALGORITHMS for d in DATASETS}
+    assert all(len(t["members"]) == 3 and t["total_updates"] == 2000 for t in trials)
+
+
+def test_every_setting_has_a_published_score_with_its_source():
+    study = load_study(STUDY)
+    for trial in study.trials():
+        row = {"algorithm": trial["algorithm"], "dataset": trial["dataset"], **trial["study"]["point"]}
+        published = published_columns(study.reference, row, trial["total_updates"])
+        assert published, f"no reference for {row}"
+        assert published["published_source"] and published["published_dataset"].startswith(trial["dataset"].split("/")[0])
+
+
+def test_the_gpu_command_reaches_every_part_and_the_phases_keep_their_share():
+    cpu, gpu = load_study(STUDY), load_study(STUDY, GPU)
+    assert {t["total_updates"] for t in gpu.trials()} == {1_000_000} and gpu.resources["gpu"] == 0.25
+    phases = {p.algorithm: p.train["algo"] for p in gpu.parts if p.algorithm in ("brac", "bear")}
+    assert phases == {"brac": {"behavior_pretrain_steps": 300_000, "warm_start_updates": 20_000},
+                      "bear": {"behavior_pretrain_steps": 10_000, "warm_start_updates": 40_000}}
+    assert next(p for p in cpu.parts if p.algorithm == "brac").train["algo"]["behavior_pretrain_steps"] == 600
+
+
+def test_the_times_resolver_scales_a_budget_and_refuses_what_is_not_a_number(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("name: t\nalgorithm: brac\ndatasets: [d]\nwandb: {enabled: false}\n"
+                    "train: {total_updates: 1000, eval_every: 100, algo: {behavior_pretrain_steps: "
+                    "'${times:${train.total_updates},0.25}', warm_start_updates: 0}}\n")
+    assert load_study(path).parts[0].train["algo"]["behavior_pretrain_steps"] == 250
+    path.write_text(path.read_text().replace("0.25}", "lots}"))
+    with pytest.raises(StudyError, match="must be non-negative numbers"):
+        load_study(path)
+    with pytest.raises(StudyError):
+        parse_study({"name": "t", "algorithm": "bc", "datasets": ["d"], "reference": [{"algorithm": "bc"}]})
