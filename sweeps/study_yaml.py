@@ -191,7 +191,7 @@ def parse_study(values: dict[str, Any]) -> Study:
         raise StudyError("build: must be a mapping of dataset-builder settings (env, transitions, ...)")
     study.searcher = _one_of(values.get("searcher", "default"), SEARCHERS, "searcher")
     study.select = _one_of(values.get("select", "online"), SELECT_CRITERIA, "select")
-    study.reference = parse_references(values.get("reference"), study.parts)
+    study.reference = parse_references(values.get("reference"))
     if study.searcher == "optuna":
         _check_optuna(study)
     study.trials()   # expanding validates packing against each algorithm

@@ -33,9 +33,8 @@ def test_entries_are_read_with_their_knob_budget_and_source():
 
 @pytest.mark.parametrize("entry, message", [
     ({"dataset": DATASET, "value": 1.0, "source": "x"}, r"reference\[0\]: algorithm is missing"),
-    ({"algorithm": "cql", "dataset": DATASET, "value": 1.0, "source": "x"}, r"'cql' is not an algorithm of this study"),
-    ({"algorithm": "iql", "dataset": "hopper/medium-v0", "value": 1.0, "source": "x"},
-     r"reference\[0\].dataset: 'hopper/medium-v0' is not a dataset of the study's iql part"),
+    ({"algorithm": "dqn", "dataset": DATASET, "value": 1.0, "source": "x"}, r"algorithm: 'dqn' is not one of awac"),
+    ({"algorithm": "iql", "dataset": "", "value": 1.0, "source": "x"}, r"reference\[0\].dataset: '' must be the id"),
     ({"algorithm": "iql", "dataset": DATASET, "value": math.nan, "source": "x"}, r"value: nan must be a finite number"),
     ({"algorithm": "iql", "dataset": DATASET, "value": "high", "source": "x"}, r"value: 'high' must be a finite"),
     ({"algorithm": "iql", "dataset": DATASET, "value": 1.0, "source": " "}, r"source: name the paper and table"),

@@ -53,3 +53,8 @@ def test_the_times_resolver_scales_a_budget_and_refuses_what_is_not_a_number(tmp
         load_study(path)
     with pytest.raises(StudyError):
         parse_study({"name": "t", "algorithm": "bc", "datasets": ["d"], "reference": [{"algorithm": "bc"}]})
+
+
+def test_one_env_of_it_runs_with_a_datasets_override():
+    study = load_study(STUDY, ["datasets=[hopper/medium-v0]"])
+    assert len(study.trials()) == len(ALGORITHMS) and len(study.reference) == 3 * len(ALGORITHMS)
