@@ -121,3 +121,4 @@ def test_a_parts_train_block_merges_over_the_studys_so_a_budget_override_reaches
     iql, bc = parse_study(values).parts
     assert iql.train == {"total_updates": 1_000_000, "eval_every": 10_000, "algo": {"hidden": [64, 64], "batch_size": 32}}
     assert bc.train["total_updates"] == 500 and bc.train["algo"] == {"hidden": [64, 64]}
+
