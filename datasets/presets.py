@@ -36,6 +36,11 @@ def robot(env_id: str) -> str:
     return env_id.split("/")[-1].split("-v")[0]
 
 
+def preset_env(name: str) -> str | None:
+    """The preset env a builder dataset name stands for (`Hopper-v5` for `hopper`, as in `hopper/medium-v0`)."""
+    return next((env for env in PRESETS if robot(env).lower() == name.lower()), None)
+
+
 def d4rl_reference_scores(env_id: str) -> tuple[float, float] | None:
     """D4RL's (random, expert) returns for the robot of `env_id`, or None where D4RL has none."""
     return D4RL_REFERENCE_SCORES.get(robot(env_id))

@@ -116,6 +116,16 @@ class Study:
     reference: tuple = ()                # published scores shown beside the measured ones (reference.Reference)
     interpolated: tuple = ()             # keys whose ${...} interpolations were resolved (e.g. ${oc.env:VAR})
 
+    def build_env(self, dataset_id: str) -> str | None:
+        """The env `build:` builds a missing `dataset_id` (`<name>/<kind>-v<N>`) from: `build.env`, else the preset env
+        its name stands for (`hopper` -> Hopper-v5, datasets/presets.py), so one study builds several envs' sets."""
+        if not isinstance(self.build, dict):
+            return None
+        if self.build.get("env"):
+            return self.build["env"]
+        from ..datasets.presets import preset_env
+        return preset_env(dataset_id.split("/")[0])
+
     def sampled_axes(self) -> list[Axis]:
         """With `searcher: optuna`, the axes Optuna chooses trial by trial (the choice/uniform/loguniform ones)."""
         return [axis for axis in self.parts[0].axes if not axis.is_grid] if self.searcher == "optuna" else []

@@ -58,3 +58,23 @@ def test_the_times_resolver_scales_a_budget_and_refuses_what_is_not_a_number(tmp
 def test_one_env_of_it_runs_with_a_datasets_override():
     study = load_study(STUDY, ["datasets=[hopper/medium-v0]"])
     assert len(study.trials()) == len(ALGORITHMS) and len(study.reference) == 3 * len(ALGORITHMS)
+
+
+def test_a_missing_set_is_built_from_the_env_its_name_stands_for(minari_root):
+    from offline_sweeps.sweeps.plan import dataset_status
+    study = load_study(STUDY)
+    assert {d: study.build_env(d) for d in DATASETS} == {"hopper/medium-v0": "Hopper-v5",
+                                                          "halfcheetah/medium-v0": "HalfCheetah-v5",
+                                                          "walker2d/medium-v0": "Walker2d-v5"}
+    assert dataset_status(study)["walker2d/medium-v0"] == "missing: built first from Walker2d-v5 (200,000 transitions)"
+    assert parse_study({"name": "t", "algorithm": "bc", "datasets": ["ant/medium-v0"], "build": {}}).build_env(
+        "ant/medium-v0") is None
+    assert parse_study({"name": "t", "algorithm": "bc", "datasets": ["x/medium-v0"], "build": {"env": "Ant-v5"}}).build_env(
+        "x/medium-v0") == "Ant-v5"
+
+
+def test_a_name_that_stands_for_no_preset_needs_build_env(minari_root):
+    from offline_sweeps.sweeps.inputs import ensure_datasets
+    study = parse_study({"name": "t", "algorithm": "bc", "datasets": ["ant/medium-v0"], "build": {"transitions": 10}})
+    with pytest.raises(StudyError, match=r"build.env: name the Gymnasium env to build ant/\.\.\. from"):
+        ensure_datasets(study, log=lambda _: None)
