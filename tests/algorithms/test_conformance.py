@@ -2,6 +2,10 @@
 member k of a packed population equals a solo run of config k, a checkpoint continues exactly, a diverging member
 is frozen while the others go on as they would alone, and every config default is documented in
 docs/algorithms.md. An algorithm added to `ALGORITHMS` without a case here fails `test_every_algorithm_is_covered`.
+
+Each case runs two ways: "eager", the default update, and "graph", the update `train.compile` compiles
+(`GraphUpdate`: counter streams, captured optimizers, the guard on the device) run eagerly. test_compiled.py runs the
+same guarantees on the compiled graph itself.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import torch
 
 from offline_sweeps.algorithms import ALGORITHMS
 from offline_sweeps.algorithms.base import ConfigError, DataContext
+from offline_sweeps.algorithms.compiled import GraphUpdate
 from offline_sweeps.algorithms.dynamics import DynamicsConfig, DynamicsEnsemble
 from offline_sweeps.algorithms.fqe import FQEConfig
 from offline_sweeps.datasets import OfflineDataset, TransitionBuffer
@@ -48,6 +53,7 @@ NAMES = sorted(CASES)
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+WAYS = ["eager", "graph"]
 
 
 def algorithm(case: str) -> str:
@@ -87,7 +93,9 @@ def world():
     return on
 
 
-def make(case: str, members: list[dict], world, device: str = "cpu", **overrides):
+def make(case: str, members: list[dict], world, device: str = "cpu", way: str = "eager", **overrides):
+    """A population of `members` (dicts of per-member settings) of `case`, trained by `train` the `way` asked:
+    "eager", or through a `GraphUpdate` ("graph": run eagerly; "compiled": compiled)."""
     name = algorithm(case)
     learner_class = ALGORITHMS[name]
     shared = {**SHARED, **CASES[case][1], **overrides}
@@ -98,13 +106,17 @@ def make(case: str, members: list[dict], world, device: str = "cpu", **overrides
         learner.attach_model(ensemble, context)
     else:
         learner.attach_data(context)
+    learner.graph = None if way == "eager" else GraphUpdate(learner, context.buffer, compiled=way == "compiled")
     return learner
 
 
 def train(learner, world, updates: int) -> None:
     buffer = world(learner.device.type)[1].buffer
     for _ in range(updates):
-        learner.guarded_update(learner.sample_batch(buffer))
+        if learner.graph is not None:
+            learner.graph()
+        else:
+            learner.guarded_update(learner.sample_batch(buffer))
 
 
 def member_slice(parameter: torch.Tensor, members: int, k: int) -> torch.Tensor:
@@ -125,27 +137,29 @@ def test_every_algorithm_is_covered():
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", NAMES)
-def test_packed_member_equals_solo_run(case, device, world):
+@pytest.mark.parametrize("way", WAYS)
+def test_packed_member_equals_solo_run(case, device, way, world):
     population = CASES[case][0]
-    packed = make(case, population, world, device)
+    packed = make(case, population, world, device, way)
     train(packed, world, 6)
     for k, member in enumerate(population):
-        solo = make(case, [member], world, device)
+        solo = make(case, [member], world, device, way)
         train(solo, world, 6)
         assert_member_equals(packed, solo, len(population), k, case)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", NAMES)
-def test_checkpoint_round_trip_continues_exactly(case, device, world, tmp_path):
+@pytest.mark.parametrize("way", WAYS)
+def test_checkpoint_round_trip_continues_exactly(case, device, way, world, tmp_path):
     population = CASES[case][0][:2]
-    straight = make(case, population, world, device)
+    straight = make(case, population, world, device, way)
     train(straight, world, 6)
-    resumed = make(case, population, world, device)
+    resumed = make(case, population, world, device, way)
     train(resumed, world, 3)
     torch.save(resumed.checkpoint(), tmp_path / "state.pt")
     state = torch.load(tmp_path / "state.pt", map_location="cpu", weights_only=True)   # as TrainRun.load reads it
-    fresh = make(case, population, world, device)
+    fresh = make(case, population, world, device, way)
     fresh.restore(state)
     train(fresh, world, 3)
     for (n, a), (_, b) in zip(straight.named_parameters(), fresh.named_parameters()):
@@ -157,12 +171,13 @@ def test_checkpoint_round_trip_continues_exactly(case, device, world, tmp_path):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", NAMES)
-def test_a_diverging_member_is_frozen_and_the_others_go_on(case, device, world):
+@pytest.mark.parametrize("way", WAYS)
+def test_a_diverging_member_is_frozen_and_the_others_go_on(case, device, way, world):
     """Member 1's first layer is blown up after two updates (finite, so that an unfrozen member would go on
     changing): from then on its state stays as it was when the guard caught it, and members 0 and 2 end exactly as
     they would alone."""
     population = CASES[case][0][:3]
-    packed = make(case, population, world, device)
+    packed = make(case, population, world, device, way)
     train(packed, world, 2)
     with torch.no_grad():
         # The critic's first layer where there is one (else the policy's): Q then blows past the bound while its gradients stay finite.
@@ -179,7 +194,7 @@ def test_a_diverging_member_is_frozen_and_the_others_go_on(case, device, world):
         torch.testing.assert_close(member_slice(p.detach(), 3, 1), frozen[n], equal_nan=True,
                                    msg=lambda m: f"{case} frozen member {n}: {m}")
     for k in (0, 2):
-        solo = make(case, [population[k]], world, device)
+        solo = make(case, [population[k]], world, device, way)
         train(solo, world, 7)
         assert_member_equals(packed, solo, 3, k, case)
 
