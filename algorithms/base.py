@@ -204,6 +204,10 @@ class Learner(nn.Module):
             return buffer.gather(self.streams.randint(buffer.size, self.config.batch_size))
         return buffer.sample(self.config.batch_size, self.members, self.generators)
 
+    def prepare_batch(self, buffer) -> None:
+        """Host-side work before a compiled update's minibatch is drawn inside its graph (model-based learners:
+        rollout refreshes); an eager `sample_batch` does it itself."""
+
     def evaluation_metrics(self, episodes: int, seed: int) -> dict[str, Any]:
         """Extra `[P]` metrics reported with each evaluation (model-based learners: model and rollout figures)."""
         return {}

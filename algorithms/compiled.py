@@ -58,6 +58,7 @@ class GraphUpdate:
         learner = self.learner
         learner.graph_phase = learner.phase()
         first = self.compiled and learner.graph_phase not in self._phases
+        learner.prepare_batch(self.buffer)
         started = time.perf_counter()
         metrics = self.function(self.buffer)
         if first:

@@ -43,7 +43,12 @@ class PackedAdam(torch.optim.Optimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 self._init_state(p)
-        self.graph_lr = [group["lr"].to(group["params"][0].device) for group in self.param_groups]
+        lrs = [group["lr"].to(group["params"][0].device) for group in self.param_groups]
+        if self.captured:               # again after a restore: the same tensors, which a graph has captured
+            for kept, lr in zip(self.graph_lr, lrs):
+                kept.copy_(lr)
+        else:
+            self.graph_lr = lrs
         self.captured = True
 
     def _init_state(self, p: torch.Tensor) -> dict:
@@ -84,11 +89,15 @@ class PackedAdam(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict) -> None:
         """As torch's, then each step counter onto its parameter's device, where the fused kernel wants it
-        (torch leaves "step" where the checkpoint had it, e.g. on the CPU)."""
+        (torch leaves "step" where the checkpoint had it, e.g. on the CPU). Once captured, into the same tensors."""
+        kept = {p: dict(state) for p, state in self.state.items()} if self.captured else {}
         super().load_state_dict(state_dict)
         for p, state in self.state.items():
             if "step" in state:
                 state["step"] = state["step"].to(p.device)
+            for key, tensor in kept.get(p, {}).items():    # captured: loaded into the tensors a graph holds
+                tensor.copy_(state[key])
+                state[key] = tensor
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -110,8 +110,6 @@ class TrainConfig(CheckedConfig):
         self.check(0.0 <= self.holdout_fraction < 1.0, "holdout_fraction",
                    "in [0, 1): the fraction of episodes held out of training for ope/td_error")
         self.check(self.compile_mode in MODES, "compile_mode", " or ".join(MODES))
-        if self.compile and learner_class.USES_MODEL:
-            raise ConfigError(f"compile: true does not cover {self.algorithm}'s model rollouts yet; set compile: false")
         self.check(self.compile or self.compile_mode == "default", "compile_mode",
                    "default unless compile: true (the mode says how to compile)")
         self.check(self.compile_mode != "reduce-overhead" or self.device.startswith("cuda"), "compile_mode",

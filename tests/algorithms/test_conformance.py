@@ -199,6 +199,82 @@ def test_a_diverging_member_is_frozen_and_the_others_go_on(case, device, way, wo
         assert_member_equals(packed, solo, 3, k, case)
 
 
+# --- the compiled update (train.compile) --------------------------------------------------------------------------
+# Compiled and eager differ by the kernels inductor fuses (float32 sums in another order); the bfloat16 case also by
+# where the fused kernels round to bfloat16. Bounds for 200 updates of these tiny nets, measured at most a tenth of them.
+COMPILED_UPDATES = 200
+TOLERANCE = {"atol": 1e-4, "rtol": 1e-3}
+BFLOAT16_TOLERANCE = {"atol": 5e-2, "rtol": 5e-2}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", NAMES)
+def test_the_compiled_update_keeps_every_guarantee(case, world, tmp_path):
+    """One compiled population per case (compiling costs tens of seconds on the CPU, so every guarantee is checked
+    on the same graphs): it equals the eager graph update over 200 updates; each member equals its eager solo run;
+    a checkpoint restored into it continues exactly; a diverging member is frozen while the others go on as in the
+    eager population; and it compiled once per phase (BRAC, BEAR: three), not once per update."""
+    tolerance = BFLOAT16_TOLERANCE if "bfloat16" in case else TOLERANCE
+    population = CASES[case][0][:3]
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    compiled, eager = make(case, population, world, way="compiled"), make(case, population, world, way="graph")
+    train(compiled, world, COMPILED_UPDATES)
+    train(eager, world, COMPILED_UPDATES)
+    for (name, a), (_, b) in zip(compiled.named_parameters(), eager.named_parameters()):
+        torch.testing.assert_close(a, b, **tolerance, msg=lambda m: f"{case} compiled vs eager {name}: {m}")
+    for k, member in enumerate(population):
+        solo = make(case, [member], world, way="graph")
+        train(solo, world, COMPILED_UPDATES)
+        for name, value in solo.named_parameters():
+            torch.testing.assert_close(member_slice(dict(compiled.named_parameters())[name].detach(), 3, k),
+                                       value.detach(), **tolerance, msg=lambda m: f"{case} member {k} {name}: {m}")
+
+    torch.save(compiled.checkpoint(), tmp_path / "state.pt")
+    train(compiled, world, 4)
+    straight = {n: p.detach().clone() for n, p in compiled.named_parameters()}
+    compiled.restore(torch.load(tmp_path / "state.pt", map_location="cpu", weights_only=True))
+    train(compiled, world, 4)
+    for name, p in compiled.named_parameters():
+        torch.testing.assert_close(p.detach(), straight[name], rtol=0, atol=0, msg=lambda m: f"{case} resumed {name}: {m}")
+
+    train(eager, world, 4)
+    for learner in (compiled, eager):
+        with torch.no_grad():
+            params = dict(learner.named_parameters())
+            first = next((p for n, p in params.items() if n.startswith("critic.")),
+                         next(p for n, p in params.items() if ".net." in n))
+            member_slice(first, 3, 1).fill_(float("nan") if case == "bc" else 1e6)
+        train(learner, world, 2)
+    assert compiled.diverged.tolist() == [False, True, False]
+    frozen = {n: member_slice(p.detach(), 3, 1).clone() for n, p in compiled.named_parameters()}
+    train(compiled, world, 3)
+    train(eager, world, 3)
+    for (name, a), (_, b) in zip(compiled.named_parameters(), eager.named_parameters()):
+        torch.testing.assert_close(member_slice(a.detach(), 3, 1), frozen[name], equal_nan=True,
+                                   msg=lambda m: f"{case} frozen member {name}: {m}")
+        for k in (0, 2):
+            torch.testing.assert_close(member_slice(a.detach(), 3, k), member_slice(b.detach(), 3, k), **tolerance,
+                                       msg=lambda m: f"{case} member {k} beside a frozen one, {name}: {m}")
+    phases = 3 if algorithm(case) in ("brac", "bear") else 1
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == phases
+
+
+def test_a_graph_break_in_an_update_fails_the_compile(world):
+    """A host read inside an update (here `.item()` deciding a branch) would split the graph and sync every update:
+    fullgraph=True refuses it when the update is first traced (as a graph break, or as a data-dependent guard)."""
+    learner = make("bc", CASES["bc"][0][:1], world)
+
+    def leaky_update(batch):
+        if batch.rewards.sum().item() > 1e9:
+            raise AssertionError("unreachable")
+        return ALGORITHMS["bc"].update(learner, batch)
+
+    learner.update = leaky_update
+    step = GraphUpdate(learner, world("cpu")[1].buffer)
+    with pytest.raises((torch._dynamo.exc.Unsupported, torch._dynamo.exc.UserError)):
+        step()
+
+
 def documented_defaults() -> dict[str, str]:
     """docs/algorithms.md's settings table: registry name -> its row."""
     text = (Path(__file__).resolve().parents[2] / "docs" / "algorithms.md").read_text()
