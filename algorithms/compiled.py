@@ -29,9 +29,13 @@ def default_cache_dir() -> Path:
 
 
 def configure_compiler() -> None:
-    """Dynamo must trace `torch.autograd.grad` (`descend`'s gradients) into the graph instead of breaking on it, and
-    inductor keeps its compiled code in this project's cache unless the user chose another folder."""
+    """Dynamo must trace `torch.autograd.grad` (`descend`'s gradients) into the graph instead of breaking on it; every
+    learner of a class shares `graph_update`'s code, so past dynamo's 8 recompiles per code (a test or a benchmark
+    builds dozens) it must fail rather than quietly run eagerly; inductor keeps its compiled code in this project's
+    cache unless the user chose another folder."""
     torch._dynamo.config.trace_autograd_ops = True
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default_cache_dir()))
 
 
@@ -48,7 +52,8 @@ class GraphUpdate:
         self.compiled = compiled
         if compiled:
             configure_compiler()
-            self.function = torch.compile(learner.graph_update, fullgraph=True, mode=mode)
+            # Static shapes: a population's shapes never change, and CUDA graphs need them fixed.
+            self.function = torch.compile(learner.graph_update, fullgraph=True, dynamic=False, mode=mode)
         else:
             self.function = learner.graph_update
         self.compile_seconds = 0.0
