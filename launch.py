@@ -10,6 +10,7 @@
     python launch.py dataset info pendulum/medium-v0
     python launch.py bench buffer
     python launch.py bench algorithms --members 1,8 --threads 2
+    python launch.py bench algorithms --compile --algorithms iql,cql
     python launch.py bench tune
     python launch.py bench model-based --members 1,8
     python launch.py model train pendulum/medium-v0 --seed 0
@@ -304,6 +305,12 @@ def bench(args: argparse.Namespace) -> None:
         model_based_report(args.algorithms or ("mopo", "combo"), args.members, args.problems, device, args.seconds,
                            sampled_q_precision=args.sampled_q_precision)
         return
+    if args.compile:
+        from offline_sweeps.algorithms.benchmark import compile_report
+        print(f"Member-updates/s on {device}, {args.threads} thread(s), eager and compiled (train.compile), batch 256; "
+              f"compile s: the first compiled call (a warm on-disk cache makes it shorter)")
+        compile_report(args.algorithms, args.members, device=device, seconds=args.seconds)
+        return
     from offline_sweeps.algorithms.benchmark import report
     print(f"Updates on {device}, {args.threads} thread(s), default nets (256x256, batch 256), "
           f"CQL's sampled actions in {args.sampled_q_precision} precision")
@@ -457,6 +464,8 @@ def parser() -> argparse.ArgumentParser:
     benchmark.add_argument("--sampled-q-precision", choices=SAMPLED_Q_PRECISIONS, default="auto",
                            help="CQL and COMBO's sampled_q_precision (auto: bfloat16 where the device has it natively)")
     benchmark.add_argument("--trials", type=int, default=8, help="tune: how many one-update trials")
+    benchmark.add_argument("--compile", action="store_true",
+                           help="algorithms: eager and compiled updates side by side (quickstart- and HalfCheetah-sized)")
     benchmark.add_argument("--default-malloc", action="store_true",
                            help="keep glibc's default of unmapping large freed blocks (training runs keep them)")
     benchmark.set_defaults(run=bench)

@@ -21,7 +21,7 @@ import torch
 
 from .base import Learner, LearnerConfig
 from .networks import GaussianPolicy, PackedCritic, polyak_update
-from .optim import PackedAdam
+from .optim import PackedAdam, descend
 
 
 def awr_weights(advantage: torch.Tensor, inverse_temperature: torch.Tensor, max_weight: float) -> torch.Tensor:
@@ -98,18 +98,14 @@ class AWAC(Learner):
             target = batch.rewards + cfg.gamma * (1.0 - batch.terminals) * next_q
         q = self.critic(batch.observations, batch.actions)
         loss_q = td_critic_loss(q, target)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        loss_q.backward()
-        self.critic_optimizer.step()
+        descend(self.critic_optimizer, loss_q)
 
         with torch.no_grad():
             q_data = self.critic(batch.observations, batch.actions).min(dim=1).values
             v = self.critic(batch.observations, self.policy_sample(batch.observations)).min(dim=1).values
             weights = awr_weights(q_data - v, self.beta, cfg.max_weight)
         loss_pi = weighted_log_likelihood_loss(self.policy.log_prob(batch.observations, batch.actions), weights)
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        loss_pi.backward()
-        self.actor_optimizer.step()
+        descend(self.actor_optimizer, loss_pi)
         polyak_update(self.critic_target, self.critic, cfg.polyak)
 
         q = q.detach()

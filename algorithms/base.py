@@ -5,6 +5,11 @@ algorithm declares `PACKABLE` (its constraint knob, learning rates, the seed); t
 tensors. Member p draws its initialization, its noise and (through the trainer) its minibatches from
 its own generator seeded with its own seed, so member p of a packed run is exactly the solo run of
 config p.
+
+`use_graphs()` readies a learner for a compiled update (`train.compile`; compiled.py compiles it): its noise and
+minibatch rows come from counter-based streams on the device (streams.py) instead of the generators (which still
+seed the weights), its optimizers are captured (optim.py) and its divergence guard runs on the device. A learner
+that never calls it keeps the generator streams, so the eager path's results are those it always had.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from .networks import INITS, init_members
+from .streams import CounterStreams
 
 
 MAX_BATCH_SIZE = 1 << 20    # a minibatch past a million transitions is a typo (batch_size: 1e9 hung)
@@ -132,6 +138,7 @@ class Learner(nn.Module):
     # `normalize_observations: null`, `reward_normalization: null`): what the algorithm's reference code does.
     NORMALIZE_OBSERVATIONS: ClassVar[bool] = False
     REWARD_NORMALIZATION: ClassVar[str] = "none"
+    COUNTS_UPDATES: ClassVar[bool] = False    # keeps a host-side `updates` buffer (phases, schedules): `count_update`
 
     def __init__(self, configs: Sequence[LearnerConfig], obs_dim: int, act_dim: int,
                  action_low: torch.Tensor, action_high: torch.Tensor, device: torch.device | str = "cpu"):
@@ -160,6 +167,8 @@ class Learner(nn.Module):
         self._frozen_mask = torch.zeros_like(self.diverged)  # the members in `_frozen`
         self._frozen_rows: dict[str, torch.Tensor] = {}     # their rows in each parameter
         self._newly_diverged: torch.Tensor | None = None     # did the last update break a member? (read one late)
+        self.streams: CounterStreams | None = None           # set by `use_graphs`: the compiled update's randomness
+        self.graph_phase = None                              # the host's `phase()` for the update being traced
 
     def knob(self, name: str) -> torch.Tensor:
         """Field `name` of every member as a `[P]` float tensor on the learner's device."""
@@ -172,12 +181,17 @@ class Learner(nn.Module):
         init_members(self, self.generators)
 
     def normal(self, *shape: int, generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
-        """`[P, *shape]` standard normal noise, member p's from its own generator (`generators[p]` when given)."""
+        """`[P, *shape]` standard normal noise, member p's from its own generator (`generators[p]` when given);
+        from its counter stream once `use_graphs` ran."""
+        if self.streams is not None and generators is None:
+            return self.streams.normal(*shape)
         return torch.stack([torch.randn(shape, generator=g, device=self.device)
                             for g in (self.generators if generators is None else generators)])
 
     def uniform(self, *shape: int) -> torch.Tensor:
-        """`[P, *shape]` uniform noise in [0, 1), member p's from its own generator."""
+        """`[P, *shape]` uniform noise in [0, 1), member p's from its own generator (counter stream: `use_graphs`)."""
+        if self.streams is not None:
+            return self.streams.uniform(*shape)
         return torch.stack([torch.rand(shape, generator=g, device=self.device) for g in self.generators])
 
     # --- hooks the trainer calls ---------------------------------------------------------------------
@@ -185,8 +199,14 @@ class Learner(nn.Module):
         """Called once by the trainer after construction (and before `restore`); model-free learners need nothing."""
 
     def sample_batch(self, buffer) -> Any:
-        """The next `[P, B, ...]` minibatch; member p's rows drawn by its own generator."""
+        """The next `[P, B, ...]` minibatch; member p's rows drawn by its own generator (counter stream: `use_graphs`)."""
+        if self.streams is not None:
+            return buffer.gather(self.streams.randint(buffer.size, self.config.batch_size))
         return buffer.sample(self.config.batch_size, self.members, self.generators)
+
+    def prepare_batch(self, buffer) -> None:
+        """Host-side work before a compiled update's minibatch is drawn inside its graph (model-based learners:
+        rollout refreshes); an eager `sample_batch` does it itself."""
 
     def evaluation_metrics(self, episodes: int, seed: int) -> dict[str, Any]:
         """Extra `[P]` metrics reported with each evaluation (model-based learners: model and rollout figures)."""
@@ -222,6 +242,8 @@ class Learner(nn.Module):
         of IQL's and 17% of CQL's updates/s at P=1 on an H100.)
         """
         metrics = self.update(batch)
+        if self.streams is not None:
+            return self._guard_on_device(metrics)
         with torch.no_grad():
             if self._frozen:
                 self._restore_frozen()
@@ -231,6 +253,21 @@ class Learner(nn.Module):
             broken = (~torch.isfinite(values) | (values.abs() > self.config.divergence_bound)).any(0)
             self._newly_diverged = (broken & ~self.diverged).any()
             self.diverged |= broken
+        metrics["diverged"] = self.diverged.float()
+        return metrics
+
+    def _guard_on_device(self, metrics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The guard of `guarded_update` with no host read, for a compiled update: the same freezing, one update
+        late, as masked copies. `graph_frozen` holds the members diverged before the last update; their rows are put
+        back to `graph_snapshot`, which keeps every other row as it is now."""
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                rows = self.graph_frozen.repeat_interleave(p.shape[0] // self.members).view(-1, *([1] * (p.dim() - 1)))
+                p.copy_(torch.where(rows, self.graph_snapshot[name], p))
+                self.graph_snapshot[name].copy_(p)
+            self.graph_frozen.copy_(self.diverged)
+            values = torch.stack([value.float() for value in metrics.values()])
+            self.diverged |= (~torch.isfinite(values) | (values.abs() > self.config.divergence_bound)).any(0)
         metrics["diverged"] = self.diverged.float()
         return metrics
 
@@ -252,6 +289,57 @@ class Learner(nn.Module):
         for name, p in self.named_parameters():
             p.index_copy_(0, self._frozen_rows[name], self._frozen[name])
 
+    # --- compiled updates (train.compile) -------------------------------------------------------------
+    def phase(self):
+        """What the host knows of the training phase (BRAC and BEAR: pretraining, warming up); a compiled update has
+        one graph per phase, traced with `graph_phase` set to it."""
+        return None
+
+    def current_phase(self):
+        return self.phase() if self.streams is None else self.graph_phase
+
+    def critic_gradients(self, on: bool) -> None:
+        """The critic's gradients off around an actor loss (the backward then skips its weights) and on again.
+        A compiled update leaves them on: its `descend` differentiates only the stepped optimizer's parameters
+        anyway, and a graph cannot flip requires_grad."""
+        if self.streams is None:
+            self.critic.requires_grad_(on)
+
+    def count_update(self) -> None:
+        """One more update on the host's `updates` counter (`COUNTS_UPDATES`): inside the update when eager; after
+        each compiled update, outside its graph, when `use_graphs` ran."""
+        if self.streams is None:
+            self.updates += 1
+
+    def use_graphs(self) -> None:
+        """Ready the update for one capturable graph: counter streams, captured optimizers, the guard on the device,
+        a device-side update count (`graph_updates`). Call once, after construction, before `restore`."""
+        self.streams = CounterStreams([c.seed for c in self.configs], self.device)
+        for optimizer in self.optimizers().values():
+            optimizer.capture()
+        self.graph_snapshot = {name: p.detach().clone() for name, p in self.named_parameters()}
+        self.graph_frozen = self.diverged.clone()
+        self.graph_updates = torch.zeros((), dtype=torch.long, device=self.device)
+
+    def graph_update(self, buffer) -> dict[str, torch.Tensor]:
+        """One whole update, sampling included: the function compiled.py compiles (and runs eagerly to compare)."""
+        metrics = self.guarded_update(self.sample_batch(buffer))
+        self.graph_updates += 1
+        return metrics
+
+    def graph_state(self) -> dict[str, Any]:
+        return {"streams": self.streams.state_dict(), "snapshot": self.graph_snapshot, "frozen": self.graph_frozen,
+                "updates": self.graph_updates}
+
+    def restore_graph_state(self, state: dict[str, Any]) -> None:
+        self.streams.load_state_dict(state["streams"])
+        for name, value in state["snapshot"].items():
+            self.graph_snapshot[name].copy_(value)
+        self.graph_frozen.copy_(state["frozen"])
+        self.graph_updates.copy_(state["updates"])
+        for optimizer in self.optimizers().values():
+            optimizer.capture()
+
     # --- checkpointing ----------------------------------------------------------------------------
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {name: value for name, value in vars(self).items() if isinstance(value, torch.optim.Optimizer)}
@@ -264,7 +352,8 @@ class Learner(nn.Module):
                 "generators": [g.get_state() for g in self.generators],
                 "generator_device": self.device.type,
                 "frozen": self._frozen, "frozen_mask": self._frozen_mask,
-                "newly_diverged": bool(self._newly_diverged is not None and self._newly_diverged)}
+                "newly_diverged": bool(self._newly_diverged is not None and self._newly_diverged),
+                **({} if self.streams is None else {"graph": self.graph_state()})}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Load `checkpoint()`'s state, wherever its tensors lie (a checkpoint read onto the CPU restores on a GPU).
@@ -272,6 +361,10 @@ class Learner(nn.Module):
         Random-number states differ between CPU and CUDA generators, so a checkpoint restores only on the
         device type it was written on.
         """
+        if ("graph" in state) != (self.streams is not None):
+            written = "with" if "graph" in state else "without"
+            raise ConfigError(f"this checkpoint was written {written} train.compile, whose random streams differ: "
+                              f"resume it with compile: {str('graph' in state).lower()}")
         written_on = state.get("generator_device", "cpu")
         if written_on != self.device.type:
             raise ConfigError(f"this checkpoint was written on {written_on} and this run is on {self.device.type}: "
@@ -285,3 +378,5 @@ class Learner(nn.Module):
         self._frozen_mask = state.get("frozen_mask", self.diverged).to(self.device).clone()
         self._index_frozen_rows()
         self._newly_diverged = torch.tensor(bool(state.get("newly_diverged", False)), device=self.device)
+        if self.streams is not None:
+            self.restore_graph_state(state["graph"])

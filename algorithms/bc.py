@@ -11,7 +11,7 @@ import torch
 
 from .base import Learner, LearnerConfig
 from .networks import GaussianPolicy
-from .optim import PackedAdam
+from .optim import PackedAdam, descend
 
 
 def negative_log_likelihood(log_prob: torch.Tensor) -> torch.Tensor:
@@ -64,9 +64,7 @@ class BC(Learner):
             log_prob = self.policy.log_prob(batch.observations, batch.actions)
             loss = negative_log_likelihood(log_prob)
             metrics = {"train/actor_loss": -log_prob.detach().mean(-1)}
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.actor_optimizer.step()
+        descend(self.actor_optimizer, loss)
         if self.config.loss == "nll":
             with torch.no_grad():
                 metrics["train/action_mse"] = action_mse(self.policy.deterministic(batch.observations), batch.actions)

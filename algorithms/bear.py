@@ -46,7 +46,7 @@ import torch
 from .base import Learner, LearnerConfig
 from .brac import BehaviorPretraining, check_behavior_fields
 from .networks import PackedCritic, TanhGaussianPolicy, polyak_update, q_at_samples
-from .optim import PackedAdam
+from .optim import PackedAdam, descend
 from .sac import critic_loss
 
 KERNEL_SIGMA = {"laplacian": 10.0, "gaussian": 20.0}      # the authors' mmd_sigma for each kernel
@@ -207,30 +207,24 @@ class BEAR(BehaviorPretraining, Learner):
         target = self.td_target(batch)
         q = self.critic(batch.observations, batch.actions)
         loss_q = critic_loss(q, target)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        loss_q.backward()
-        self.critic_optimizer.step()
+        descend(self.critic_optimizer, loss_q)
 
         actions, samples = self.constraint_samples(self.policy, batch.observations)
         with torch.no_grad():
             behavior_samples = self.constraint_samples(self.behavior, batch.observations)[1]
         mmd = (self.mmd(samples, behavior_samples, self.sigma) + 1e-6).sqrt()
-        self.critic.requires_grad_(False)
+        self.critic_gradients(False)
         # As the authors: each critic's Q averaged over pi's samples, then the min over critics.
         q_pi = q_at_samples(self.critic, batch.observations, actions).mean(-1).min(dim=1).values
-        self.critic.requires_grad_(True)
+        self.critic_gradients(True)
         multiplier = self.log_lagrange.detach().exp()
         q_on = 0.0 if self.warming_up else 1.0
         loss_pi = constrained_actor_loss(q_on * q_pi, mmd, multiplier)
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        loss_pi.backward()
-        self.actor_optimizer.step()
+        descend(self.actor_optimizer, loss_pi)
 
         mmd = mmd.detach()
         loss_lagrange = lagrange_loss(self.log_lagrange, mmd, self.threshold)
-        self.lagrange_optimizer.zero_grad(set_to_none=True)
-        loss_lagrange.backward()
-        self.lagrange_optimizer.step()
+        descend(self.lagrange_optimizer, loss_lagrange)
         with torch.no_grad():
             self.log_lagrange.clamp_(LOG_LAGRANGE_MIN, LOG_LAGRANGE_MAX)
 

@@ -3,7 +3,8 @@
 Run through `python launch.py bench algorithms`; a measurement, not a test. Compare it with
 `../shared/bench/plain_torch_reference.py` run in the same minute (ratios, not absolute figures).
 `model_based_report` measures what MOPO and COMBO add: the dynamics ensemble's training time, model
-rollout steps per second, and updates per second on mixed real and model minibatches.
+rollout steps per second, and updates per second on mixed real and model minibatches. `compile_report` sets the
+eager update beside the compiled one (`train.compile`), with the compile time.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ..datasets.buffer import TransitionBuffer
 from ..datasets.loading import OfflineDataset
 from . import ALGORITHMS
 from .base import DataContext
+from .compiled import GraphUpdate
 from .dynamics import DynamicsConfig, DynamicsEnsemble, train_ensemble
 
 PROBLEMS = {"hopper": (11, 3), "halfcheetah": (17, 6)}
@@ -36,6 +38,13 @@ def synthetic_buffer(obs_dim: int, act_dim: int, device: str, transitions: int =
 def updates_per_second(algorithm: str, members: int, obs_dim: int, act_dim: int, device: str = "cpu",
                        seconds: float = 5.0, overrides: dict | None = None) -> float:
     """Population updates per second (multiply by `members` for member-updates)."""
+    learner, buffer = benchmark_learner(algorithm, members, obs_dim, act_dim, device, overrides)
+    return learner_updates_per_second(learner, buffer, seconds)
+
+
+def benchmark_learner(algorithm: str, members: int, obs_dim: int, act_dim: int, device: str = "cpu",
+                      overrides: dict | None = None):
+    """A population of `members` seeds on synthetic data (BRAC and BEAR past their behaviour fit), and its buffer."""
     learner_class = ALGORITHMS[algorithm]
     overrides = dict(overrides or {})
     if "behavior_pretrain_steps" in learner_class.Config.__dataclass_fields__:
@@ -50,8 +59,7 @@ def updates_per_second(algorithm: str, members: int, obs_dim: int, act_dim: int,
         learner.attach_model(ensemble, DataContext(dataset, buffer))
     else:
         buffer = synthetic_buffer(obs_dim, act_dim, device)
-
-    return learner_updates_per_second(learner, buffer, seconds)
+    return learner, buffer
 
 
 def learner_updates_per_second(learner, buffer, seconds: float, chunk: int = 5, warmup: int = 3) -> float:
@@ -77,6 +85,42 @@ def report(algorithms=None, members=(1, 8), problems=("hopper", "halfcheetah"), 
             cells = "  ".join(f"P={P}: {rate * P:7.1f}" for P, rate in rates.items())
             speedup = rates[members[-1]] * members[-1] / rates[members[0]] / members[0] if len(members) > 1 else 1
             print_(f"{name:<5} {problem:<11} member-updates/s  {cells}   packing x{speedup:4.2f}")
+    return results
+
+
+# Quickstart-sized (Pendulum, 64x64 nets) and HalfCheetah-sized (the algorithms' default nets, 256x256).
+COMPILE_SIZES = {"quickstart": (3, 1, (64, 64)), "halfcheetah": (17, 6, None)}
+
+
+def compile_report(algorithms=None, members=(1, 8), sizes=("quickstart", "halfcheetah"), device: str = "cpu",
+                   seconds: float = 5.0, print_=print) -> dict:
+    """Member-updates per second eager and compiled (`GraphUpdate`) side by side, and the compile time (its first
+    call: tracing, code generation or an on-disk cache load, and one update). Returns {(algorithm, size, P):
+    (eager, compiled, compile seconds)}."""
+    results = {}
+    print_(f"{'':<6} {'size':<11} {'P':>2} {'eager':>9} {'compiled':>9} {'speed-up':>8} {'compile s':>9}")
+    for name in algorithms or [name for name, learner in ALGORITHMS.items() if not learner.USES_MODEL]:
+        for size in sizes:
+            obs_dim, act_dim, hidden = COMPILE_SIZES[size]
+            overrides = {} if hidden is None else {"hidden": hidden}
+            if hidden is not None and "critic_hidden" in ALGORITHMS[name].Config.__dataclass_fields__:
+                overrides["critic_hidden"] = hidden
+            for P in members:
+                learner, buffer = benchmark_learner(name, P, obs_dim, act_dim, device, overrides)
+                eager = learner_updates_per_second(learner, buffer, seconds) * P
+                learner, buffer = benchmark_learner(name, P, obs_dim, act_dim, device, overrides)
+                step = GraphUpdate(learner, buffer)
+
+                def run(n: int) -> None:
+                    for _ in range(n):
+                        metrics = step()
+                    metrics["diverged"].sum().item()
+
+                run(1)
+                compiled = calls_per_second(run, chunk=5, seconds=seconds, warmup=3) * P
+                results[(name, size, P)] = (eager, compiled, step.compile_seconds)
+                print_(f"{name:<6} {size:<11} {P:>2} {eager:9.1f} {compiled:9.1f} {compiled / eager:7.2f}x "
+                       f"{step.compile_seconds:9.1f}")
     return results
 
 

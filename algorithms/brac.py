@@ -41,7 +41,8 @@ from .base import ConfigError
 from .bc import negative_log_likelihood
 from .networks import TanhGaussianPolicy, init_members, q_at_samples, squashed_gaussian_log_prob
 from .optim import PackedAdam
-from .sac import SAC, SACConfig, actor_loss, descend, soft_bellman_target, temperature_loss
+from .optim import descend
+from .sac import SAC, SACConfig, actor_loss, soft_bellman_target, temperature_loss
 
 CLIP_EPS = 1e-3     # dataset actions are kept this fraction of the half-range inside the bounds
 LOG_STD_BOUNDS = (-5.0, 0.0)   # the authors' networks.py: LOG_STD_MIN = -5, LOG_STD_MAX = 0, reached through a tanh
@@ -131,14 +132,20 @@ class BehaviorPretraining:
                               f"({total_updates}): lower them (the algorithm config's behavior_pretrain_steps and "
                               f"warm_start_updates) or raise total_updates")
 
+    COUNTS_UPDATES = True
+
+    def phase(self) -> tuple[bool, bool]:
+        """(pretraining, warming up), from the host's update counter (a CPU tensor: reading it waits for nothing)."""
+        cfg, updates = self.config, int(self.updates)
+        return updates < cfg.behavior_pretrain_steps, updates < cfg.behavior_pretrain_steps + cfg.warm_start_updates
+
     @property
     def pretraining(self) -> bool:
-        return int(self.updates) < self.config.behavior_pretrain_steps
+        return self.current_phase()[0]
 
     @property
     def warming_up(self) -> bool:
-        cfg = self.config
-        return int(self.updates) < cfg.behavior_pretrain_steps + cfg.warm_start_updates
+        return self.current_phase()[1]
 
     def behavior_log_prob(self, batch) -> torch.Tensor:
         """log pi_beta-hat(a|s) `[P, B]` of the dataset's actions, pulled just inside the bounds."""
@@ -174,7 +181,7 @@ class BehaviorPretraining:
             metrics = self.regularized_update(batch)
             with torch.no_grad():
                 metrics["train/behavior_nll"] = -self.behavior_log_prob(batch).mean(-1)
-        self.updates += 1
+        self.count_update()
         return metrics
 
     def regularized_update(self, batch) -> dict[str, torch.Tensor]:
@@ -257,9 +264,9 @@ class BRAC(BehaviorPretraining, SAC):
         temperature = self.temperature()
         q_on = 0.0 if self.warming_up else 1.0
         actions, log_prob, kl = self.policy_samples(batch.observations)
-        self.critic.requires_grad_(False)
+        self.critic_gradients(False)
         q_pi = q_at_samples(self.critic, batch.observations, actions).min(dim=1).values.mean(-1)
-        self.critic.requires_grad_(True)
+        self.critic_gradients(True)
         log_prob = log_prob.mean(-1)
         loss_pi = policy_penalty_actor_loss(q_pi, log_prob, kl, temperature, self.kl_weight, q_on)
         loss_temperature = (temperature_loss(self.log_alpha, log_prob, self.target_entropy)

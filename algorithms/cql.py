@@ -29,7 +29,7 @@ import torch
 
 from .base import CheckedConfig
 from .networks import SAMPLED_Q_PRECISIONS, q_at_samples, sampled_q_dtype
-from .optim import PackedAdam
+from .optim import PackedAdam, descend
 from .sac import SAC, SACConfig, critic_loss
 
 
@@ -131,9 +131,7 @@ class CQL(SAC):
         if self.config.lagrange:
             alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)
             lagrange_loss = -(alpha_prime * self.alpha * (gap.detach().mean(-1) - self.target_gap)).sum()
-            self.lagrange_optimizer.zero_grad(set_to_none=True)
-            lagrange_loss.backward()
-            self.lagrange_optimizer.step()
+            descend(self.lagrange_optimizer, lagrange_loss)
             weight = alpha_prime.detach() * self.alpha
             metrics["train/alpha_prime"] = alpha_prime.detach()
             gap = gap - self.target_gap[:, None]

@@ -45,7 +45,7 @@ import torch
 
 from .base import CheckedConfig, ConfigError, check_field_types
 from .networks import PackedCritic, init_members, polyak_update
-from .optim import PackedAdam
+from .optim import PackedAdam, descend
 
 FQE_SEED = 2_000_003         # offset of FQE's generators' seeds from the members' own
 HOLDOUT_SEED = 0             # which episodes are held out: a property of the data, the same in every trial
@@ -179,9 +179,7 @@ def fitted_q_evaluation(policy: Policy, buffer, start_observations: torch.Tensor
             y = fqe_target(scaled, batch.terminals, next_q, gamma, low, high)
         q = critic(batch.observations, batch.actions)                                     # [P, E, B]
         loss = (q - y[:, None]).pow(2).mean(-1).sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        descend(optimizer, loss)
         polyak_update(target, critic, config.polyak)
     with torch.no_grad():
         observations = start_observations.unsqueeze(0).expand(P, *start_observations.shape)

@@ -27,7 +27,7 @@ import torch
 from .awac import awr_weights
 from .base import DataContext, Learner, LearnerConfig
 from .networks import GaussianPolicy, PackedCritic, PackedMLP, polyak_update
-from .optim import PackedAdam
+from .optim import PackedAdam, descend
 
 
 def expectile_loss(diff: torch.Tensor, expectile: torch.Tensor) -> torch.Tensor:
@@ -83,6 +83,7 @@ class IQL(Learner):
     PACKABLE = ("seed", "expectile", "inverse_temperature", "actor_lr", "critic_lr", "value_lr")
     CONSTRAINT_KNOBS = {"expectile": "lower", "inverse_temperature": "lower"}    # tau -> 1: max; beta -> inf: greedy
     REWARD_NORMALIZATION = "iql"         # train_offline.py: normalize(dataset) for halfcheetah, walker2d and hopper
+    COUNTS_UPDATES = True
 
     def __init__(self, configs, obs_dim, act_dim, action_low=-1.0, action_high=1.0, device="cpu"):
         super().__init__(configs, obs_dim, act_dim, action_low, action_high, device)
@@ -94,6 +95,7 @@ class IQL(Learner):
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.expectile, self.beta = self.knob("expectile"), self.knob("inverse_temperature")
         self.actor_lr = self.knob("actor_lr").cpu()      # the schedule runs on the host, as PackedAdam keeps lr
+        self.actor_lr_on_device = self.knob("actor_lr")  # ... and on the device in a compiled update
         self.critic_optimizer = PackedAdam(self.critic.parameters(), lr=self.knob("critic_lr"))
         self.value_optimizer = PackedAdam(self.value.parameters(), lr=self.knob("value_lr"))
         self.actor_optimizer = PackedAdam(self.policy.parameters(), lr=self.actor_lr.clone())
@@ -117,29 +119,23 @@ class IQL(Learner):
             q_target = self.critic_target(batch.observations, batch.actions).min(dim=1).values
         value = self.value(batch.observations).squeeze(-1)
         loss_v = value_loss(q_target, value, self.expectile)
-        self.value_optimizer.zero_grad(set_to_none=True)
-        loss_v.backward()
-        self.value_optimizer.step()
+        descend(self.value_optimizer, loss_v)
 
         with torch.no_grad():
             advantage = q_target - self.value(batch.observations).squeeze(-1)
             weights = awr_weights(advantage, self.beta, cfg.max_weight)
         loss_pi = actor_loss(self.policy.log_prob(batch.observations, batch.actions), weights)
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        loss_pi.backward()
         self._decay_actor_lr()
-        self.actor_optimizer.step()
+        descend(self.actor_optimizer, loss_pi)
 
         with torch.no_grad():
             next_value = self.value(batch.next_observations).squeeze(-1)
         q = self.critic(batch.observations, batch.actions)
         loss_q = critic_loss(q, batch.rewards, batch.terminals, next_value, cfg.gamma)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        loss_q.backward()
-        self.critic_optimizer.step()
+        descend(self.critic_optimizer, loss_q)
         polyak_update(self.critic_target, self.critic, cfg.polyak)
 
-        self.updates += 1
+        self.count_update()
         q, value = q.detach(), value.detach()
         return {"train/q_data_mean": q.mean(dim=(1, 2)), "train/v_mean": value.mean(-1),
                 "train/value_loss": expectile_loss(q_target - value, self.expectile[:, None]).mean(-1),
@@ -150,8 +146,11 @@ class IQL(Learner):
     def _decay_actor_lr(self) -> None:
         """The authors' cosine schedule: lr_t = lr * (1 + cos(pi t / T)) / 2, then constant at 0; T is the run's
         length unless `actor_lr_decay_steps` sets it (ikostrikov/implicit_q_learning: cosine_decay_schedule over
-        max_steps)."""
+        max_steps). A compiled update computes it on the device, from its own update count."""
         steps = self.actor_lr_horizon
-        if steps:
+        if steps and self.streams is not None:
+            progress = self.graph_updates.clamp(max=steps).float() / steps
+            self.actor_optimizer.set_lr(self.actor_lr_on_device * 0.5 * (1 + torch.cos(math.pi * progress)))
+        elif steps:
             progress = min(int(self.updates), steps) / steps
             self.actor_optimizer.param_groups[0]["lr"] = self.actor_lr * 0.5 * (1 + math.cos(math.pi * progress))

@@ -125,14 +125,21 @@ class ModelBasedSAC(SAC):
                                    context.reward_bias, starts, int(steps or int(np.max(dataset.episode_lengths))),
                                    bounds, context.env_id)
 
-    def sample_batch(self, buffer):
+    def prepare_batch(self, buffer) -> None:
+        """Every `rollout_every` minibatches, new model rollouts first (on the host's schedule, outside a compiled
+        update's graph, with the members' generators)."""
         if self.world is None:
             raise DynamicsError(f"{type(self).__name__} needs its dynamics model: call attach_data(DataContext(...)) "
                                 f"first (TrainRun does)")
         if self.batches_drawn % self.config.rollout_every == 0:
             self.refresh_rollouts(buffer)
         self.batches_drawn += 1
-        return self.model_buffer.sample_mixed(buffer, self.config.real_ratio, self.config.batch_size, self.generators)
+
+    def sample_batch(self, buffer):
+        if self.streams is None:        # a compiled update's GraphUpdate calls prepare_batch itself, outside the graph
+            self.prepare_batch(buffer)
+        return self.model_buffer.sample_mixed(buffer, self.config.real_ratio, self.config.batch_size,
+                                              self.generators if self.streams is None else self.streams)
 
     def q_metrics(self, q: torch.Tensor) -> dict[str, torch.Tensor]:
         """`train/q_data_mean` over the minibatch's dataset rows only, and `train/q_model_mean` over its model

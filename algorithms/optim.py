@@ -7,6 +7,11 @@ parameter's leading (member) axis. Nothing couples members: no global gradient n
 A step never waits for the device: the learning rates live on the host (the shared-rate test and the
 fused kernel's float need no device read), the per-member path keeps one device copy of them, and its
 bias corrections are computed on the device from the step counter.
+
+`capture()` readies it for a compiled update (`train.compile`): its state is made at once, the learning rates
+move to the device for good, and `apply_gradients` runs the per-member step alone, with no host read and no
+lazily made state, which is what `torch.compile(fullgraph=True)` and CUDA-graph capture need (step counts are
+device tensors already). `descend` is the one gradient step every learner takes, either way.
 """
 from __future__ import annotations
 
@@ -29,6 +34,51 @@ class PackedAdam(torch.optim.Optimizer):
             raise ValueError(f"learning rates must be positive, got {lr.tolist()}")
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
         self._device_lr: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # group -> (host lr, its device copy)
+        self.captured = False
+        self.graph_lr: list[torch.Tensor] = []           # captured: each group's lr on its parameters' device
+
+    def capture(self) -> None:
+        """Make every state now and keep each group's learning rate on its parameters' device, so that
+        `apply_gradients` is one capturable graph."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                self._init_state(p)
+        lrs = [group["lr"].to(group["params"][0].device) for group in self.param_groups]
+        if self.captured:               # again after a restore: the same tensors, which a graph has captured
+            for kept, lr in zip(self.graph_lr, lrs):
+                kept.copy_(lr)
+        else:
+            self.graph_lr = lrs
+        self.captured = True
+
+    def _init_state(self, p: torch.Tensor) -> dict:
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        return state
+
+    def captured_params(self) -> list[torch.Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def set_lr(self, lr: torch.Tensor) -> None:
+        """A new learning rate for the only group: in place on the device once captured, else as the group's."""
+        if self.captured:
+            self.graph_lr[0].copy_(lr)
+        else:
+            self.param_groups[0]["lr"] = lr
+
+    @torch.no_grad()
+    def apply_gradients(self, grads) -> None:
+        """The captured step, `grads` in `captured_params()` order (None: that parameter is skipped, as `step`
+        skips a parameter without a gradient)."""
+        grads = iter(grads)
+        for group, lr in zip(self.param_groups, self.graph_lr):
+            pairs = [(p, g) for p, g in zip(group["params"], grads) if g is not None]
+            if pairs:
+                params = [p for p, _ in pairs]
+                self._per_member_step(group, params, [g for _, g in pairs], [self.state[p] for p in params], lr)
 
     @staticmethod
     def _per_slice(lr: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -39,11 +89,15 @@ class PackedAdam(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict) -> None:
         """As torch's, then each step counter onto its parameter's device, where the fused kernel wants it
-        (torch leaves "step" where the checkpoint had it, e.g. on the CPU)."""
+        (torch leaves "step" where the checkpoint had it, e.g. on the CPU). Once captured, into the same tensors."""
+        kept = {p: dict(state) for p, state in self.state.items()} if self.captured else {}
         super().load_state_dict(state_dict)
         for p, state in self.state.items():
             if "step" in state:
                 state["step"] = state["step"].to(p.device)
+            for key, tensor in kept.get(p, {}).items():    # captured: loaded into the tensors a graph holds
+                tensor.copy_(state[key])
+                state[key] = tensor
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -52,12 +106,7 @@ class PackedAdam(torch.optim.Optimizer):
             if not params:
                 continue
             grads = [p.grad for p in params]
-            states = [self.state[p] for p in params]
-            for p, state in zip(params, states):
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
+            states = [self._init_state(p) for p in params]
             if group["lr"].device.type != "cpu":
                 group["lr"] = group["lr"].cpu()
             lr = group["lr"]
@@ -102,3 +151,15 @@ class PackedAdam(torch.optim.Optimizer):
         updates = torch._foreach_div(exp_avgs, denominators)
         torch._foreach_mul_(updates, step_sizes)
         torch._foreach_sub_(params, updates)
+
+
+def descend(optimizer: PackedAdam, loss: torch.Tensor) -> None:
+    """One gradient step of `optimizer` on `loss`: backward and `step` eagerly; once the optimizer is captured,
+    `torch.autograd.grad` for its own parameters and `apply_gradients` (no `.grad` fields, so nothing for a
+    compiled graph to zero)."""
+    if optimizer.captured:
+        optimizer.apply_gradients(torch.autograd.grad(loss, optimizer.captured_params(), allow_unused=True))
+        return
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()

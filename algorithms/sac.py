@@ -32,7 +32,7 @@ import torch
 
 from .base import Learner, LearnerConfig
 from .networks import PackedCritic, TanhGaussianPolicy, polyak_update
-from .optim import PackedAdam
+from .optim import PackedAdam, descend
 
 
 def soft_bellman_target(rewards: torch.Tensor, terminals: torch.Tensor, next_q: torch.Tensor,
@@ -54,13 +54,6 @@ def actor_loss(q_pi: torch.Tensor, log_prob: torch.Tensor, alpha: torch.Tensor) 
 def temperature_loss(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_entropy: float) -> torch.Tensor:
     """Drives the policy's entropy towards `target_entropy`; `log_alpha` is `[P]`."""
     return (-log_alpha[:, None] * (log_prob.detach() + target_entropy)).mean(-1).sum()
-
-
-def descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-    """One gradient step of `optimizer` on `loss`."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
 
 
 UPDATE_ORDERS = ("critic_first", "simultaneous", "actor_first")
@@ -157,9 +150,9 @@ class SAC(Learner):
         and their per-member metrics."""
         alpha = self.log_alpha.detach().exp()
         actions, log_prob = self.sample_actions(batch.observations)
-        self.critic.requires_grad_(False)
+        self.critic_gradients(False)
         q_pi = self.critic(batch.observations, actions).min(dim=1).values
-        self.critic.requires_grad_(True)
+        self.critic_gradients(True)
         return (actor_loss(q_pi, log_prob, alpha), temperature_loss(self.log_alpha, log_prob, self.target_entropy),
                 {"train/actor_loss": (alpha[:, None] * log_prob - q_pi).detach().mean(-1),
                  "train/entropy": -log_prob.detach().mean(-1), "train/temperature": alpha})

@@ -18,6 +18,11 @@ The run's last evaluation runs `final_eval_episodes` episodes per member (at lea
 each one's return as a list, `eval/episode_returns` (and `eval/episode_normalized_returns`): the arms of the bandit
 protocol of Unifloral (Jackson et al. 2025), which sweeps/selection.py replays. Unifloral records 1000 final
 episodes (`eval_final_episodes` in its algorithms/iql.py); 100 here, a tenth of that evaluation cost.
+
+With `compile: true` every update (minibatch sampling included) runs as one compiled graph (compiled.py); its
+randomness then comes from counter-based streams, so a compiled run is reproducible but not the eager run's
+numbers. The first iteration's `compile_seconds` is the compile (or the on-disk cache load); `updates_per_second`
+leaves it out.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from ..datasets import DatasetError, TransitionBuffer, check_env_compatible, iql
 from ..datasets.loading import normalized_score
 from . import ALGORITHMS
 from .base import CheckedConfig, ConfigError, DataContext, check_field_types
+from .compiled import MODES, GraphUpdate
 from .dynamics import DynamicsConfig
 from .evaluation import evaluate_population
 from .fqe import (FQEConfig, critic_initial_q, critic_td_error, fitted_q_evaluation, fixed_sample,
@@ -67,6 +73,8 @@ class TrainConfig(CheckedConfig):
     model_dir: str | None = None           # dynamics cache; None: $OFFLINE_SWEEPS_MODEL_DIR or ~/.cache/offline_sweeps/models
     fqe: dict = dataclasses.field(default_factory=dict)      # FQEConfig fields (fqe.py): offline policy evaluation
     holdout_fraction: float = 0.0          # episodes kept out of training for ope/td_error; 0: it uses training data
+    compile: bool = False                  # each update as one torch.compile(fullgraph=True) graph (compiled.py)
+    compile_mode: str = "default"          # with compile: "reduce-overhead" replays CUDA graphs (unmeasured)
 
     def __post_init__(self):
         check_field_types(self)
@@ -101,6 +109,11 @@ class TrainConfig(CheckedConfig):
         FQEConfig.from_dict(dict(self.fqe))
         self.check(0.0 <= self.holdout_fraction < 1.0, "holdout_fraction",
                    "in [0, 1): the fraction of episodes held out of training for ope/td_error")
+        self.check(self.compile_mode in MODES, "compile_mode", " or ".join(MODES))
+        self.check(self.compile or self.compile_mode == "default", "compile_mode",
+                   "default unless compile: true (the mode says how to compile)")
+        self.check(self.compile_mode != "reduce-overhead" or self.device.startswith("cuda"), "compile_mode",
+                   "default on the CPU (reduce-overhead replays CUDA graphs: set device: cuda)")
 
     def member_configs(self) -> list:
         learner_class = ALGORITHMS[self.algorithm]
@@ -151,6 +164,7 @@ class TrainRun:
                                                     self.device)
         self.learner.attach_data(DataContext(self.dataset, self.buffer, self.env_id, scale, bias, dict(config.model),
                                              config.model_dir, config.total_updates))
+        self.graph = GraphUpdate(self.learner, self.buffer, mode=config.compile_mode) if config.compile else None
         self.updates = 0
         self.iterations = 0
         self.best: dict[str, np.ndarray] = {}
@@ -187,13 +201,15 @@ class TrainRun:
         """`eval_every` updates, then an evaluation; returns flat metrics (see `flatten_members`)."""
         cfg, learner = self.config, self.learner
         started = time.perf_counter()
+        compiled_before = self.graph.compile_seconds if self.graph is not None else 0.0
         train: dict[str, torch.Tensor] = {}
         for _ in range(cfg.eval_every):
-            train = learner.guarded_update(learner.sample_batch(self.buffer))
+            train = self.graph() if self.graph is not None else learner.guarded_update(learner.sample_batch(self.buffer))
         self.updates += cfg.eval_every
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)     # the updates were only queued: time them done
-        train_seconds = time.perf_counter() - started
+        compile_seconds = self.graph.compile_seconds - compiled_before if self.graph is not None else 0.0
+        train_seconds = max(time.perf_counter() - started - compile_seconds, 1e-9)
         final = self.updates >= cfg.total_updates
         evaluation = evaluate_population(learner, self.env_id, cfg.eval_episodes, cfg.eval_seed + self.iterations,
                                          learner.config.gamma, self.buffer.normalize, self.reward_scale,
@@ -227,6 +243,7 @@ class TrainRun:
         metrics = flatten_members(per_member)
         metrics.update(ope_shared)
         metrics.update({"updates": self.updates, "updates_per_second": cfg.eval_every / train_seconds,
+                        "compile_seconds": compile_seconds,
                         "members_diverged": int(learner.diverged.sum()), "done": done})
         if hasattr(learner, "sampled_q_dtype"):    # CQL, COMBO: did "auto" score the sampled actions in bfloat16?
             metrics["precision/sampled_q_bf16"] = float(learner.sampled_q_dtype == torch.bfloat16)

@@ -92,10 +92,13 @@ class TransitionBuffer:
         """`[P, B]` indices drawn uniformly with replacement.
 
         With a list of P generators, member p draws from generator p alone: member p of a packed run
-        then sees exactly the minibatches of a solo run seeded like it.
+        then sees exactly the minibatches of a solo run seeded like it. Per-member counter streams (a compiled
+        update's: anything with `randint(high, n) -> [P, n]`, as algorithms/streams.py's) serve the same way.
         """
         if self.size == 0:
             raise ValueError("cannot sample from an empty buffer")
+        if is_stream(generator):
+            return generator.randint(self.size, batch_size)
         if isinstance(generator, (list, tuple)):
             if len(generator) != members:
                 raise ValueError(f"{len(generator)} generators for {members} members")
@@ -135,6 +138,11 @@ class TransitionBuffer:
         self._rows[: rows.shape[0]] = rows
         self.size, self._next = rows.shape[0], int(state["next"])
         self.obs_mean, self.obs_std = state["obs_mean"].to(self.device), state["obs_std"].to(self.device)
+
+
+def is_stream(generator) -> bool:
+    """Is `generator` per-member counter streams (not a torch.Generator, a list of them, or None)?"""
+    return generator is not None and not isinstance(generator, (list, tuple, torch.Generator))
 
 
 def mixed_rows(ratio: float, batch_size: int) -> int:
@@ -188,10 +196,13 @@ class PackedRolloutBuffer:
 
     def sample_rows(self, batch_size: int, generators: list[torch.Generator]) -> torch.Tensor:
         """`[P, B, width]`: member p's B rows drawn uniformly (with replacement) from its own ring by
-        `generators[p]`. The rings must not be empty."""
-        if len(generators) != self.members:
+        `generators[p]` (or member p's counter stream, `TransitionBuffer.sample_indices`). The rings must not be empty."""
+        if is_stream(generators):
+            uniform = generators.uniform(batch_size)
+        elif len(generators) != self.members:
             raise ValueError(f"{len(generators)} generators for {self.members} members")
-        uniform = torch.stack([torch.rand(batch_size, generator=g, device=self.device) for g in generators])
+        else:
+            uniform = torch.stack([torch.rand(batch_size, generator=g, device=self.device) for g in generators])
         # floor(u * size) keeps the draw on the device (no host sync for the sizes).
         index = torch.minimum((uniform * self.size[:, None]).long(), (self.size[:, None] - 1).clamp(min=0))
         return self._rows.gather(1, index.unsqueeze(-1).expand(-1, -1, self.width))

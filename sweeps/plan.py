@@ -19,6 +19,10 @@ from .study import Study, StudyError, trial_train_config
 
 RAY_START_SECONDS = 5.0         # embedded Ray's start, once per sweep
 TRIAL_START_SECONDS = 2.0       # a trial's setup: dataset load, env check, networks (DESIGN.md section 8)
+# train.compile: a cold compile of one update graph on the 2-core CPU took 30-375 s (docs/benchmarks.md); BRAC and
+# BEAR compile one graph per phase. An on-disk cache hit is faster; the plan counts the cold cost.
+COMPILE_SECONDS = 300.0
+COMPILE_GRAPHS = {"brac": 3, "bear": 3}
 CALIBRATION_SECONDS = 0.8       # time spent measuring updates, split between the study's algorithms
 DEFAULT_DIMS = (11, 3)          # obs and action sizes assumed when neither the dataset nor build.env says
 
@@ -208,8 +212,14 @@ def estimate_seconds(plan: Plan) -> float | None:
     if not plan.slots or any(_key(t) not in plan.rates for t in runs):
         return None
     per_trial = sorted((len(t["members"]) * t["total_updates"] / plan.rates[_key(t)] + TRIAL_START_SECONDS
-                        for t in runs), reverse=True)
+                        + compile_seconds(t) for t in runs), reverse=True)
     return RAY_START_SECONDS + max(per_trial[0], sum(per_trial) / plan.slots)
+
+
+def compile_seconds(trial: dict) -> float:
+    """The compile time a trial with `compile: true` pays before its first update (0 without); the calibrated rate
+    stays the eager one, an upper bound on the compiled update's time on the CPU."""
+    return COMPILE_SECONDS * COMPILE_GRAPHS.get(trial["algorithm"], 1) if trial.get("compile") else 0.0
 
 
 def format_plan(plan: Plan, log_file: str | None = None) -> list[str]:
@@ -244,8 +254,10 @@ def format_plan(plan: Plan, log_file: str | None = None) -> list[str]:
     elif plan.seconds is not None:
         rates = ", ".join(f"{key} {rate:,.0f}" for key, rate in plan.rates.items())
         built = " plus building the missing datasets" if any(s != "local" for s in plan.datasets.values()) else ""
+        compiling = sum(map(compile_seconds, plan.trials))
+        compiled = f", and {duration(compiling)} of compiles (train.compile)" if compiling else ""
         lines.append(f"  estimate: about {duration(plan.seconds)}{built}, rough: the training updates at the rate "
-                     f"timed here just now ({rates} member-updates/s); evaluations and other load add to it")
+                     f"timed here just now ({rates} member-updates/s){compiled}; evaluations and other load add to it")
     if log_file and not plan.problem:
         lines.append(f"  Ray's own messages go to {log_file} (--verbose shows them here)")
     return lines

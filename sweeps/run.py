@@ -104,12 +104,18 @@ class ProgressLines(tune.Callback):
         self.log(f"[{time.monotonic() - self.started:6.0f} s] {config['algorithm']} {point:<24} "
                  f"iter {result['training_iteration']}/{total}  {self.metric} {_fixed(result.get(self.metric))}"
                  f"{spread}  q_overestimation {_fixed(result.get('eval/q_overestimation'))}  "
-                 f"{result.get('updates_per_second', 0):.0f} updates/s  "
+                 f"{result.get('updates_per_second', 0):.0f} updates/s{_compiled(result)}  "
                  f"({done}/{count} trials done{eta})")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.log(f"[{time.monotonic() - self.started:6.0f} s] trial {trial.trial_id} failed; Tune retries it "
                  f"from its last checkpoint while max_failures allows")
+
+
+def _compiled(result: dict) -> str:
+    """`train.compile`: the compile time the iteration paid (left out of its updates/s), where it paid one."""
+    seconds = result.get("compile_seconds") or 0.0
+    return f" (+{seconds:.0f} s compiling)" if seconds > 0 else ""
 
 
 def _iterations_left(other, trial, result: dict) -> int:

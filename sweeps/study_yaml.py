@@ -38,7 +38,7 @@ WANDB_PROJECT = re.compile(r"[^/\\#?%:\s]{1,128}")                # W&B refuses 
 # critics (eval/q_*) or model-based learners add; train/* keys are the algorithm's own (reported_metrics).
 RUN_METRICS = {"eval/return", "eval/return_std", "eval/length", "eval/normalized_return", "eval/return_best",
                "eval/normalized_return_best", "updates", "updates_per_second", "members_diverged", "diverged",
-               "ope/fqe_value", "ope/fqe_seconds", "ope/fqe_updates_per_second"}     # ope/fqe_*: train.fqe.enabled
+               "ope/fqe_value", "ope/fqe_seconds", "ope/fqe_updates_per_second", "compile_seconds"}  # ope/fqe_*: train.fqe.enabled
 CRITIC_METRICS = {"eval/q_mean", "eval/mc_return_mean", "eval/q_overestimation", "ope/critic_initial_q", "ope/td_error"}
 MODEL_METRICS = {"eval/model_return", "model/holdout_nll", "model/uncertainty_mean", "rollout/reward_mean",
                  "model/loaded_from_cache"}

@@ -137,3 +137,37 @@ def test_the_last_evaluation_keeps_every_episodes_return(pendulum_datasets):
     assert len(solo.train_iteration()["eval/episode_returns"]) == 2       # at least eval_episodes
     with pytest.raises(ConfigError, match="final_eval_episodes"):
         tiny(pendulum_datasets["medium"], final_eval_episodes=-1)
+
+
+def test_compile_settings_are_checked():
+    with pytest.raises(ConfigError, match="compile_mode='reduce-overhead' must be default unless compile: true"):
+        TrainConfig("iql", "unused", compile_mode="reduce-overhead")
+    with pytest.raises(ConfigError, match="compile_mode='reduce-overhead' must be default on the CPU"):
+        TrainConfig("iql", "unused", compile=True, compile_mode="reduce-overhead", device="cpu")
+    with pytest.raises(ConfigError, match="compile_mode='max' must be default or reduce-overhead"):
+        TrainConfig("iql", "unused", compile=True, compile_mode="max")
+    with pytest.raises(ConfigError, match="compile='yes' must be bool"):
+        TrainConfig("iql", "unused", compile="yes")
+
+
+@pytest.mark.slow
+def test_a_compiled_run_compiles_once_and_a_resumed_one_loads_the_disk_cache(pendulum_datasets, tmp_path, monkeypatch):
+    """Compile time is paid by the first iteration only, left out of updates/s; a run resumed from a checkpoint
+    (a new process would do the same) loads the compiled code from inductor's on-disk cache and continues exactly."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    counters = torch._dynamo.utils.counters["inductor"]
+    config = tiny(pendulum_datasets["medium"], algorithm="bc", members=[{"seed": 0}, {"seed": 3}], compile=True)
+    straight = TrainRun(config)
+    first, second = straight.train_iteration(), straight.train_iteration()
+    assert first["compile_seconds"] > 0 and second["compile_seconds"] == 0
+    straight.save(tmp_path / "state.pt")
+    expected = straight.train_iteration()
+    hits = counters["fxgraph_cache_hit"]
+    resumed = TrainRun(config)
+    resumed.load(tmp_path / "state.pt")
+    result = resumed.train_iteration()
+    assert counters["fxgraph_cache_hit"] > hits and result["compile_seconds"] > 0
+    for key in ("eval/return", "train/actor_loss", "updates"):
+        assert result[key] == expected[key], key
+    for (name, a), (_, b) in zip(straight.learner.named_parameters(), resumed.learner.named_parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m: f"{name}: {m}")
