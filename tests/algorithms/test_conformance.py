@@ -215,8 +215,8 @@ def test_model_based_members_do_not_depend_on_the_pack_size(case, world):
 
 
 # --- the compiled update (train.compile) --------------------------------------------------------------------------
-# Compiled and eager differ by the kernels inductor fuses (float32 sums in another order); the bfloat16 case also by
-# where the fused kernels round to bfloat16. Bounds for 200 updates of these tiny nets, measured at most a tenth of them.
+# Compiled and eager differ by the kernels inductor fuses (float32 sums in another order); bfloat16 cases (every
+# CQL and COMBO case on a CPU with bf16 units) also by where the fused kernels round. Bounds for 200 updates.
 COMPILED_UPDATES = 200
 TOLERANCE = {"atol": 1e-4, "rtol": 1e-3}
 BFLOAT16_TOLERANCE = {"atol": 5e-2, "rtol": 5e-2}
@@ -229,10 +229,11 @@ def test_the_compiled_update_keeps_every_guarantee(case, world, tmp_path):
     on the same graphs): it equals the eager graph update over 200 updates; each member equals its eager solo run;
     a checkpoint restored into it continues exactly; a diverging member is frozen while the others go on as in the
     eager population; and it compiled once per phase (BRAC, BEAR: three), not once per update."""
-    tolerance = BFLOAT16_TOLERANCE if "bfloat16" in case else TOLERANCE
     population = CASES[case][0][:3]
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     compiled, eager = make(case, population, world, way="compiled"), make(case, population, world, way="graph")
+    # CQL and COMBO score sampled actions in bfloat16 where the CPU has bf16 units (sampled_q_precision: auto).
+    tolerance = BFLOAT16_TOLERANCE if getattr(compiled, "sampled_q_dtype", None) == torch.bfloat16 else TOLERANCE
     train(compiled, world, COMPILED_UPDATES)
     train(eager, world, COMPILED_UPDATES)
     for (name, a), (_, b) in zip(compiled.named_parameters(), eager.named_parameters()):
