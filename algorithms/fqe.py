@@ -44,8 +44,10 @@ import numpy as np
 import torch
 
 from .base import CheckedConfig, ConfigError, check_field_types
+from .compiled import configure_compiler
 from .networks import PackedCritic, init_members, polyak_update
 from .optim import PackedAdam, descend
+from .streams import CounterStreams
 
 FQE_SEED = 2_000_003         # offset of FQE's generators' seeds from the members' own
 HOLDOUT_SEED = 0             # which episodes are held out: a property of the data, the same in every trial
@@ -142,7 +144,8 @@ def policy_actions(policy: Policy, observations: torch.Tensor, members: int) -> 
 # --- Fitted Q Evaluation ------------------------------------------------------------------------------------
 def fitted_q_evaluation(policy: Policy, buffer, start_observations: torch.Tensor, gamma: float,
                         seeds: Sequence[int], config: FQEConfig, updates: int, reward_scale: float = 1.0,
-                        reward_bias: float = 0.0, evaluate: np.ndarray | None = None) -> FQEResult:
+                        reward_bias: float = 0.0, evaluate: np.ndarray | None = None, compiled: bool = False,
+                        compile_mode: str = "default", graph: bool = False) -> FQEResult:
     """ope/fqe_value for P = len(seeds) policies packed: `policy` maps `[P, N, obs]` to `[P, N, act]`, `buffer`
     is the run's TransitionBuffer (rewards r * reward_scale + reward_bias), `start_observations` `[S, obs]` as
     the buffer stores observations. Members with `evaluate[p]` False (diverged) get NaN.
@@ -168,8 +171,13 @@ def fitted_q_evaluation(policy: Policy, buffer, start_observations: torch.Tensor
     target = copy.deepcopy(critic).requires_grad_(False)
     optimizer = PackedAdam(critic.parameters(), lr=config.lr)
     act_index = (-1, -1, buffer.act_dim)
-    for _ in range(updates):
-        index = buffer.sample_indices(config.batch_size, P, generators)                    # [P, B]
+    draws = generators
+    if compiled or graph:
+        draws = CounterStreams([int(seed) + FQE_SEED for seed in seeds], device)
+        optimizer.capture()
+
+    def update() -> None:
+        index = buffer.sample_indices(config.batch_size, P, draws)                         # [P, B]
         batch = buffer.gather(index)
         with torch.no_grad():
             next_a = next_actions.gather(1, index.unsqueeze(-1).expand(*act_index))
@@ -181,6 +189,12 @@ def fitted_q_evaluation(policy: Policy, buffer, start_observations: torch.Tensor
         loss = (q - y[:, None]).pow(2).mean(-1).sum()
         descend(optimizer, loss)
         polyak_update(target, critic, config.polyak)
+
+    if compiled:
+        configure_compiler()
+        update = torch.compile(update, fullgraph=True, dynamic=False, mode=compile_mode)
+    for _ in range(updates):
+        update()
     with torch.no_grad():
         observations = start_observations.unsqueeze(0).expand(P, *start_observations.shape)
         estimate = torch.cat([critic(o, a).mean(1) for o, a in

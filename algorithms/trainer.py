@@ -192,7 +192,8 @@ class TrainRun:
                 with generators_untouched(learner):
                     result = fitted_q_evaluation(learner.act, self.buffer, self.start_observations, learner.config.gamma,
                                                  [c.seed for c in learner.configs], self.fqe, updates,
-                                                 self.reward_scale, self.reward_bias, alive)
+                                                 self.reward_scale, self.reward_bias, alive, cfg.compile,
+                                                 cfg.compile_mode)
                 per_member["ope/fqe_value"] = result.values
                 shared = {"ope/fqe_seconds": result.seconds, "ope/fqe_updates_per_second": result.updates_per_second}
         return {key: np.where(alive, value, np.nan) for key, value in per_member.items()}, shared

@@ -19,7 +19,7 @@ from .study import Study, StudyError, trial_train_config
 
 RAY_START_SECONDS = 5.0         # embedded Ray's start, once per sweep
 TRIAL_START_SECONDS = 2.0       # a trial's setup: dataset load, env check, networks (DESIGN.md section 8)
-# train.compile: a cold compile of one update graph on the 2-core CPU took 30-375 s (docs/benchmarks.md); BRAC and
+# train.compile: a cold compile of one update graph on the 2-core CPU took 30 s to 25 min (docs/benchmarks.md); BRAC and
 # BEAR compile one graph per phase. An on-disk cache hit is faster; the plan counts the cold cost.
 COMPILE_SECONDS = 300.0
 COMPILE_GRAPHS = {"brac": 3, "bear": 3}

@@ -148,6 +148,23 @@ def test_the_buffer_reward_scale_and_bias_are_undone():
     np.testing.assert_allclose(scaled.values, plain.values, rtol=1e-4)
 
 
+def test_the_graph_update_keeps_packed_equal_to_solo():
+    """FQE's update as train.compile runs it (counter streams, captured Adam), eagerly: members still equal solo runs."""
+    buffer, starts = random_buffer(), torch.randn(7, 3)
+    packed = fitted_q_evaluation(linear_policies(0.5, -1.0), buffer, starts, 0.99, [0, 3], TINY, 40, graph=True)
+    for k, (weight, seed) in enumerate([(0.5, 0), (-1.0, 3)]):
+        solo = fitted_q_evaluation(linear_policies(weight), buffer, starts, 0.99, [seed], TINY, 40, graph=True)
+        np.testing.assert_allclose(packed.values[k], solo.values[0], rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_compiled_update_equals_the_eager_graph_update():
+    buffer, starts = random_buffer(), torch.randn(7, 3)
+    eager = fitted_q_evaluation(linear_policies(0.5, -1.0), buffer, starts, 0.99, [0, 3], TINY, 200, graph=True)
+    compiled = fitted_q_evaluation(linear_policies(0.5, -1.0), buffer, starts, 0.99, [0, 3], TINY, 200, compiled=True)
+    np.testing.assert_allclose(compiled.values, eager.values, rtol=1e-3)
+
+
 def test_packed_equals_solo_and_diverged_members_get_nan():
     buffer, starts = random_buffer(), torch.randn(7, 3)
     packed = fitted_q_evaluation(linear_policies(0.5, -1.0, 2.0), buffer, starts, 0.99, [0, 3, 4], TINY, 40,

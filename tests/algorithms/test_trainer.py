@@ -151,9 +151,10 @@ def test_compile_settings_are_checked():
 
 
 @pytest.mark.slow
-def test_a_compiled_run_compiles_once_and_a_resumed_one_loads_the_disk_cache(pendulum_datasets, tmp_path, monkeypatch):
+def test_a_compiled_run_compiles_once_and_a_resumed_one_generates_no_code_again(pendulum_datasets, tmp_path, monkeypatch):
     """Compile time is paid by the first iteration only, left out of updates/s; a run resumed from a checkpoint
-    (a new process would do the same) loads the compiled code from inductor's on-disk cache and continues exactly."""
+    generates no code again (in this process dynamo may reuse its graph; a new process loads inductor's on-disk
+    cache, which took a BC graph from 192 s to 2.4 s here) and continues exactly."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     counters = torch._dynamo.utils.counters["inductor"]
     config = tiny(pendulum_datasets["medium"], algorithm="bc", members=[{"seed": 0}, {"seed": 3}], compile=True)
@@ -162,11 +163,11 @@ def test_a_compiled_run_compiles_once_and_a_resumed_one_loads_the_disk_cache(pen
     assert first["compile_seconds"] > 0 and second["compile_seconds"] == 0
     straight.save(tmp_path / "state.pt")
     expected = straight.train_iteration()
-    hits = counters["fxgraph_cache_hit"]
+    generated = counters["fxgraph_cache_miss"]
     resumed = TrainRun(config)
     resumed.load(tmp_path / "state.pt")
     result = resumed.train_iteration()
-    assert counters["fxgraph_cache_hit"] > hits and result["compile_seconds"] > 0
+    assert counters["fxgraph_cache_miss"] == generated
     for key in ("eval/return", "train/actor_loss", "updates"):
         assert result[key] == expected[key], key
     for (name, a), (_, b) in zip(straight.learner.named_parameters(), resumed.learner.named_parameters()):
