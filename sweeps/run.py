@@ -25,8 +25,8 @@ from ray import tune
 from ..algorithms import ALGORITHMS
 from ..algorithms.trainable import OfflineTrainable
 from ..algorithms.trainer import split_members
-from .folder import (KeepSigned, check_free_space, check_signature, claim_folder, experiment_dir, folder_lock,
-                     ray_log_file, sign_folder)
+from .folder import (check_free_space, check_signature, check_tree, claim_folder, experiment_dir, folder_lock,
+                     ray_log_file, sign_folder, state_stamp)
 from .inputs import check_inputs, ensure_datasets
 from .plan import SweepClock, check_resources, cluster_resources, duration, format_plan, make_plan
 from .ray_setup import check_cluster_storage, init_ray, ray_messages_to, sigterm_as_sigint
@@ -62,6 +62,27 @@ def sampled_space(study: Study) -> dict:
         else:
             space[axis.key] = tune.loguniform(axis.low, axis.high)
     return space
+
+
+class KeepSigned(tune.Callback):
+    """Re-signs the folder while Tune runs, whenever its files changed (looked at once per `every` seconds
+    at most, at the end of a Tune loop step), so that a driver killed with SIGKILL, which cannot sign, leaves a
+    folder `resume` accepts unless it died between a state write and the next look. Tune writes its
+    experiment state and results to a staging folder and copies them here in the background, hence the polling."""
+
+    def __init__(self, folder: Path, every: float = 2.0):
+        self.folder, self.every = Path(folder), every
+        self._looked, self._signed, self._digests = -math.inf, None, {}
+
+    def on_step_end(self, iteration, trials, **info):
+        now = time.monotonic()
+        if now - self._looked < self.every:
+            return
+        self._looked = now
+        stamp = state_stamp(self.folder)
+        if stamp != self._signed:
+            sign_folder(self.folder, self._digests)
+            self._signed = stamp
 
 
 def wandb_callbacks(study: Study, enabled: bool, verbose: bool = False, log: Callable[[str], None] = print) -> list:
@@ -160,7 +181,7 @@ def run_study(study: Study, address: str | None = None, use_wandb: bool = True, 
     with contextlib.ExitStack() as held:
         if isinstance(folder, Path):
             check_free_space(folder)
-            held.enter_context(claim_folder(folder, trials, overwrite))
+            held.enter_context(claim_folder(folder, trials, overwrite, study.name))
         check_inputs(study)          # before any dataset build: a dataset that cannot be had is said at once
         ensure_datasets(study, log, verbose)
         if isinstance(folder, Path):
@@ -231,10 +252,11 @@ def resume_study(folder: str | Path, address: str | None = None, use_wandb: bool
     restart from their last checkpoints. Tune's restore unpickles the folder's files, so a folder this
     installation did not sign (check_signature) is refused unless `trust`."""
     folder = Path(folder).expanduser().resolve()
-    if not (folder / STUDY_FILE).is_file() or not tune.Tuner.can_restore(str(folder)):
+    if not (folder / STUDY_FILE).is_file() or not (folder / "tuner.pkl").is_file():
         raise StudyError(f"{folder} holds no study to resume (no {STUDY_FILE} and Tune state); give the folder "
                          f"`launch.py sweep` printed, <storage>/<study name>")
     with folder_lock(folder):
+        check_tree(folder)          # with --trust too: trust is about pickles, links lead out of the folder
         if not trust:
             check_signature(folder)
         study = load_study(folder / STUDY_FILE, resolve=False)
