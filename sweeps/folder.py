@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import json
@@ -34,6 +35,8 @@ RAY_LOG = Path("logs") / "ray.log"                   # Ray's and Tune's messages
 SIGNATURE_FILE = ".resume-signature.json"
 CONFIG_DIR_ENV = "OFFLINE_SWEEPS_CONFIG_DIR"          # where this installation's resume key lives
 LOCK_FILE = ".sweep.lock"
+RESERVE_FILE = ".resume-signature.reserve"    # room kept for the signature on a full disk
+RESERVE_BYTES = 256 * 2**10
 MARKER_FILE = ".offline-sweeps-study"      # written when a sweep claims the folder
 MIN_FREE_BYTES = 100 * 2**20
 
@@ -91,7 +94,7 @@ def resume_key() -> bytes:
 WANDB_LINKS = {"latest-run", "debug.log", "debug-internal.log", "debug-core.log"}
 # What neither Ray nor this project's readers ever open as Ray state, and what changes after the last signing
 # (Ray's log, W&B's background writer, report and export): left out of the signature, still checked by check_tree.
-UNSIGNED_TOP = {SIGNATURE_FILE, LOCK_FILE, MARKER_FILE, RAY_LOG.parts[0], "report", "best"}
+UNSIGNED_TOP = {SIGNATURE_FILE, RESERVE_FILE, LOCK_FILE, MARKER_FILE, RAY_LOG.parts[0], "report", "best"}
 SIGNATURE_VERSION = 2
 
 
@@ -106,7 +109,10 @@ def check_tree(folder: Path) -> list[Path]:
     for where, folders, plain in os.walk(folder, followlinks=False):
         for name in folders + plain:
             path = Path(where) / name
-            info = os.lstat(path)
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:       # a temporary file renamed meanwhile (Tune copying while it runs)
+                continue
             if stat.S_ISLNK(info.st_mode):
                 if name in WANDB_LINKS and "wandb" in path.relative_to(folder).parts[:-1]:
                     continue
@@ -162,11 +168,26 @@ def _folder_mac(folder: Path, cache: dict | None = None) -> str:
     return mac.hexdigest()
 
 
-def sign_folder(folder: Path, cache: dict | None = None) -> None:
+def sign_folder(folder: Path, cache: dict | None = None, use_reserve: bool = True) -> None:
     """Record that this installation wrote the folder's files as they are now (an HMAC-SHA256 under
-    resume_key()); `resume` restores only a folder whose files still match."""
-    write_atomic(folder / SIGNATURE_FILE, json.dumps({"version": SIGNATURE_VERSION,
-                                                      "hmac_sha256": _folder_mac(folder, cache)}))
+    resume_key()); `resume` restores only a folder whose files still match. On a full disk the signature
+    reserve (RESERVE_FILE, RESERVE_BYTES kept for this) is given up to make room, unless not `use_reserve` (the
+    signing while Tune runs keeps it for the last one), and made again once there is room."""
+    signature = json.dumps({"version": SIGNATURE_VERSION, "hmac_sha256": _folder_mac(folder, cache)})
+    reserve = folder / RESERVE_FILE
+    try:
+        write_atomic(folder / SIGNATURE_FILE, signature)
+    except OSError as error:
+        if error.errno != errno.ENOSPC or not use_reserve or not reserve.is_file():
+            raise
+        reserve.unlink()
+        write_atomic(folder / SIGNATURE_FILE, signature)
+    if not reserve.is_file():
+        try:
+            write_atomic(reserve, bytes(RESERVE_BYTES))
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                raise
 
 
 def state_stamp(folder: Path) -> tuple:
@@ -242,7 +263,8 @@ def claim_folder(folder: Path, trials: list[dict], overwrite: bool = False, name
                              f"version before the marker did) and holds {len(entries)} entr"
                              f"{'y' if len(entries) == 1 else 'ies'}; nothing is deleted: give this study another "
                              f"name= or storage=, or move its contents away yourself")
-        if sorted(p.name for p in entries if p.name not in (SIGNATURE_FILE, MARKER_FILE, RAY_LOG.parts[0])) not in (
+        if sorted(p.name for p in entries if p.name not in (SIGNATURE_FILE, RESERVE_FILE, MARKER_FILE,
+                                                            RAY_LOG.parts[0])) not in (
                 [], [STUDY_FILE]):
             if not overwrite:
                 raise StudyError(f"{folder} already holds a study's results; continue it with `python launch.py "

@@ -11,6 +11,7 @@ ray_setup.py's; the datasets' check and build, inputs.py's.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import re
@@ -27,6 +28,7 @@ from ..algorithms.trainable import OfflineTrainable
 from ..algorithms.trainer import split_members
 from .folder import (check_free_space, check_signature, check_tree, claim_folder, experiment_dir, folder_lock,
                      ray_log_file, sign_folder, state_stamp)
+from .atomic_fs import whole_tune_copies, write_atomic
 from .inputs import check_inputs, ensure_datasets
 from .plan import SweepClock, check_resources, cluster_resources, duration, format_plan, make_plan
 from .ray_setup import check_cluster_storage, init_ray, ray_messages_to, sigterm_as_sigint
@@ -38,6 +40,7 @@ class StudyTrainable(OfflineTrainable):
     """OfflineTrainable fed by a study trial: `config["trial"]` is a TrainConfig dict plus `study` metadata."""
 
     def setup(self, config: dict) -> None:
+        whole_tune_copies()         # this trial process's checkpoint copies into the study folder, whole files
         started = time.perf_counter()
         super().setup(trial_train_config(apply_sampled(config)))
         self.setup_seconds = time.perf_counter() - started     # dataset load, env check, buffer, networks
@@ -81,7 +84,14 @@ class KeepSigned(tune.Callback):
         self._looked = now
         stamp = state_stamp(self.folder)
         if stamp != self._signed:
-            sign_folder(self.folder, self._digests)
+            try:
+                sign_folder(self.folder, self._digests, use_reserve=False)
+            except FileNotFoundError:       # a file renamed while it was read (Tune's copies): the next look signs
+                return
+            except OSError as error:        # a full disk: the driver's last signing uses the reserve
+                if error.errno != errno.ENOSPC:
+                    raise
+                return
             self._signed = stamp
 
 
@@ -185,7 +195,7 @@ def run_study(study: Study, address: str | None = None, use_wandb: bool = True, 
         check_inputs(study)          # before any dataset build: a dataset that cannot be had is said at once
         ensure_datasets(study, log, verbose)
         if isinstance(folder, Path):
-            (folder / STUDY_FILE).write_text(yaml.safe_dump(study.source, sort_keys=False))
+            write_atomic(folder / STUDY_FILE, yaml.safe_dump(study.source, sort_keys=False))
             sign_folder(folder)
         return _run_claimed(study, folder, trials, address, use_wandb, num_cpus, log, callbacks, verbose,
                             plan.iterations)
@@ -198,6 +208,7 @@ def _run_claimed(study: Study, folder, trials: list[dict], address, use_wandb, n
 
 
 def _run_tune(study: Study, folder, trials, address, use_wandb, num_cpus, log, callbacks, verbose, planned):
+    whole_tune_copies()
     init_ray(address, num_cpus, verbose)
     if address or os.environ.get("RAY_ADDRESS"):
         check_resources(study, cluster_resources(), local=False)
@@ -262,6 +273,7 @@ def resume_study(folder: str | Path, address: str | None = None, use_wandb: bool
         study = load_study(folder / STUDY_FILE, resolve=False)
         try:
             with ray_messages_to(None if verbose else ray_log_file(folder, study.name)):
+                whole_tune_copies()
                 init_ray(address, num_cpus, verbose)
                 trainable, _ = _tuner_parts(study)
                 tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True,

@@ -119,7 +119,7 @@ def test_overwrite_clears_the_old_trials_but_keeps_a_dynamics_cache_inside_the_f
         "left", sorted(p.name for p in folder.iterdir())))
     run.run_study(study, log=lambda _: None, overwrite=True)
     assert seen["left"] == sorted([study_folder.LOCK_FILE, study_folder.SIGNATURE_FILE, study_folder.MARKER_FILE,
-                                  STUDY_FILE, "dynamics-cache"])
+                                  study_folder.RESERVE_FILE, STUDY_FILE, "dynamics-cache"])
     assert (cache / "abc" / "model.pt").read_bytes() == b"weights"
 
 
