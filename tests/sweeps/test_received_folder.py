@@ -329,3 +329,18 @@ def test_empty_or_truncated_trial_files_count_as_a_trial_not_started(tmp_path, l
     assert export_best(folder)
     if left != "empty results":
         assert f"{params} is" in capsys.readouterr().err
+
+
+# --- 4. No value fails late ----------------------------------------------------------------------------------------
+
+def test_a_study_leaving_total_updates_at_its_default_plans_without_a_key_error(tmp_path):
+    """The issue's reproduction: `KeyError: 'total_updates'` in the plan of `sweep` and `--dry-run`."""
+    from offline_sweeps.algorithms.trainer import TrainConfig
+    from offline_sweeps.sweeps.plan import format_plan, make_plan
+    study = parse_study({"name": "defaults", "algorithm": "iql", "datasets": ["pendulum/medium-v0"],
+                         "storage": str(tmp_path), "wandb": {"enabled": False}})
+    trial = study.trials()[0]
+    assert trial["total_updates"] == TrainConfig.total_updates and trial["eval_every"] == TrainConfig.eval_every
+    plan = make_plan(study, tmp_path / "defaults", None, 1)
+    assert plan.iterations == [TrainConfig.total_updates // TrainConfig.eval_every]
+    assert any("1,000,000 member-updates" in line for line in format_plan(plan, None))
