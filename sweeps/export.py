@@ -62,6 +62,14 @@ def export_best(folder: str | Path, select: str | None = None, episodes: int | N
         raise StudyError(f"select: {select} needs {needs}" + (" of a return metric to maximize" if select == "bandit"
                                                               else "") + f", which no member of study {study.name} "
                          f"reported; use select online, or a criterion the algorithms report")
+    diverged = {panel for panel, (winner, _) in picks.items() if all(m.diverged for m in winner.members)}
+    for _, algorithm, dataset in sorted(diverged):
+        print(f"warning: {algorithm} on {dataset} not exported: every seed of every setting diverged",
+              file=sys.stderr)
+    picks = {panel: pick for panel, pick in picks.items() if panel not in diverged}
+    if not picks:
+        raise StudyError(f"every seed of every setting of study {study.name} diverged: no config to export; lower the "
+                         f"learning rates or strengthen the constraint (the report's diverged_seeds say where)")
     out = folder / "best"
     refuse_links(out, folder, StudyError)          # a planted best/ link must not redirect the writes
     out.mkdir(exist_ok=True)

@@ -127,7 +127,7 @@ def read_trial(path: Path, study) -> dict | None:
         raise StudyError(f"{path} is not a trial of this project's (a 'trial' mapping with algorithm, dataset, "
                          f"members and study.point); the file is damaged or foreign") from None
     runs = {(part.algorithm, d) for part in study.parts for d in part.datasets}
-    if (algorithm, dataset) not in runs:
+    if not (isinstance(algorithm, str) and isinstance(dataset, str)) or (algorithm, dataset) not in runs:
         raise StudyError(f"{path}: algorithm {str(algorithm)[:80]!r} on dataset {str(dataset)[:200]!r} is not a "
                          f"part of study {study.name} ({', '.join(sorted(f'{a} on {d}' for a, d in runs))})")
     try:

@@ -100,7 +100,8 @@ def _fill_mid_sweep_then_resume(pendulum_datasets, disk, gate, tiny_study):
     filler.join()
     assert "filler" in filled and results.num_errors >= 1          # the full disk failed a trial
     # Every file the sweep left is whole: no zero-byte or partial JSON (Tune's copies are whole files).
-    for path in [*folder.glob("experiment_state-*.json"), *folder.glob("*/params.json")]:   # (basic-variant-state: a pickle)
+    # (basic-variant-state-*.json is a pickle, whatever its name says)
+    for path in [*folder.glob("experiment_state-*.json"), *folder.glob("*/params.json")]:
         assert path.stat().st_size > 0, path
         json.loads(path.read_text())
     study_folder.check_signature(folder)            # the driver signed it, full disk and all (the reserve)
