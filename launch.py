@@ -371,7 +371,8 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--no-wandb", action="store_true", help="do not log to Weights & Biases")
         sub.add_argument("--num-cpus", type=_whole(1, 4096), help="CPUs of the embedded local Ray (default: all)")
     run.add_argument("--overwrite", action="store_true",
-                     help="clear the study folder's earlier results first (a sweep into a non-empty folder is refused)")
+                     help="clear the study folder's earlier results first (a sweep into a non-empty folder is refused; "
+                          "only a folder a sweep marked as a study's is ever cleared)")
     run.add_argument("--dry-run", action="store_true",
                      help="print the plan (trials, resources, datasets to build, estimated time) and exit: no Ray, "
                           "no dataset build, no folder")
