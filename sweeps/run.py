@@ -82,17 +82,18 @@ class KeepSigned(tune.Callback):
         if now - self._looked < self.every:
             return
         self._looked = now
-        stamp = state_stamp(self.folder)
-        if stamp != self._signed:
-            try:
+        try:
+            stamp = state_stamp(self.folder)
+            if stamp != self._signed:
                 sign_folder(self.folder, self._digests, use_reserve=False)
-            except FileNotFoundError:       # a file renamed while it was read (Tune's copies): the next look signs
-                return
-            except OSError as error:        # a full disk: the driver's last signing uses the reserve
-                if error.errno != errno.ENOSPC:
-                    raise
-                return
-            self._signed = stamp
+                self._signed = stamp
+        except FileNotFoundError:       # a file renamed while it was read (Tune's copies): the next look signs
+            return
+        except StudyError:              # a link or special file appeared: left unsigned, the last signing says so
+            return
+        except OSError as error:        # a full disk: the driver's last signing uses the reserve
+            if error.errno != errno.ENOSPC:
+                raise
 
 
 def wandb_callbacks(study: Study, enabled: bool, verbose: bool = False, log: Callable[[str], None] = print) -> list:

@@ -344,3 +344,16 @@ def test_a_study_leaving_total_updates_at_its_default_plans_without_a_key_error(
     plan = make_plan(study, tmp_path / "defaults", None, 1)
     assert plan.iterations == [TrainConfig.total_updates // TrainConfig.eval_every]
     assert any("1,000,000 member-updates" in line for line in format_plan(plan, None))
+
+
+def test_a_link_planted_while_a_sweep_runs_is_never_signed(tmp_path):
+    """KeepSigned leaves the folder unsigned (and the sweep running); the driver's last signing and any resume
+    then refuse it in one line."""
+    folder = study_folder_at(tmp_path)
+    before = (folder / study_folder.SIGNATURE_FILE).read_bytes()
+    trial = next(folder.glob("abcd0000_*"))
+    (trial / "planted").symlink_to(tmp_path, target_is_directory=True)
+    run.KeepSigned(folder, every=0.0).on_step_end(iteration=1, trials=[])
+    assert (folder / study_folder.SIGNATURE_FILE).read_bytes() == before
+    with pytest.raises(StudyError, match="is a symlink"):
+        study_folder.sign_folder(folder)
