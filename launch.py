@@ -225,8 +225,8 @@ def dataset_make(args: argparse.Namespace) -> None:
                             transitions=args.transitions, medium_return=args.medium_return,
                             expert_return=args.expert_return, expert=args.expert, sac_steps=args.sac_steps,
                             sac_start_steps=args.sac_start_steps, sac_hidden=args.sac_hidden,
-                            eval_every=args.eval_every, num_envs=args.num_envs, seed=args.seed,
-                            overwrite=args.overwrite)
+                            eval_every=args.eval_every, num_envs=args.num_envs,
+                            reference_scores=args.reference_scores, seed=args.seed, overwrite=args.overwrite)
     ds.build(config, make_agent=OnlineSAC)
 
 
@@ -435,6 +435,9 @@ def parser() -> argparse.ArgumentParser:
     make.add_argument("--sac-hidden", type=_ints, default=(256, 256), help="SAC hidden sizes, e.g. 256,256")
     make.add_argument("--eval-every", type=int, default=5_000, help="online steps between evaluations")
     make.add_argument("--num-envs", type=_whole(1, 256), default=10, help="envs stepped together when collecting (at most 256)")
+    make.add_argument("--reference-scores", choices=("auto", "d4rl", "measured"), default="auto",
+                      help="ref_min/ref_max_score: D4RL's random and expert returns (Hopper, HalfCheetah, Walker2d), "
+                           "or measured here from the random policy and the expert; auto: d4rl where D4RL has the env")
     make.add_argument("--seed", type=_whole(0, 2**63 - 1), default=0)
     make.add_argument("--threads", type=_whole(0, 1024), default=0, help="torch threads (default: torch's own choice)")
     make.add_argument("--overwrite", action="store_true", help="replace datasets of the same id")

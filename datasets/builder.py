@@ -5,8 +5,10 @@ from its policy frozen part-way (here: when its evaluation return first reaches 
 "expert" data from the policy trained further (to `expert_return`) or from a scripted controller,
 "medium-replay" is the agent's replay buffer up to the medium point, "medium-expert" the union of
 medium and expert data, and "random" comes from uniform actions. Every dataset records
-ref_min_score (the random policy's mean return) and ref_max_score (the expert's mean return, acting
-deterministically), so normalized scores work, and the behaviour policy's own mean return.
+ref_min_score and ref_max_score, so normalized scores work, and the behaviour policy's own mean return. For
+Hopper, HalfCheetah and Walker2d they are D4RL's reference returns by default (presets.py), so that scores read on
+the scale of the published tables; elsewhere (or with `reference_scores="measured"`) the random policy's mean
+return and the expert's, acting deterministically, measured here.
 
 Datasets are written under a hidden staging folder and renamed into place once complete, so an
 interrupted build never leaves a dataset that looks whole. The HDF5 writing runs in a forked child process,
@@ -38,18 +40,11 @@ from .agent import AgentFactory, BehaviourPolicy
 from .buffer import TransitionBuffer
 from .controllers import SCRIPTED_CONTROLLERS
 from .loading import DatasetError, datasets_root, flat_dim, local_dataset_ids
+from .presets import PRESETS, REFERENCE_SCORES, d4rl_reference_scores
 from .progress import Progress
 from .rollout import Episode, Policy, make_env, random_policy, rollout, time_limit
 
 KINDS = ("random", "medium", "expert", "medium-replay", "medium-expert")
-
-# Targets for the SAC behaviour policy on envs we know. D4RL's medium agents score about a third of
-# the way from random to expert; these are set the same way from returns measured here.
-# Pendulum learns within a few thousand steps, so it is evaluated often enough to catch the medium point.
-PRESETS: dict[str, dict[str, float]] = {
-    "Pendulum-v1": {"medium_return": -800.0, "expert_return": -200.0, "eval_every": 250},
-    "Hopper-v5": {"medium_return": 1000.0, "expert_return": 2500.0, "eval_every": 5_000},
-}
 
 
 MAX_NUM_ENVS = 256     # more envs than this in one SyncVectorEnv only costs memory and start-up time
@@ -78,6 +73,8 @@ class BuildConfig:
     eval_episodes: int = 10
     ref_episodes: int = 20
     num_envs: int = 10                     # envs stepped together when collecting (at most MAX_NUM_ENVS)
+    reference_scores: str = "auto"         # "d4rl": D4RL's random/expert returns; "measured": ours; "auto": d4rl
+                                           # where D4RL has the robot (Hopper, HalfCheetah, Walker2d), else measured
     seed: int = 0
     overwrite: bool = False
 
@@ -109,10 +106,17 @@ class BuildConfig:
             self.medium_return = preset.get("medium_return")
         if self.expert_return is None and self.expert == "sac":
             self.expert_return = preset.get("expert_return")
+        if self.reference_scores not in REFERENCE_SCORES:
+            raise DatasetError(f"reference_scores={self.reference_scores!r}: choose one of {', '.join(REFERENCE_SCORES)}")
+        if self.reference_scores == "d4rl" and d4rl_reference_scores(self.env_id) is None:
+            raise DatasetError(f"D4RL has no reference scores for {self.env_id} (it has Hopper, HalfCheetah, "
+                               f"Walker2d): use --reference-scores measured")
+        if self.reference_scores == "auto":
+            self.reference_scores = "d4rl" if d4rl_reference_scores(self.env_id) is not None else "measured"
         if self.needs_medium and self.medium_return is None:
             raise DatasetError(f"no medium_return known for {self.env_id}: pass --medium-return R, the evaluation "
                                f"return at which the SAC behaviour policy is frozen for medium data")
-        if self.expert == "sac" and self.expert_return is None:
+        if self.needs_expert and self.expert == "sac" and self.expert_return is None:
             raise DatasetError(f"no expert_return known for {self.env_id}: pass --expert-return R (the expert "
                                f"defines ref_max_score for normalized scores)")
         if self.name is None:
@@ -121,6 +125,11 @@ class BuildConfig:
     @property
     def needs_medium(self) -> bool:
         return bool({"medium", "medium-replay", "medium-expert"} & set(self.kinds))
+
+    @property
+    def needs_expert(self) -> bool:
+        """An expert policy is needed for expert data, or to measure ref_max_score."""
+        return bool({"expert", "medium-expert"} & set(self.kinds)) or self.reference_scores == "measured"
 
     def dataset_id(self, kind: str) -> str:
         return f"{self.name}/{kind}-v{self.version}"
@@ -171,7 +180,7 @@ def train_sac(config: BuildConfig, log: Callable[[str], None], trace: bool = Tru
     targets = {}
     if config.needs_medium:
         targets["medium"] = config.medium_return
-    if config.expert == "sac":
+    if config.expert == "sac" and config.needs_expert:
         targets["expert"] = config.expert_return
     torch.manual_seed(config.seed)
     env = make_env(config.env_id)
@@ -439,21 +448,31 @@ def _build(config: BuildConfig, log: Callable[[str], None], built: list[BuiltDat
     started = time.perf_counter()
     log(f"Building {', '.join(config.dataset_id(k) for k in config.kinds)} from {config.env_id}")
     random_act = random_policy(env.action_space, config.seed)
-    ref_min = mean_return(config.env_id, random_act, config.ref_episodes, config.seed + 20_000)
-    if trace:
-        log(f"  random policy: mean return {ref_min:.1f} over {config.ref_episodes} episodes (ref_min_score)")
+    measured = config.reference_scores == "measured"
+    if measured:
+        ref_min = mean_return(config.env_id, random_act, config.ref_episodes, config.seed + 20_000)
+        if trace:
+            log(f"  random policy: mean return {ref_min:.1f} over {config.ref_episodes} episodes (ref_min_score)")
+    else:
+        ref_min, ref_max = d4rl_reference_scores(config.env_id)
+        if trace:
+            log(f"  D4RL's reference returns (d4rl infos.py): random {ref_min}, expert {ref_max}")
 
-    snapshots = train_sac(config, log, trace, make_agent) if config.needs_medium or config.expert == "sac" else {}
+    needs_sac = config.needs_medium or (config.expert == "sac" and config.needs_expert)
+    snapshots = train_sac(config, log, trace, make_agent) if needs_sac else {}
+    expert_act = expert_data_act = None
+    expert_name = "no expert"
     if config.expert == "scripted":
         expert_act = expert_data_act = SCRIPTED_CONTROLLERS[config.env_id]
         expert_name = f"scripted controller ({expert_act.__name__})"
-    else:
+    elif config.needs_expert:
         expert_act = sac_policy(snapshots["expert"].policy, deterministic=True)
         expert_data_act = sac_policy(snapshots["expert"].policy, deterministic=False)
         expert_name = f"SAC frozen at step {snapshots['expert'].step}"
-    ref_max = mean_return(config.env_id, expert_act, config.ref_episodes, config.seed + 30_000)
-    if trace:
-        log(f"  expert ({expert_name}): mean return {ref_max:.1f} (ref_max_score)")
+    if measured:
+        ref_max = mean_return(config.env_id, expert_act, config.ref_episodes, config.seed + 30_000)
+        if trace:
+            log(f"  expert ({expert_name}): mean return {ref_max:.1f} (ref_max_score)")
 
     # Whole episodes: each env finishes its last one. Fewer envs for a small request, so `transitions`
     # is rounded up to the next whole episode or so, not to one episode per env (transitions 1 wrote 2000).
@@ -490,7 +509,8 @@ def _build(config: BuildConfig, log: Callable[[str], None], built: list[BuiltDat
         returns = np.array([e.ret for e in episodes])
         dataset_id = config.dataset_id(kind)
         metadata = {"behavior_policy": name, "behavior_mean_return": float(returns.mean()),
-                    "behavior_std_return": float(returns.std()), "builder_config": asdict(config)}
+                    "behavior_std_return": float(returns.std()), "reference_scores": config.reference_scores,
+                    "builder_config": asdict(config)}
         write_dataset(dataset_id, config.env_id, episodes, ref_min, ref_max, metadata, config.overwrite)
         seconds = time.perf_counter() - kind_started
         built.append(BuiltDataset(dataset_id, len(episodes), int(sum(len(e) for e in episodes)), float(returns.mean()),

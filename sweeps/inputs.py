@@ -73,9 +73,11 @@ def ensure_datasets(study: Study, log: Callable[[str], None] = print, verbose: b
         by_name.setdefault((name, version), []).append(kind)
     for (name, version), kinds in by_name.items():
         settings = dict(study.build)
-        env = settings.pop("env", None)
+        settings.pop("env", None)
+        env = study.build_env(f"{name}/{kinds[0]}-v{version}")
         if not env:
-            raise StudyError("build.env: name the Gymnasium env to build missing datasets from")
+            raise StudyError(f"build.env: name the Gymnasium env to build {name}/... from (without it, only the names "
+                             f"of the builder's presets are known: hopper, halfcheetah, walker2d, pendulum)")
         try:
             config = BuildConfig(env_id=env, name=name, version=version, kinds=tuple(kinds), **settings)
         except TypeError as error:

@@ -104,7 +104,7 @@ def dataset_status(study: Study) -> dict[str, str]:
             status[dataset] = "local"
         elif study.build:
             transitions = study.build.get("transitions")
-            status[dataset] = (f"missing: built first from {study.build.get('env')}"
+            status[dataset] = (f"missing: built first from {study.build_env(dataset)}"
                                + (f" ({transitions:,} transitions)" if isinstance(transitions, int) else ""))
         else:
             status[dataset] = "missing: downloaded by Minari"
@@ -209,10 +209,10 @@ def problem_dims(dataset: str, study: Study) -> tuple[int, int]:
             return tuple(math.prod(space["shape"]) for space in spaces)
         except (OSError, ValueError, KeyError, TypeError):
             continue
-    if study.build and study.build.get("env"):
+    if study.build_env(dataset):
         try:
             import gymnasium as gym
-            env = gym.make(study.build["env"])
+            env = gym.make(study.build_env(dataset))
             dims = (math.prod(env.observation_space.shape), math.prod(env.action_space.shape))
             env.close()
             return dims

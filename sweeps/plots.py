@@ -25,7 +25,9 @@ def plot_sensitivity(study, rows: list[dict], runs: list[MemberRun], path: Path)
     """One column of panels per (algorithm, knob): the metric (top) and Q overestimation (bottom) against
     the knob, the x-axis running from weaker to stronger constraint (the learner's `CONSTRAINT_KNOBS`), log
     scale when the grid is log-spaced. Per-seed points (x: a diverged seed, at the failure level) under the
-    mean and its 95% CI; a mean whose CI cannot be computed is drawn hollow, without a bar."""
+    mean and its 95% CI; a mean whose CI cannot be computed is drawn hollow, without a bar. The study's `reference:`
+    entries are black stars at their knob value (on a panel without a knob axis, at 0), labelled with the dataset
+    they were published on: the papers' points on the user's own curve."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -55,6 +57,7 @@ def plot_sensitivity(study, rows: list[dict], runs: list[MemberRun], path: Path)
                     for m in members_of[id(row)]:
                         if math.isfinite(value(m)) or (ax is ax_metric and m.diverged):
                             ax.plot(x, value(m), "x" if m.diverged else ".", color=color, alpha=0.6, ms=6)
+        _published_markers(ax_metric, study, algorithm, knob)
         direction = ALGORITHMS[algorithm].CONSTRAINT_KNOBS.get(knob) if algorithm in ALGORITHMS else None
         all_x = sorted({p[0] for points in lines.values() for p in points})
         for ax in (ax_metric, ax_q):
@@ -74,6 +77,21 @@ def plot_sensitivity(study, rows: list[dict], runs: list[MemberRun], path: Path)
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
+
+
+def _published_markers(ax, study, algorithm: str, knob: str) -> None:
+    """The `reference:` entries of `algorithm` on `knob`'s panel (entries without a knob on a panel without a knob
+    axis), as black stars, the first labelled for the legend."""
+    entries = [e for e in getattr(study, "reference", ()) if e.algorithm == algorithm
+               and ((e.knob is not None and e.knob[0] == knob) or (e.knob is None and knob == "(single setting)")
+                    or (e.knob is not None and knob == "(single setting)"))]
+    for n, entry in enumerate(entries):
+        x = entry.knob[1] if entry.knob is not None and entry.knob[0] == knob else 0.0
+        budget = f", {entry.budget:,} updates" if entry.budget else ""
+        ax.plot(x, entry.value, "*", color="black", ms=12, ls="none",
+                label="published (see report; often another budget)" if n == 0 else None)
+        ax.annotate(f"{entry.published_dataset or entry.dataset}{budget}", (x, entry.value), fontsize=6,
+                    xytext=(4, 4), textcoords="offset points")
 
 
 def plot_learning_curves(study, rows: list[dict], runs: list[MemberRun], path: Path) -> None:

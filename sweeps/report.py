@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .atomic_fs import refuse_links, write_atomic
 from .plots import plot_bandit, plot_eop, plot_learning_curves, plot_profiles, plot_sensitivity
+from .reference import published_columns
 from .results import collect_studies
 from .selection import bandit, ranking, selection
 from .study import SELECTION_METRICS, StudyError
@@ -33,6 +34,9 @@ def write_report(folders, out: str | Path | None = None) -> dict[str, Path]:
     folders = [Path(f).expanduser().resolve() for f in ([folders] if isinstance(folders, (str, Path)) else folders)]
     study, runs = collect_studies(folders)
     rows = summarize(study, runs)
+    budgets = {(m.algorithm, m.dataset): m.trial_config.get("total_updates") for m in runs}
+    for row in rows:
+        row.update(published_columns(study.reference, row, budgets.get((row["algorithm"], row["dataset"]))))
     if out:
         out = Path(out).expanduser().resolve()
     elif len(folders) == 1:
@@ -51,7 +55,8 @@ def write_report(folders, out: str | Path | None = None) -> dict[str, Path]:
     table += [("last: mean [95% CI]", "last_mean", "last_mean_ci"), ("last: IQM [95% CI]", "last_iqm", "last_iqm_ci"),
               ("last: mean of survivors only", "last_mean_survivors", None),
               ("best: mean [95% CI]", "best_mean", "best_mean_ci"), ("best: IQM [95% CI]", "best_iqm", "best_iqm_ci"),
-              ("Q overestimation, survivors [95% CI]", "q_overestimation_mean_survivors", "q_overestimation_ci")]
+              ("Q overestimation, survivors [95% CI]", "q_overestimation_mean_survivors", "q_overestimation_ci"),
+              ("updates/s", "updates_per_second", None)]
     lines = [f"# {study.name}", "", study.description or "", "",
              f"Metric `{study.metric}` ({study.mode}); the study optimizes the **{study.optimize}** evaluation. "
              f"Per setting: `seeds` reported, `finished` their whole budget, `diverged` (`diverged_seeds`: "
@@ -61,11 +66,13 @@ def write_report(folders, out: str | Path | None = None) -> dict[str, Path]:
              "). Means and IQMs (interquartile means) carry 95% percentile-bootstrap CIs over seeds "
              "(`[nan, nan]`: fewer than two seeds, no CI); the mean of survivors only is shown for reference "
              "and ranks nothing. Q overestimation is the learned Q minus the Monte-Carlo return at the visited "
-             "states, over the survivors.", "",
+             "states, over the survivors. updates/s: gradient updates per second of the setting's trials (each "
+             "updates its whole packed population at once), averaged over their evaluations.", "",
              "| " + " | ".join(title for title, _, _ in table) + " |", "|" + "---|" * len(table)]
     for row in rows:
         lines.append("| " + " | ".join(_cell(row.get(key)) + (f" [{_cell(row[ci + '_low'])}, {_cell(row[ci + '_high'])}]"
                                                              if ci else "") for _, key, ci in table) + " |")
+    lines += _published_lines(study, rows, budgets)
     lines += ["", "## Winners", "",
               "Per algorithm and dataset, the setting of the highest mean (diverged seeds at the failure level), "
               "as `export` writes it by default, and how far the seeds let it be told apart from the rest. It is "
@@ -126,6 +133,40 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(path, text.getvalue())
+
+
+def _published_lines(study, rows: list[dict], budgets: dict) -> list[str]:
+    """report.md's section putting the study's `reference:` values beside the measured scores (none without one)."""
+    matched = [row for row in rows if "published_value" in row]
+    if not study.reference:
+        return []
+    score = study.optimize
+    lines = ["", "## Beside the published scores", "",
+             f"The study's `reference:` entries next to the setting each was published for: the measured {score} "
+             f"`{study.metric}` (IQM and mean over seeds with 95% bootstrap CIs, diverged seeds at the failure level), "
+             f"Q overestimation and updates/s, and the published value with its source. **A published value marked "
+             f"\"different budget\" was trained for another number of updates than this study** (usually 1M against "
+             f"a CPU budget of a few thousand): it shows where the curve is headed, not what this budget should reach.",
+             "", "| algorithm | dataset | setting | measured IQM [95% CI] | measured mean [95% CI] | Q overestimation | "
+             "updates/s | published | published on | published budget | source |", "|" + "---|" * 11]
+    knobs = sorted(knob_names(rows))
+    for row in matched:
+        setting = ", ".join(f"{k}={row[k]}" for k in knobs if k in row) or "-"
+        budget = row["published_budget"]
+        budget_cell = (f"{budget:,} updates" if budget != "" else "not given") + (
+            f" (different budget: this study {budgets.get((row['algorithm'], row['dataset'])):,})"
+            if row["published_different_budget"] else "")
+        lines.append(f"| {row['algorithm']} | {row['dataset']} | {setting} | {_cell(row[score + '_iqm'])} "
+                     f"[{_cell(row[score + '_iqm_ci_low'])}, {_cell(row[score + '_iqm_ci_high'])}] | "
+                     f"{_cell(row[score + '_mean'])} [{_cell(row[score + '_mean_ci_low'])}, "
+                     f"{_cell(row[score + '_mean_ci_high'])}] | {_cell(row['q_overestimation_mean_survivors'])} | "
+                     f"{_cell(row['updates_per_second'])} | {_cell(row['published_value'])} | "
+                     f"{row['published_dataset'] or '-'} | {budget_cell} | {row['published_source']} |")
+    unmatched = [entry for entry in study.reference if not any(entry.matches(row) for row in rows)]
+    lines += [f"- no setting was measured for the entry {entry.algorithm} on {entry.dataset}"
+              + (f" at {entry.knob[0]}={entry.knob[1]:g}" if entry.knob else "") + f" ({entry.source})"
+              for entry in unmatched]
+    return lines
 
 
 def _selection_lines(study, chosen: list[dict], curves: list[dict], several: bool) -> list[str]:

@@ -49,7 +49,8 @@ class MemberRun:
     best: float = math.nan   # the best evaluation so far, failure-scored the same way
     failure: float = math.nan  # the failure level it was scored with
     failure_rule: str = ""     # how that level was chosen
-    curves: dict = field(default_factory=dict)   # per evaluation: "eval/q_overestimation", "eval/q_mean"
+    curves: dict = field(default_factory=dict)   # per evaluation: "eval/q_overestimation", "eval/q_mean",
+    # "updates_per_second" (the trial's, shared by its members)
     study: str = ""            # the study's name
     ope: dict = field(default_factory=dict)      # {"ope/fqe_value": its last reported value, ...} (nan: none)
     episodes: np.ndarray = field(default_factory=lambda: np.empty(0))   # the metric per episode of its last
@@ -236,6 +237,7 @@ def collect_studies(folders) -> tuple[object, list[MemberRun]]:
         studies.append(study)
         frame = _frame(study, trials)
         numbers = {key: _column(frame, key) for key in (study.metric, "diverged", "eval/q_overestimation", "updates",
+                                                        "updates_per_second",
                                                         "eval/return", "eval/normalized_return", "eval/q_mean",
                                                         *(key for key, _ in SELECTION_METRICS.values()))}
         by_name = {name: trial for name, trial, _ in trials}
@@ -250,7 +252,8 @@ def collect_studies(folders) -> tuple[object, list[MemberRun]]:
                 int(diverged[0]) + 1 if len(diverged) else None,
                 bool(numbers["updates"][index][-1] >= config.get("total_updates", TrainConfig.total_updates)),
                 len(index), config, member, study=study.name,
-                curves={key: numbers[key][index] for key in ("eval/q_overestimation", "eval/q_mean")},
+                curves={key: numbers[key][index] for key in ("eval/q_overestimation", "eval/q_mean",
+                                                             "updates_per_second")},
                 ope={key: _last_finite(numbers[key][index]) for key, _ in SELECTION_METRICS.values()},
                 episodes=_episodes(frame, episode_key, index)))
             normalization[config["dataset"]] += list(zip(numbers["eval/return"][index],

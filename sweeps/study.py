@@ -113,7 +113,18 @@ class Study:
     searcher: str = "default"            # default: the expansion below; optuna: Optuna picks the random axes
     select: str = "online"               # export's default criterion (SELECT_CRITERIA)
     source: dict = dataclasses.field(default_factory=dict)   # the merged YAML, as written to the study folder
+    reference: tuple = ()                # published scores shown beside the measured ones (reference.Reference)
     interpolated: tuple = ()             # keys whose ${...} interpolations were resolved (e.g. ${oc.env:VAR})
+
+    def build_env(self, dataset_id: str) -> str | None:
+        """The env `build:` builds a missing `dataset_id` (`<name>/<kind>-v<N>`) from: `build.env`, else the preset env
+        its name stands for (`hopper` -> Hopper-v5, datasets/presets.py), so one study builds several envs' sets."""
+        if not isinstance(self.build, dict):
+            return None
+        if self.build.get("env"):
+            return self.build["env"]
+        from ..datasets.presets import preset_env
+        return preset_env(dataset_id.split("/")[0])
 
     def sampled_axes(self) -> list[Axis]:
         """With `searcher: optuna`, the axes Optuna chooses trial by trial (the choice/uniform/loguniform ones)."""
@@ -127,8 +138,10 @@ class Study:
         rng = np.random.default_rng(self.search_seed)
         trials = []
         for part_index, part in enumerate(self.parts):
+            # Errors name the part where the study has `parts:` (the first one too).
+            where = f"parts[{part_index}]." if "parts" in self.source or len(self.parts) > 1 else ""
             for dataset in part.datasets:
-                trials.extend(_part_trials(part, part_index, dataset, rng, self.searcher == "optuna"))
+                trials.extend(_part_trials(part, part_index, dataset, rng, self.searcher == "optuna", where))
         return trials
 
 
@@ -139,7 +152,7 @@ def knob_text(key: str, value) -> str:
 
 
 def _part_trials(part: Part, part_index: int, dataset: str, rng: np.random.Generator,
-                 optuna: bool = False) -> list[dict]:
+                 optuna: bool = False, where: str = "") -> list[dict]:
     grid_axes = [axis for axis in part.axes if axis.is_grid]
     random_axes = [axis for axis in part.axes if not axis.is_grid]
     points = []
@@ -171,7 +184,7 @@ def _part_trials(part: Part, part_index: int, dataset: str, rng: np.random.Gener
         try:
             TrainConfig.from_dict(config).member_configs()
         except (ValueError, TypeError) as error:     # TypeError: a value of a type no check foresaw
-            raise StudyError(f"{'parts[%d].' % part_index if part_index else ''}train/search: {error}") from error
+            raise StudyError(f"{where}train/search: {error}") from error
         config["study"] = {"part": part_index, "axes": [a.key for a in part.axes], "pack": part.pack,
                            "point": {k: v for k, v in group[0].items() if k not in part.pack}}
         trials.append(config)

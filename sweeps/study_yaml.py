@@ -23,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..algorithms import ALGORITHMS
 from ..algorithms.trainer import TrainConfig
+from .reference import parse_references
 from .study import SELECT_CRITERIA, Axis, Part, Study, StudyError
 
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform")
@@ -30,7 +31,7 @@ TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} - {"algorithm", "
 PART_KEYS = {"algorithm", "datasets", "train", "search", "seeds", "pack", "num_samples"}
 TOP_KEYS = PART_KEYS | {"name", "description", "parts", "search_seed", "build", "resources", "scheduler", "metric",
                         "mode", "optimize", "wandb", "storage", "max_failures", "checkpoint_every", "keep_checkpoints",
-                        "searcher", "select"}
+                        "searcher", "select", "reference"}
 SCHEDULERS = ("none", "asha")
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")         # one path component, never '.', '..' or hidden
 MAX_NAME = 100                                                  # file names stop at 255 bytes
@@ -44,6 +45,20 @@ CRITIC_METRICS = {"eval/q_mean", "eval/mc_return_mean", "eval/q_overestimation",
 MODEL_METRICS = {"eval/model_return", "model/holdout_nll", "model/uncertainty_mean", "rollout/reward_mean",
                  "model/loaded_from_cache"}
 SEARCHERS = ("default", "optuna")
+
+
+def scaled_steps(value, fraction) -> int:
+    """The `times` resolver: `${times:${train.total_updates},0.3}` is round(total_updates * 0.3), so a phase of a
+    run (BRAC's behaviour fit, a warm start) keeps its share of the budget when `train.total_updates` is overridden."""
+    if not (_number(value) and _number(fraction)) or value < 0 or fraction < 0:
+        raise ValueError(f"times: {value!r} and {fraction!r} must be non-negative numbers")
+    return int(round(float(value) * float(fraction)))
+
+
+if hasattr(OmegaConf, "register_resolver"):         # OmegaConf 2.4 (register_new_resolver is deprecated there)
+    OmegaConf.register_resolver("times", scaled_steps, replace=True, annotation_validation="off")
+else:
+    OmegaConf.register_new_resolver("times", scaled_steps, replace=True)
 
 
 @functools.lru_cache(maxsize=None)
@@ -150,7 +165,10 @@ def parse_study(values: dict[str, Any]) -> Study:
         if not isinstance(part_values, dict):
             raise StudyError(f"{where.rstrip('.')}: must be a mapping")
         _reject_unknown(part_values, PART_KEYS, where)
-        parts.append(_parse_part({**shared, **part_values}, where))
+        merged = {**shared, **part_values}
+        if isinstance(shared.get("train"), dict) and isinstance(part_values.get("train"), dict):
+            merged["train"] = _merge_train(shared["train"], part_values["train"])
+        parts.append(_parse_part(merged, where))
     study = Study(name=name, parts=parts, description=str(values.get("description", "")),
                   search_seed=_integer(values, "search_seed", 0, minimum=0), build=values.get("build"),
                   source=copy.deepcopy(values))
@@ -176,10 +194,21 @@ def parse_study(values: dict[str, Any]) -> Study:
         raise StudyError("build: must be a mapping of dataset-builder settings (env, transitions, ...)")
     study.searcher = _one_of(values.get("searcher", "default"), SEARCHERS, "searcher")
     study.select = _one_of(values.get("select", "online"), SELECT_CRITERIA, "select")
+    study.reference = parse_references(values.get("reference"))
     if study.searcher == "optuna":
         _check_optuna(study)
     study.trials()   # expanding validates packing against each algorithm
     return study
+
+
+def _merge_train(shared: dict, own: dict) -> dict:
+    """A part's `train:` over the study's: the part's keys win, and mappings (`algo`, `model`, `fqe`) merge one level
+    down, so a `train.total_updates=...` override reaches every part that does not set it itself."""
+    merged = {**shared, **own}
+    for key, value in own.items():
+        if isinstance(value, dict) and isinstance(shared.get(key), dict):
+            merged[key] = {**shared[key], **value}
+    return merged
 
 
 def _check_optuna(study: Study) -> None:

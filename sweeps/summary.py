@@ -22,7 +22,8 @@ from .statistics import (bootstrap_ci, iqm, probability_of_improvement, probabil
 def summarize(study, runs: list[MemberRun]) -> list[dict]:
     """One row per setting: its seeds (finished, diverged, used), the failure level, and for the last and
     best evaluation the mean and IQM with their 95% bootstrap CIs (diverged seeds at the failure level)
-    and the plain mean over the survivors; Q overestimation over the survivors."""
+    and the plain mean over the survivors; Q overestimation over the survivors; the updates per second of the
+    setting's trials (each a packed population), averaged over their evaluations."""
     rows, several = [], len({run.study for run in runs}) > 1
     for setting in settings(runs):
         members = setting.members
@@ -45,6 +46,9 @@ def summarize(study, runs: list[MemberRun]) -> list[dict]:
         q = [m.q_overestimation for m in members if not m.diverged and math.isfinite(m.q_overestimation)]
         row["q_overestimation_mean_survivors"] = float(np.mean(q)) if q else math.nan
         row["q_overestimation_ci_low"], row["q_overestimation_ci_high"] = bootstrap_ci(q)
+        speeds = [np.nanmean(m.curves["updates_per_second"]) for m in members
+                  if np.isfinite(m.curves.get("updates_per_second", np.empty(0))).any()]
+        row["updates_per_second"] = float(np.mean(speeds)) if speeds else math.nan
         rows.append(row)
     return rows
 
@@ -55,8 +59,9 @@ SUMMARY_COLUMNS = ("seeds", "finished", "diverged", "used", "diverged_seeds", "f
 
 def knob_names(rows: list[dict]) -> set[str]:
     """The knob columns of `summarize`'s rows."""
-    fixed = {"study", "algorithm", "dataset", *SUMMARY_COLUMNS}
-    return {k for row in rows for k in row if k not in fixed and not k.startswith(("last_", "best_", "q_overestimation"))}
+    fixed = {"study", "algorithm", "dataset", "updates_per_second", *SUMMARY_COLUMNS}
+    return {k for row in rows for k in row if k not in fixed
+            and not k.startswith(("last_", "best_", "q_overestimation", "published_"))}
 
 
 def aggregate(study, runs: list[MemberRun]) -> tuple[list[dict], list[str]]:

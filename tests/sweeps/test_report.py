@@ -32,7 +32,7 @@ DATASET = "pendulum/medium-v0"
 
 def write_study(folder: Path, values: dict, curves: dict, diverged: dict = {}, iterations: int = 3) -> Path:
     """A study folder as Tune leaves it: study.yaml, and per trial params.json and result.json, whose rows
-    are what `flatten_members` makes. `curves[(knob value, seed)]`: the normalized return per iteration
+    are what `flatten_members` makes (trial n updates at 100 (n + 1) updates/s). `curves[(knob value, seed)]`: the normalized return per iteration
     (the raw return is 10 * normalized - 1000, so the random level is -1000); `diverged[(knob value, seed)]`:
     the iteration from which the member is diverged (nan metrics)."""
     study = parse_study({"name": "synthetic", "datasets": [DATASET], "pack": ["seed"], "storage": str(folder.parent),
@@ -50,7 +50,8 @@ def write_study(folder: Path, values: dict, curves: dict, diverged: dict = {}, i
             per_member = {"eval/normalized_return": normalized, "eval/return": 10 * normalized - 1000,
                           "eval/q_overestimation": np.where(dead, np.nan, 5.0), "eval/q_mean": normalized + 5,
                           "diverged": dead.astype(float)}
-            rows.append({**flatten_members(per_member), "updates": 10 * i, "training_iteration": i,
+            rows.append({**flatten_members(per_member), "updates": 10 * i, "updates_per_second": 100.0 * (n + 1),
+                         "training_iteration": i,
                          "members_diverged": int(dead.sum()), "done": i == iterations})
         trial_dir = folder / f"trial_{n:02d}"
         trial_dir.mkdir()

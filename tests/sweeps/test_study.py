@@ -101,3 +101,11 @@ def test_optuna_study_is_one_template_trial_with_the_sampled_axes_left_to_optuna
                          "search": {"expectile": {"uniform": [0.5, 0.9]}, "hidden": {"choice": [[16], [32]]}}})
     assert len(study.trials()) == 1 and len(study.trials()[0]["members"]) == 3
     assert {axis.key for axis in study.sampled_axes()} == {"expectile", "hidden"}
+
+
+def test_an_error_in_the_first_part_names_it():
+    """It named parts[1] and later, never parts[0] (`if part_index` was false for the first)."""
+    values = {"name": "p", "datasets": ["pendulum/medium-v0"], "wandb": {"enabled": False},
+              "parts": [{"algorithm": "bc", "train": {"model": {"seed": 0}}}, {"algorithm": "mopo"}]}
+    with pytest.raises(StudyError, match=r"^parts\[0\]\.train/search: model: settings are for model-based"):
+        parse_study(values)
