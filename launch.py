@@ -86,6 +86,19 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in _csv(text))
 
 
+def _whole(low: int, high: int):
+    """An argparse type: a whole number from `low` to `high`, else argparse's one-line error."""
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} must be from {low:,} to {high:,}")
+        return value
+    return whole
+
+
 def _log_report(folder, paths, use_wandb: bool, verbose: bool = False) -> None:
     from offline_sweeps.sweeps.study import STUDY_FILE
     from offline_sweeps.sweeps.study_yaml import load_study
@@ -124,7 +137,7 @@ def _finish_study(results, folder, use_wandb: bool = True, verbose: bool = False
     errors, unfinished = results.num_errors, unfinished_trials(results)
     print(f"\n{len(results)} trial(s): {len(results) - errors - len(unfinished)} finished, {errors} failed, "
           f"{len(unfinished)} unfinished; results in {folder}")
-    if any(r.metrics for r in results):
+    if any(r.metrics for r in results) and errors < len(results):
         paths = write_report(folder)
         print("\n".join(_summary(paths["markdown"].read_text(), paths["markdown"])))
         _log_report(folder, paths, use_wandb, verbose)
@@ -132,6 +145,12 @@ def _finish_study(results, folder, use_wandb: bool = True, verbose: bool = False
             _wandb_hint(folder)
         for path in export_best(folder):
             print(f"best config: {path}  (re-run: python launch.py train --config {path})")
+    if errors and errors == len(results):
+        first = next(r.error for r in results if r.error is not None)
+        last = next((line.strip() for line in reversed(str(first).splitlines()) if line.strip()), type(first).__name__)
+        print(f"error: every trial failed ({errors}); the first: {last}; the rest in {folder}/*/error.txt",
+              file=sys.stderr)
+        return 1
     if errors:
         print(f"error: {errors} trial(s) failed; see the error.txt files under {folder}", file=sys.stderr)
         return 1
@@ -154,15 +173,26 @@ def sweep(args: argparse.Namespace) -> int:
         print("\n".join(format_plan(plan, None if args.verbose else str(ray_log_file(folder, study.name)))))
         print("dry run: nothing started")
         return 0
-    results = run_study(study, args.address, use_wandb=not args.no_wandb, num_cpus=args.num_cpus,
-                        overwrite=args.overwrite, verbose=args.verbose, estimate=True)
+    try:
+        results = run_study(study, args.address, use_wandb=not args.no_wandb, num_cpus=args.num_cpus,
+                            overwrite=args.overwrite, verbose=args.verbose, estimate=True)
+    except KeyboardInterrupt:          # a second Ctrl-C: Tune stopped at once; the folder was signed on the way out
+        return _interrupted(experiment_dir(study))
     return _finish_study(results, experiment_dir(study), not args.no_wandb, args.verbose)
+
+
+def _interrupted(folder) -> int:
+    print(f"\nerror: interrupted; continue the sweep with `python launch.py resume {folder}`", file=sys.stderr)
+    return 3
 
 
 def resume(args: argparse.Namespace) -> int:
     from offline_sweeps.sweeps.run import resume_study
-    results = resume_study(args.folder, args.address, use_wandb=not args.no_wandb, num_cpus=args.num_cpus,
-                           trust=args.trust, verbose=args.verbose)
+    try:
+        results = resume_study(args.folder, args.address, use_wandb=not args.no_wandb, num_cpus=args.num_cpus,
+                               trust=args.trust, verbose=args.verbose)
+    except KeyboardInterrupt:
+        return _interrupted(Path(args.folder).expanduser().resolve())
     return _finish_study(results, Path(args.folder).expanduser().resolve(), not args.no_wandb, args.verbose)
 
 
@@ -346,9 +376,10 @@ def parser() -> argparse.ArgumentParser:
             "failed ones restart from their last checkpoints; then the report and best configs are rewritten.")):
         sub.add_argument("--address", help="join a running Ray cluster (auto or host:port; or set RAY_ADDRESS)")
         sub.add_argument("--no-wandb", action="store_true", help="do not log to Weights & Biases")
-        sub.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
+        sub.add_argument("--num-cpus", type=_whole(1, 4096), help="CPUs of the embedded local Ray (default: all)")
     run.add_argument("--overwrite", action="store_true",
-                     help="clear the study folder's earlier results first (a sweep into a non-empty folder is refused)")
+                     help="clear the study folder's earlier results first (a sweep into a non-empty folder is refused; "
+                          "only a folder a sweep marked as a study's is ever cleared)")
     run.add_argument("--dry-run", action="store_true",
                      help="print the plan (trials, resources, datasets to build, estimated time) and exit: no Ray, "
                           "no dataset build, no folder")
@@ -377,7 +408,7 @@ def parser() -> argparse.ArgumentParser:
                                 "data alone (fqe, critic, td_error), or bandit (a UCB bandit over the trained "
                                 "policies spending --episodes online episodes); default: the study's select: key, "
                                 "else online")
-    exporting.add_argument("--episodes", type=int, metavar="K",
+    exporting.add_argument("--episodes", type=_whole(1, 10**9), metavar="K",
                            help="with --select bandit: the online budget, in test-environment episodes")
     exporting.set_defaults(run=export)
     training = _command(commands, "train", "run one config YAML to its budget (no Tune search)",
@@ -401,7 +432,7 @@ def parser() -> argparse.ArgumentParser:
                       help=f"comma-separated subset of {','.join(DATASET_KINDS)}")
     make.add_argument("--name", help="dataset name (default: the env's name in lower case, e.g. hopper)")
     make.add_argument("--version", type=int, default=0)
-    make.add_argument("--transitions", type=int, default=100_000, help="transitions per dataset, at least: whole episodes, so rounded up to the next episode end")
+    make.add_argument("--transitions", type=_whole(1, 10**8), default=100_000, help="transitions per dataset, at least: whole episodes, so rounded up to the next episode end")
     make.add_argument("--medium-return", type=float, help="eval return at which the medium policy is frozen")
     make.add_argument("--expert-return", type=float, help="eval return at which the expert policy is frozen")
     make.add_argument("--expert", choices=("sac", "scripted"), default="sac",
@@ -410,12 +441,12 @@ def parser() -> argparse.ArgumentParser:
     make.add_argument("--sac-start-steps", type=int, default=5_000, help="uniform-random steps before learning")
     make.add_argument("--sac-hidden", type=_ints, default=(256, 256), help="SAC hidden sizes, e.g. 256,256")
     make.add_argument("--eval-every", type=int, default=5_000, help="online steps between evaluations")
-    make.add_argument("--num-envs", type=int, default=10, help="envs stepped together when collecting (at most 256)")
+    make.add_argument("--num-envs", type=_whole(1, 256), default=10, help="envs stepped together when collecting (at most 256)")
     make.add_argument("--reference-scores", choices=("auto", "d4rl", "measured"), default="auto",
                       help="ref_min/ref_max_score: D4RL's random and expert returns (Hopper, HalfCheetah, Walker2d), "
                            "or measured here from the random policy and the expert; auto: d4rl where D4RL has the env")
-    make.add_argument("--seed", type=int, default=0)
-    make.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
+    make.add_argument("--seed", type=_whole(0, 2**63 - 1), default=0)
+    make.add_argument("--threads", type=_whole(0, 1024), default=0, help="torch threads (default: torch's own choice)")
     make.add_argument("--overwrite", action="store_true", help="replace datasets of the same id")
     make.set_defaults(run=dataset_make)
     listing = _command(dataset_commands, "list", help="list local datasets with their size and returns")
@@ -435,7 +466,7 @@ def parser() -> argparse.ArgumentParser:
         description="Trains the dynamics ensemble MOPO and COMBO use for DATASET, or loads it from the cache, "
                     "which is keyed by the dataset's contents and every setting below, so a sweep finds it.")
     model_make.add_argument("dataset_id")
-    model_make.add_argument("--seed", type=int, default=0)
+    model_make.add_argument("--seed", type=_whole(0, 2**63 - 1), default=0)
     model_make.add_argument("--ensemble", type=int, default=7, help="members E")
     model_make.add_argument("--elites", type=int, default=5)
     model_make.add_argument("--hidden", type=_ints, help="layer sizes, default 200,200,200,200")
@@ -443,7 +474,7 @@ def parser() -> argparse.ArgumentParser:
     model_make.add_argument("--model-dir", help="cache folder (default $OFFLINE_SWEEPS_MODEL_DIR or "
                                                 "~/.cache/offline_sweeps/models)")
     model_make.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    model_make.add_argument("--threads", type=int, default=1)
+    model_make.add_argument("--threads", type=_whole(1, 1024), default=1)
     model_make.add_argument("--no-download", action="store_true", help="only look at local datasets")
     model_make.set_defaults(run=model_train)
     model_listing = _command(model_commands, "list", help="list the cached ensembles and their held-out fit")
@@ -456,14 +487,14 @@ def parser() -> argparse.ArgumentParser:
     benchmark.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     benchmark.add_argument("--members", type=_ints, default=(1, 8), help="population sizes P, e.g. 1,8,32")
     benchmark.add_argument("--batch-size", type=int, default=256)
-    benchmark.add_argument("--threads", type=int, default=1)
+    benchmark.add_argument("--threads", type=_whole(1, 1024), default=1)
     benchmark.add_argument("--algorithms", type=_csv, help="subset to measure, e.g. iql,cql (default: all)")
     benchmark.add_argument("--problems", type=_csv, default=("hopper", "halfcheetah"),
                            help="hopper (obs 11, act 3) and/or halfcheetah (obs 17, act 6)")
     benchmark.add_argument("--seconds", type=float, default=5.0, help="measuring time per figure")
     benchmark.add_argument("--sampled-q-precision", choices=SAMPLED_Q_PRECISIONS, default="auto",
                            help="CQL and COMBO's sampled_q_precision (auto: bfloat16 where the device has it natively)")
-    benchmark.add_argument("--trials", type=int, default=8, help="tune: how many one-update trials")
+    benchmark.add_argument("--trials", type=_whole(1, 10_000), default=8, help="tune: how many one-update trials")
     benchmark.add_argument("--compile", action="store_true",
                            help="algorithms: eager and compiled updates side by side (quickstart- and HalfCheetah-sized)")
     benchmark.add_argument("--default-malloc", action="store_true",

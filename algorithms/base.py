@@ -25,6 +25,8 @@ from .streams import CounterStreams
 
 
 MAX_BATCH_SIZE = 1 << 20    # a minibatch past a million transitions is a typo (batch_size: 1e9 hung)
+MAX_SEED = 2**63 - 1        # torch.Generator.manual_seed and numpy take seeds in [0, 2**63) everywhere they meet
+MAX_LAYER = 65536           # one 65536-wide square layer is 16 GiB of float32 weights: wider is a typo
 
 
 class ConfigError(ValueError):
@@ -96,6 +98,7 @@ class LearnerConfig(CheckedConfig):
     def __post_init__(self):
         check_field_types(self)
         self.layer_sizes("hidden")
+        self.check(0 <= self.seed <= MAX_SEED, "seed", "a whole number from 0 to 2**63 - 1")
         self.check(self.init in INITS, "init", " or ".join(INITS))
         self.check(1 <= self.batch_size <= MAX_BATCH_SIZE, "batch_size",
                    f"a whole number from 1 to {MAX_BATCH_SIZE}")
@@ -105,7 +108,8 @@ class LearnerConfig(CheckedConfig):
     def layer_sizes(self, name: str) -> None:
         """Field `name` (a list of layer sizes, type-checked already) as a tuple of positive ints."""
         setattr(self, name, tuple(int(h) for h in getattr(self, name)))
-        self.check(bool(getattr(self, name)) and min(getattr(self, name)) > 0, name, "a list of positive layer sizes")
+        self.check(bool(getattr(self, name)) and 0 < min(getattr(self, name)) and max(getattr(self, name)) <= MAX_LAYER,
+                   name, f"a list of layer sizes from 1 to {MAX_LAYER}")
 
 
 @dataclasses.dataclass

@@ -29,3 +29,34 @@ def keep_freed_memory() -> bool:
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
+
+
+NETWORKS_FLOOR = 4         # actor, twin critics and a target at least: what every learner with a critic holds
+COPIES = 4                 # a weight, its gradient and Adam's two moments
+
+
+def training_bytes_floor(members: list, batch_size: int) -> int:
+    """A floor under the memory one trial's networks and minibatch activations take, from the members' layer widths
+    alone (every tuple-of-ints field of their configs, e.g. hidden, critic_hidden): NETWORKS_FLOOR networks of those
+    hidden layers per member, each weight held COPIES times in float32, and one float32 activation per hidden unit,
+    minibatch row and network. Input and output layers, replay data and the framework's own use come on top: a
+    trial needing more than this cannot fit, one needing less may still not."""
+    total = 0
+    for config in members:
+        for value in vars(config).values():
+            if isinstance(value, tuple) and value and all(isinstance(v, int) for v in value):
+                weights = sum(a * b for a, b in zip(value, value[1:]))
+                total += NETWORKS_FLOOR * 4 * (COPIES * weights + batch_size * sum(value))
+    return total
+
+
+def available_bytes() -> int | None:
+    """The host memory available to new allocations (Linux's MemAvailable), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

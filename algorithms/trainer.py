@@ -37,13 +37,18 @@ import torch
 from ..datasets import DatasetError, TransitionBuffer, check_env_compatible, iql_reward_scale, load, make_env
 from ..datasets.loading import normalized_score
 from . import ALGORITHMS
-from .base import CheckedConfig, ConfigError, DataContext, check_field_types
+from .base import MAX_SEED, CheckedConfig, ConfigError, DataContext, check_field_types
 from .compiled import MODES, GraphUpdate
 from .dynamics import DynamicsConfig
 from .evaluation import evaluate_population
 from .fqe import (FQEConfig, critic_initial_q, critic_td_error, fitted_q_evaluation, fixed_sample,
                   generators_untouched, split_episodes)
 from .host_memory import keep_freed_memory
+
+
+MAX_UPDATES = 10**9          # a training budget's ceiling, per run
+MAX_EPISODES = 100_000       # evaluation episodes per member and evaluation
+MAX_THREADS = 1024           # torch threads
 
 
 @dataclasses.dataclass
@@ -80,13 +85,24 @@ class TrainConfig(CheckedConfig):
         check_field_types(self)
         if self.algorithm not in ALGORITHMS:
             raise ConfigError(f"algorithm={self.algorithm!r} is unknown; choose from {', '.join(sorted(ALGORITHMS))}")
-        if not isinstance(self.members, (list, tuple)) or not self.members:
+        if not isinstance(self.members, (list, tuple)) or not self.members or not all(
+                isinstance(member, dict) for member in self.members):
             raise ConfigError("members must be a non-empty list of per-member settings (e.g. [{seed: 0}])")
+        if len({repr(sorted(member.items(), key=str)) for member in self.members}) < len(self.members):
+            raise ConfigError(f"members: {list(self.members)} repeats a member; each member once (a repeated one is "
+                              f"the same run twice)")
         for key in ("eval_every", "eval_episodes", "total_updates"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be at least 1")
-        self.check(self.final_eval_episodes >= 0, "final_eval_episodes",
-                   "a whole number of episodes >= 0 for the last evaluation (below eval_episodes: eval_episodes)")
+        self.check(self.total_updates <= MAX_UPDATES, "total_updates", f"at most {MAX_UPDATES:,} (a stated ceiling: "
+                   f"1e9 updates would run for years on a CPU, weeks on a GPU)")
+        self.check(self.eval_episodes <= MAX_EPISODES, "eval_episodes", f"at most {MAX_EPISODES:,}")
+        self.check(0 <= self.final_eval_episodes <= MAX_EPISODES, "final_eval_episodes",
+                   f"a whole number of episodes from 0 to {MAX_EPISODES:,} for the last evaluation (below "
+                   f"eval_episodes: eval_episodes)")
+        self.check(0 <= self.threads <= MAX_THREADS, "threads", f"0 (as Ray gives the trial) or a whole number up to "
+                   f"{MAX_THREADS}")
+        self.check(0 <= self.eval_seed <= MAX_SEED, "eval_seed", "a whole number from 0 to 2**63 - 1")
         if self.eval_every > self.total_updates:
             raise ConfigError(f"eval_every={self.eval_every} is larger than total_updates={self.total_updates}: "
                               f"no evaluation would fall inside the run")

@@ -241,17 +241,44 @@ def _cached_arrays(data_path: Path, dataset_id: str) -> dict[str, np.ndarray]:
 CHECKED_FIELDS = ("observations", "actions", "rewards", "next_observations")
 
 
+MAX_MAGNITUDE = 1e15    # float32 squares overflow past about 1.8e19; sums over an episode's 1e3-1e4 steps come first
+
+
 def check_finite(arrays: dict[str, np.ndarray], dataset_id: str) -> None:
     """Raise a DatasetError naming the first transition whose observation, action, reward or next observation is
-    NaN or infinite: one such value would otherwise surface later as every member "diverging"."""
+    NaN or infinite, or finite but beyond MAX_MAGNITUDE (a squared loss or an episode's return would overflow
+    float32 training): one such value would otherwise surface later as every member "diverging"."""
     for name in CHECKED_FIELDS:
         values = np.asarray(arrays[name])
-        bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        rows = values.reshape(len(values), -1)
+        bad = ~np.isfinite(rows).all(axis=1)
         if bad.any():
             index = int(np.argmax(bad))
             raise DatasetError(f"dataset {dataset_id!r}: {name}[{index}] is not finite ({values[index].tolist()}); "
                                f"{int(bad.sum())} transition(s) have NaN or infinite {name}: clean the data or "
                                f"rebuild the dataset")
+        huge = (np.abs(rows) > MAX_MAGNITUDE).any(axis=1)
+        if huge.any():
+            index = int(np.argmax(huge))
+            raise DatasetError(f"dataset {dataset_id!r}: column {name} holds magnitudes up to "
+                               f"{float(np.abs(rows).max()):.3g} ({name}[{index}]), beyond {MAX_MAGNITUDE:.0e}: float32 "
+                               f"training overflows once they are squared or summed over an episode; rescale the data")
+
+
+def metadata_env_id(metadata: dict, dataset_id: str) -> str | None:
+    """The env id a dataset's metadata names (`env_spec`'s id), checked: None where it names none, a registered
+    Gymnasium id (a `module:Env` id is left to Gymnasium's import), else a DatasetError before anything runs."""
+    if not metadata.get("env_spec"):
+        return None
+    try:
+        env_id = json.loads(metadata["env_spec"]).get("id")
+    except (TypeError, ValueError, AttributeError):
+        raise DatasetError(f"dataset {dataset_id!r}: its metadata's env_spec is not a JSON mapping; rebuild the "
+                           f"dataset, or set env: to evaluate in") from None
+    if env_id is not None and (not isinstance(env_id, str) or (":" not in env_id and env_id not in gym.registry)):
+        raise DatasetError(f"dataset {dataset_id!r} names env {str(env_id)[:100]!r}, which is not a registered "
+                           f"Gymnasium env; install the package that registers it, or set env: to evaluate in")
+    return env_id
 
 
 def reference_scores(metadata: dict, dataset_id: str) -> tuple[float | None, float | None]:
@@ -292,9 +319,7 @@ def load(dataset_id: str, download: bool = True) -> OfflineDataset:
     arrays = _cached_arrays(data_path, dataset_id)
     check_finite(arrays, dataset_id)
     ref_min, ref_max = reference_scores(metadata, dataset_id)
-    env_id = None
-    if metadata.get("env_spec"):
-        env_id = json.loads(metadata["env_spec"]).get("id")
+    env_id = metadata_env_id(metadata, dataset_id)
     extra = {k: v for k, v in metadata.items() if k not in ("observation_space", "action_space", "env_spec")}
     return OfflineDataset(dataset_id=metadata.get("dataset_id", dataset_id),
                           observation_space=reader.observation_space, action_space=reader.action_space,

@@ -6,12 +6,14 @@ criterion (selection.offline_picks), or by the bandit protocol with a budget of 
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from .atomic_fs import refuse_links, write_atomic
 from .results import collect
 from .selection import Setting, bandit_picks, offline_picks, ranking
 from .statistics import bootstrap_ci
@@ -60,7 +62,16 @@ def export_best(folder: str | Path, select: str | None = None, episodes: int | N
         raise StudyError(f"select: {select} needs {needs}" + (" of a return metric to maximize" if select == "bandit"
                                                               else "") + f", which no member of study {study.name} "
                          f"reported; use select online, or a criterion the algorithms report")
+    diverged = {panel for panel, (winner, _) in picks.items() if all(m.diverged for m in winner.members)}
+    for _, algorithm, dataset in sorted(diverged):
+        print(f"warning: {algorithm} on {dataset} not exported: every seed of every setting diverged",
+              file=sys.stderr)
+    picks = {panel: pick for panel, pick in picks.items() if panel not in diverged}
+    if not picks:
+        raise StudyError(f"every seed of every setting of study {study.name} diverged: no config to export; lower the "
+                         f"learning rates or strengthen the constraint (the report's diverged_seeds say where)")
     out = folder / "best"
+    refuse_links(out, folder, StudyError)          # a planted best/ link must not redirect the writes
     out.mkdir(exist_ok=True)
     written = []
     for (study_name, algorithm, dataset), (winner, estimate) in picks.items():
@@ -80,11 +91,20 @@ def export_best(folder: str | Path, select: str | None = None, episodes: int | N
             header = _bandit_header(study, episodes, (algorithm, dataset), estimate, (score, oracle))
         else:
             header = _offline_header(study, select, (algorithm, dataset), winner, estimate, (score, oracle))
-        path = out / f"{algorithm}-{dataset.strip('/').replace('/', '_')}.yaml"
+        path = out / f"{safe_file_name(f'{algorithm}-{dataset}')}.yaml"
         header.append(f"Re-run: python launch.py train --config {path}")
-        path.write_text("".join(f"# {line}\n" for line in header) + yaml.safe_dump(config, sort_keys=False))
+        write_atomic(path, "".join(f"# {' '.join(line.split())}\n" for line in header)
+                     + yaml.safe_dump(config, sort_keys=False))
         written.append(path)
     return written
+
+
+def safe_file_name(text: str, limit: int = 120) -> str:
+    """`text` (an algorithm and a dataset id read from a folder) as one plain file name: path separators become
+    '_', anything but letters, digits, '_', '-', '.' and '=' becomes '_', leading dots go (never '..' or hidden),
+    at most `limit` characters (a file name's limit is 255 bytes)."""
+    name = re.sub(r"[^A-Za-z0-9_.=-]", "_", text.strip("/").replace("/", "_")).lstrip(".")
+    return name[:limit] or "_"
 
 
 def _offline_header(study, select: str, panel: tuple[str, str], pick: Setting, value: float,

@@ -32,6 +32,30 @@ def check_inputs(study: Study) -> None:
                              f"build it with `launch.py dataset make`, or add build: to the study")
     if isinstance(study.build, dict) and study.build.get("env") is not None:
         check_env_id(study.build["env"], "build.env")
+    check_dataset_envs(study)
+
+
+def check_dataset_envs(study: Study) -> None:
+    """Each local dataset's metadata names a registered env (or the part sets train.env): read from its
+    metadata alone, before Ray, instead of failing in every trial's setup."""
+    from ..datasets import DatasetError
+    from ..datasets.loading import _resolve, metadata_env_id
+    import minari.dataset.minari_storage as storage
+    local = set(local_dataset_ids())
+    for part in study.parts:
+        if part.train.get("env") is not None:
+            continue
+        for dataset in part.datasets:
+            if dataset not in local and not Path(dataset).exists():
+                continue
+            try:
+                metadata = storage.MinariStorage.read_raw_metadata(_resolve(dataset, download=False))
+            except DatasetError:            # missing or incomplete: the build or the trial says so
+                continue
+            except Exception as error:
+                raise StudyError(f"datasets: {dataset} has unreadable metadata ({' '.join(str(error).split())[:200]}); "
+                                 f"delete it and build or download it again") from None
+            metadata_env_id(metadata, dataset)
 
 
 def ensure_datasets(study: Study, log: Callable[[str], None] = print, verbose: bool = True) -> None:

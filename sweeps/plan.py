@@ -115,6 +115,25 @@ def dataset_status(study: Study) -> dict[str, str]:
     return status
 
 
+def memory_problem(trials: list[dict]) -> str | None:
+    """A trial whose networks and minibatches cannot fit in this machine's available memory
+    (host_memory.training_bytes_floor, a floor), said before Ray starts; None when each fits."""
+    from ..algorithms.host_memory import available_bytes, training_bytes_floor
+    from ..algorithms.trainer import TrainConfig
+    free = available_bytes()
+    if free is None:
+        return None
+    for trial in trials:
+        configs = TrainConfig.from_dict(trial_train_config(trial)).member_configs()
+        need = training_bytes_floor(configs, max(c.batch_size for c in configs))
+        if need > free:
+            return (f"train/search: a {trial['algorithm']} trial of {len(configs)} member(s) needs at least "
+                    f"{need / 2**30:.1f} GiB for its networks and minibatches (layer widths "
+                    f"{sorted({getattr(c, 'hidden', ()) for c in configs})}), more than the {free / 2**30:.1f} GiB "
+                    f"available here; use smaller hidden sizes, batch_size or fewer packed members")
+    return None
+
+
 def make_plan(study: Study, folder, address: str | None = None, num_cpus: int | None = None,
               estimate: bool = False) -> Plan:
     """The plan of `study`; `estimate` times a few updates of each algorithm here (about a second)."""
@@ -135,6 +154,8 @@ def make_plan(study: Study, folder, address: str | None = None, num_cpus: int | 
                 per_trial=tune_resources(study), available=available,
                 problem=resource_problem(study, available, local=True) if available is not None else None,
                 datasets=dataset_status(study))
+    if plan.problem is None:
+        plan.problem = memory_problem(trials)
     if estimate and plan.problem is None:
         plan.rates = calibrate(study, runs)
         plan.seconds = estimate_seconds(plan)

@@ -5,6 +5,7 @@ only: every number they show is computed elsewhere (summary.py, selection.py, st
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections import defaultdict
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..algorithms import ALGORITHMS
+from .atomic_fs import write_atomic
 from .results import MemberRun
 from .selection import settings
 from .statistics import BOOTSTRAP_SEED, bootstrap_ci, finite_mean, performance_profile
@@ -73,7 +75,7 @@ def plot_sensitivity(study, rows: list[dict], runs: list[MemberRun], path: Path)
     fig.suptitle(f"{study.name}: mean and 95% bootstrap CI over seeds\n(dots: seeds; x: diverged, scored as a "
                  f"failure; hollow: no CI)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -153,7 +155,7 @@ def plot_learning_curves(study, rows: list[dict], runs: list[MemberRun], path: P
             ax.legend(fontsize=7)
     fig.suptitle(f"{study.name}: learning curves, mean and 95% bootstrap CI over seeds", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -196,7 +198,7 @@ def plot_profiles(study, rows: list[dict], runs: list[MemberRun], path: Path) ->
     fig.suptitle(f"{study.name}: performance profiles over seeds and datasets (diverged runs at the failure level)",
                  fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -229,7 +231,7 @@ def plot_eop(study, curves: list[dict], path: Path, oracles: dict[tuple, float])
     fig.suptitle(f"{study.name}: Expected Online Performance (Kurenkov & Kolesnikov 2022), diverged seeds at the "
                  f"failure level", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -274,7 +276,7 @@ def plot_bandit(study, rows: list[dict], path: Path) -> None:
                  f"Jackson et al. 2025)\nmean over repeats and 95% bootstrap CI; diverged policies at the failure "
                  f"level", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -311,3 +313,11 @@ def _log_spaced(xs: list[float]) -> bool:
         steps = np.diff(v)
         return steps.std() / steps.mean()
     return unevenness(np.log(xs)) < unevenness(xs)
+
+
+def save_figure(fig, path: Path) -> None:
+    """The figure as a PNG at `path`, written whole (atomic_fs.write_atomic): never a partial image, never through
+    a link planted at `path`."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    write_atomic(path, buffer.getvalue())

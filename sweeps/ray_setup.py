@@ -5,6 +5,8 @@ scheduler sends) handled as SIGINT, so that Tune saves its state and the sweep c
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import logging
 import os
 import signal
@@ -64,7 +66,7 @@ def ray_messages_to(log_file: Path | None):
     handlers = logger.handlers[:]
     previous = os.environ.get("RAY_AIR_NEW_OUTPUT")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    with open(log_file, "a", buffering=1) as stream:
+    with contextlib.closing(_SparingLog(log_file)) as stream:
         handler = logging.StreamHandler(stream)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(filename)s:%(lineno)d -- %(message)s"))
         logger.handlers[:] = [handler]
@@ -77,6 +79,41 @@ def ray_messages_to(log_file: Path | None):
                 os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
             else:
                 os.environ["RAY_AIR_NEW_OUTPUT"] = previous
+
+
+class _SparingLog(io.TextIOBase):
+    """Ray's log file, whose writes never stop the sweep: on a full disk a message is lost, not the sweep (the
+    close that flushed the last buffered line used to raise ENOSPC out of a sweep that had ended)."""
+
+    def __init__(self, path: Path):
+        try:
+            self._file = open(path, "a", buffering=1)
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                raise
+            self._file = open(os.devnull, "w")
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        try:
+            return self._file.write(text)
+        except (OSError, ValueError):
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._file.flush()
+        except (OSError, ValueError):       # ValueError: already closed
+            pass
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        except OSError:
+            pass
+        super().close()
 
 
 @contextlib.contextmanager

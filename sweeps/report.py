@@ -10,15 +10,17 @@ results.py's reading of the study folders; nothing here starts Ray.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections import defaultdict
 from pathlib import Path
 
+from .atomic_fs import refuse_links, write_atomic
 from .plots import plot_bandit, plot_eop, plot_learning_curves, plot_profiles, plot_sensitivity
 from .reference import published_columns
 from .results import collect_studies
 from .selection import bandit, ranking, selection
-from .study import SELECTION_METRICS
+from .study import SELECTION_METRICS, StudyError
 from .summary import SUMMARY_COLUMNS, aggregate, knob_names, summarize, winner_comparison
 
 
@@ -35,15 +37,17 @@ def write_report(folders, out: str | Path | None = None) -> dict[str, Path]:
     budgets = {(m.algorithm, m.dataset): m.trial_config.get("total_updates") for m in runs}
     for row in rows:
         row.update(published_columns(study.reference, row, budgets.get((row["algorithm"], row["dataset"]))))
-    out = Path(out).expanduser().resolve() if out else (
-        folders[0] / "report" if len(folders) == 1 else
-        folders[0].parent / ("report-" + "+".join(f.name for f in folders)))
+    if out:
+        out = Path(out).expanduser().resolve()
+    elif len(folders) == 1:
+        out = folders[0] / "report"
+        refuse_links(out, folders[0], StudyError)        # a planted report/ link must not redirect the writes
+    else:
+        out = folders[0].parent / ("report-" + "+".join(f.name for f in folders))
+        refuse_links(out, folders[0].parent, StudyError)
     out.mkdir(parents=True, exist_ok=True)
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    with open(out / "report.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_csv(out / "report.csv", columns, rows)
     levels = sorted({(m.dataset, m.failure, m.failure_rule) for m in runs})
     # report.md: one cell per statistic with its CI; report.csv has every column apart.
     table = [(c, c, None) for c in columns if c in ("study", "algorithm", "dataset", *knob_names(rows), *SUMMARY_COLUMNS)
@@ -91,10 +95,7 @@ def write_report(folders, out: str | Path | None = None) -> dict[str, Path]:
                   f"dataset). \"best setting per dataset\" picks each dataset's best mean on the same seeds, so it "
                   f"is optimistic.", ""]
         if pooled:
-            with open(out / "aggregate.csv", "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(pooled[0]))
-                writer.writeheader()
-                writer.writerows(pooled)
+            _write_csv(out / "aggregate.csv", list(pooled[0]), pooled)
             paths["aggregate"] = out / "aggregate.csv"
             lines += ["| study | algorithm | setting | datasets | used | diverged | IQM [95% CI] | mean [95% CI] |",
                       "|" + "---|" * 8]
@@ -108,11 +109,8 @@ def write_report(folders, out: str | Path | None = None) -> dict[str, Path]:
     lines += _bandit_lines(study, budget, several=len(folders) > 1)
     for key, table in (("selection", chosen), ("eop", curves), ("bandit", budget)):
         paths[key] = out / f"{key}.csv"
-        with open(paths[key], "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(table[0]) if table else ["study", "algorithm", "dataset"])
-            writer.writeheader()
-            writer.writerows(table)
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+        _write_csv(paths[key], list(table[0]) if table else ["study", "algorithm", "dataset"], table)
+    write_atomic(out / "report.md", "\n".join(lines) + "\n")
     if curves:
         paths["eop_plot"] = out / "eop.png"
         plot_eop(study, curves, paths["eop_plot"], {(row["study"], row["algorithm"], row["dataset"]): row["score"]
@@ -126,6 +124,15 @@ def write_report(folders, out: str | Path | None = None) -> dict[str, Path]:
         paths["profiles"] = out / "profiles.png"
         plot_profiles(study, rows, runs, paths["profiles"])
     return paths
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    """`rows` as a CSV file with a header, written whole (atomic_fs.write_atomic)."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, text.getvalue())
 
 
 def _published_lines(study, rows: list[dict], budgets: dict) -> list[str]:

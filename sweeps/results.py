@@ -3,8 +3,10 @@
 What is read, and how: `study.yaml` (its `${...}` interpolations left as text, so a received folder cannot pull
 this machine's environment variables into a report); the newest `experiment_state-*.json`, as plain JSON and only
 for the trial ids of the folder's own experiment (its cloudpickled parts stay undecoded text); and each trial's
-`params.json` and `result.json` (JSON lines), the source of truth whether or not W&B was reachable. Nothing is
-unpickled and nothing here starts Ray.
+`params.json` and `result.json` (JSON lines), the source of truth whether or not W&B was reachable. A received
+folder is input: folder.check_tree first refuses links and special files in it, and every trial file is checked
+like user input (`read_trial`, `result_lines`), refused in one line naming it. Nothing is unpickled and nothing
+here starts Ray.
 
 `load_results` gives every evaluation of every member as a pandas DataFrame; `collect` and `collect_studies` give
 one `MemberRun` per member, a diverged member scored at its dataset's failure level (failure.py), with the returns
@@ -24,6 +26,7 @@ import numpy as np
 
 from ..algorithms.trainer import TrainConfig, split_members
 from .failure import failure_levels, score_failure
+from .folder import check_tree
 from .study import SELECTION_METRICS, STUDY_FILE, StudyError, apply_sampled, trial_train_config
 from .study_yaml import load_study
 
@@ -82,6 +85,7 @@ def _read(folder: str | Path) -> tuple[object, list[tuple[str, dict, list[dict]]
     folder = Path(folder).expanduser().resolve()
     if not (folder / STUDY_FILE).is_file():
         raise StudyError(f"{folder} is not a study folder (no {STUDY_FILE}); give <storage>/<study name>")
+    check_tree(folder)          # no links out of it, no special files: what is read below lies inside
     study = load_study(folder / STUDY_FILE, resolve=False)     # a received folder's ${oc.env:...} stays text
     trials = []
     own = experiment_trial_ids(folder)
@@ -91,25 +95,68 @@ def _read(folder: str | Path) -> tuple[object, list[tuple[str, dict, list[dict]]
         results_file = params_file.with_name("result.json")
         if not results_file.is_file() or results_file.stat().st_size == 0:
             continue
-        results = result_lines(results_file)
-        trials.append((params_file.parent.name, apply_sampled(json.loads(params_file.read_text())), results))
+        trial = read_trial(params_file, study)
+        results = result_lines(results_file) if trial is not None else []
+        if results:
+            trials.append((params_file.parent.name, trial, results))
     if not trials:
         raise StudyError(f"{folder} has no trial results yet; run or resume the study first")
     return study, trials
 
 
+def read_trial(path: Path, study) -> dict | None:
+    """A trial's `params.json`, checked like user input: its trial dict (a searcher's choices filled in), or None
+    for a file that is empty or cut short (a full disk, a killed writer: the trial had not started; named on
+    stderr; so is any JSON that stops being valid before its end). Anything else that is not a trial of `study`
+    (an algorithm or dataset the study does not run, values TrainConfig refuses, a malformed `study` entry) is a
+    one-line StudyError naming the file."""
+    text = path.read_text(errors="replace")
+    try:
+        values = json.loads(text)
+    except ValueError as error:
+        if error.msg == "Extra data":          # whole JSON with more after it: not a file cut short, not Tune's
+            raise StudyError(f"{path} is not JSON ({error.msg}, character {error.pos}); the file is damaged") from None
+        print(f"warning: {path} is {'empty' if not text.strip() else 'cut short'}; its trial counts as not started",
+              file=sys.stderr)
+        return None
+    try:
+        trial = apply_sampled(values)
+        point, algorithm, dataset = trial["study"]["point"], trial["algorithm"], trial["dataset"]
+        assert isinstance(point, dict) and isinstance(trial["study"].get("axes", []), list)
+        assert isinstance(trial["members"], list) and all(isinstance(m, dict) for m in trial["members"])
+    except (KeyError, TypeError, AttributeError, AssertionError):
+        raise StudyError(f"{path} is not a trial of this project's (a 'trial' mapping with algorithm, dataset, "
+                         f"members and study.point); the file is damaged or foreign") from None
+    runs = {(part.algorithm, d) for part in study.parts for d in part.datasets}
+    if not (isinstance(algorithm, str) and isinstance(dataset, str)) or (algorithm, dataset) not in runs:
+        raise StudyError(f"{path}: algorithm {str(algorithm)[:80]!r} on dataset {str(dataset)[:200]!r} is not a "
+                         f"part of study {study.name} ({', '.join(sorted(f'{a} on {d}' for a, d in runs))})")
+    try:
+        TrainConfig.from_dict(trial_train_config(trial)).member_configs()
+    except (ValueError, TypeError) as error:          # ConfigError is a ValueError
+        raise StudyError(f"{path}: {' '.join(str(error).split())[:300]}") from None
+    return trial
+
+
 def result_lines(path: Path) -> list[dict]:
-    """The JSON lines of a trial's result.json; a truncated last line (a full disk, a killed writer) is skipped
-    and named on stderr. A bad line before the last is an error: the file is not Tune's."""
+    """The JSON lines of a trial's result.json, each a mapping whose training_iteration is a whole number >= 0; a
+    truncated last line (a full disk, a killed writer) is skipped and named on stderr. A bad line before the last
+    is an error: the file is not Tune's."""
     lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
     results = []
     for n, line in enumerate(lines):
         try:
-            results.append(json.loads(line))
+            row = json.loads(line)
         except ValueError:
             if n < len(lines) - 1:
                 raise StudyError(f"{path} line {n + 1} is not JSON; the file is damaged") from None
             print(f"warning: skipped the truncated last line ({len(line)} characters) of {path}", file=sys.stderr)
+            continue
+        iteration = row.get("training_iteration", 0) if isinstance(row, dict) else None
+        if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
+            raise StudyError(f"{path} line {n + 1} is not a result (a mapping with training_iteration a whole "
+                             f"number >= 0); the file is damaged or foreign")
+        results.append(row)
     return results
 
 

@@ -11,6 +11,7 @@ ray_setup.py's; the datasets' check and build, inputs.py's.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import re
@@ -25,8 +26,9 @@ from ray import tune
 from ..algorithms import ALGORITHMS
 from ..algorithms.trainable import OfflineTrainable
 from ..algorithms.trainer import split_members
-from .folder import (KeepSigned, check_free_space, check_signature, claim_folder, experiment_dir, folder_lock,
-                     ray_log_file, sign_folder)
+from .folder import (check_free_space, check_signature, check_tree, claim_folder, experiment_dir, folder_lock,
+                     ray_log_file, sign_folder, state_stamp)
+from .atomic_fs import whole_tune_copies, write_atomic
 from .inputs import check_inputs, ensure_datasets
 from .plan import SweepClock, check_resources, cluster_resources, duration, format_plan, make_plan
 from .ray_setup import check_cluster_storage, init_ray, ray_messages_to, sigterm_as_sigint
@@ -38,6 +40,7 @@ class StudyTrainable(OfflineTrainable):
     """OfflineTrainable fed by a study trial: `config["trial"]` is a TrainConfig dict plus `study` metadata."""
 
     def setup(self, config: dict) -> None:
+        whole_tune_copies()         # this trial process's checkpoint copies into the study folder, whole files
         started = time.perf_counter()
         super().setup(trial_train_config(apply_sampled(config)))
         self.setup_seconds = time.perf_counter() - started     # dataset load, env check, buffer, networks
@@ -62,6 +65,35 @@ def sampled_space(study: Study) -> dict:
         else:
             space[axis.key] = tune.loguniform(axis.low, axis.high)
     return space
+
+
+class KeepSigned(tune.Callback):
+    """Re-signs the folder while Tune runs, whenever its files changed (looked at once per `every` seconds
+    at most, at the end of a Tune loop step), so that a driver killed with SIGKILL, which cannot sign, leaves a
+    folder `resume` accepts unless it died between a state write and the next look. Tune writes its
+    experiment state and results to a staging folder and copies them here in the background, hence the polling."""
+
+    def __init__(self, folder: Path, every: float = 2.0):
+        self.folder, self.every = Path(folder), every
+        self._looked, self._signed, self._digests = -math.inf, None, {}
+
+    def on_step_end(self, iteration, trials, **info):
+        now = time.monotonic()
+        if now - self._looked < self.every:
+            return
+        self._looked = now
+        try:
+            stamp = state_stamp(self.folder)
+            if stamp != self._signed:
+                sign_folder(self.folder, self._digests, use_reserve=False)
+                self._signed = stamp
+        except FileNotFoundError:       # a file renamed while it was read (Tune's copies): the next look signs
+            return
+        except StudyError:              # a link or special file appeared: left unsigned, the last signing says so
+            return
+        except OSError as error:        # a full disk: the driver's last signing uses the reserve
+            if error.errno != errno.ENOSPC:
+                raise
 
 
 def wandb_callbacks(study: Study, enabled: bool, verbose: bool = False, log: Callable[[str], None] = print) -> list:
@@ -166,11 +198,11 @@ def run_study(study: Study, address: str | None = None, use_wandb: bool = True, 
     with contextlib.ExitStack() as held:
         if isinstance(folder, Path):
             check_free_space(folder)
-            held.enter_context(claim_folder(folder, trials, overwrite))
+            held.enter_context(claim_folder(folder, trials, overwrite, study.name))
         check_inputs(study)          # before any dataset build: a dataset that cannot be had is said at once
         ensure_datasets(study, log, verbose)
         if isinstance(folder, Path):
-            (folder / STUDY_FILE).write_text(yaml.safe_dump(study.source, sort_keys=False))
+            write_atomic(folder / STUDY_FILE, yaml.safe_dump(study.source, sort_keys=False))
             sign_folder(folder)
         return _run_claimed(study, folder, trials, address, use_wandb, num_cpus, log, callbacks, verbose,
                             plan.iterations)
@@ -183,6 +215,7 @@ def _run_claimed(study: Study, folder, trials: list[dict], address, use_wandb, n
 
 
 def _run_tune(study: Study, folder, trials, address, use_wandb, num_cpus, log, callbacks, verbose, planned):
+    whole_tune_copies()
     init_ray(address, num_cpus, verbose)
     if address or os.environ.get("RAY_ADDRESS"):
         check_resources(study, cluster_resources(), local=False)
@@ -237,15 +270,17 @@ def resume_study(folder: str | Path, address: str | None = None, use_wandb: bool
     restart from their last checkpoints. Tune's restore unpickles the folder's files, so a folder this
     installation did not sign (check_signature) is refused unless `trust`."""
     folder = Path(folder).expanduser().resolve()
-    if not (folder / STUDY_FILE).is_file() or not tune.Tuner.can_restore(str(folder)):
+    if not (folder / STUDY_FILE).is_file() or not (folder / "tuner.pkl").is_file():
         raise StudyError(f"{folder} holds no study to resume (no {STUDY_FILE} and Tune state); give the folder "
                          f"`launch.py sweep` printed, <storage>/<study name>")
     with folder_lock(folder):
+        check_tree(folder)          # with --trust too: trust is about pickles, links lead out of the folder
         if not trust:
             check_signature(folder)
         study = load_study(folder / STUDY_FILE, resolve=False)
         try:
             with ray_messages_to(None if verbose else ray_log_file(folder, study.name)):
+                whole_tune_copies()
                 init_ray(address, num_cpus, verbose)
                 trainable, _ = _tuner_parts(study)
                 tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True,

@@ -179,7 +179,8 @@ def _part_trials(part: Part, part_index: int, dataset: str, rng: np.random.Gener
                 train[key[6:]] = shared.pop(key)
         members = [{**{k: v for k, v in shared.items()},
                     **{k: point[k] for k in part.pack}} for point in group]
-        config = {"algorithm": part.algorithm, "dataset": dataset, **train, "algo": algo, "members": members}
+        config = {"algorithm": part.algorithm, "dataset": dataset, **train_defaults(), **train, "algo": algo,
+                  "members": members}
         try:
             TrainConfig.from_dict(config).member_configs()
         except (ValueError, TypeError) as error:     # TypeError: a value of a type no check foresaw
@@ -188,6 +189,18 @@ def _part_trials(part: Part, part_index: int, dataset: str, rng: np.random.Gener
                            "point": {k: v for k, v in group[0].items() if k not in part.pack}}
         trials.append(config)
     return trials
+
+
+def train_defaults() -> dict:
+    """TrainConfig's declared defaults, for the keys a study leaves out: a trial dict is then complete, so the plan,
+    the progress lines and trial names read `total_updates` and the rest without a default of their own."""
+    defaults = {}
+    for field in dataclasses.fields(TrainConfig):
+        if field.default is not dataclasses.MISSING:
+            defaults[field.name] = copy.deepcopy(field.default)
+        elif field.default_factory is not dataclasses.MISSING:
+            defaults[field.name] = field.default_factory()
+    return {k: v for k, v in defaults.items() if k not in ("algo", "members")}
 
 
 def _draw(axis: Axis, rng: np.random.Generator):

@@ -14,6 +14,7 @@ import inspect
 import math
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ TOP_KEYS = PART_KEYS | {"name", "description", "parts", "search_seed", "build", 
                         "searcher", "select", "reference"}
 SCHEDULERS = ("none", "asha")
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")         # one path component, never '.', '..' or hidden
+MAX_NAME = 100                                                  # file names stop at 255 bytes
 WANDB_PROJECT = re.compile(r"[^/\\#?%:\s]{1,128}")                # W&B refuses / \ # ? % : in a project name
 # What every run reports (trainer.TrainRun.train_iteration and evaluation.evaluate_population), and what only
 # critics (eval/q_*) or model-based learners add; train/* keys are the algorithm's own (reported_metrics).
@@ -143,9 +145,10 @@ def parse_study(values: dict[str, Any]) -> Study:
         raise StudyError("study: must be a mapping of study keys")
     _reject_unknown(values, TOP_KEYS, "")
     name = values.get("name")
-    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
-        raise StudyError(f"name: {name!r} must be one folder name (letters, digits, '_', '-', '.', not starting "
-                         f"with '.'): it names the results folder inside storage")
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or len(name) > MAX_NAME:
+        raise StudyError(f"name: {str(name)[:120]!r} must be one folder name of at most {MAX_NAME} characters "
+                         f"(letters, digits, '_', '-', '.', not starting with '.'): it names the results folder "
+                         f"inside storage, and trial folders and W&B runs add to it")
     if not isinstance(values.get("description", ""), str):
         raise StudyError("description: must be text")
     if not isinstance(values.get("storage", "results"), str) or not values.get("storage", "results"):
@@ -319,7 +322,12 @@ def _check_storage(storage: str) -> None:
         return
     if "\x00" in storage:
         raise StudyError(f"storage: {storage!r} is not a usable path")
+    ray_temp = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()).resolve() / "ray"
     try:
+        resolved = Path(storage).expanduser().resolve()
+        if resolved == ray_temp or ray_temp in resolved.parents:
+            raise StudyError(f"storage: {resolved} is inside Ray's temporary folder {ray_temp}, which Ray deletes "
+                             f"with its sessions; give a folder of your own")
         existing = Path(storage).expanduser().absolute()
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent

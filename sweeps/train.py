@@ -106,3 +106,7 @@ def check_train_values(values: dict, where: str) -> None:
         raise StudyError(f"{where}: device: {config.device} but no CUDA GPU is available here; use auto or cpu")
     if config.env is not None:
         check_env_id(config.env, f"{where}: env")
+    from .plan import memory_problem
+    problem = memory_problem([{**values, "study": {}}])
+    if problem:
+        raise StudyError(f"{where}: {problem.removeprefix('train/search: ')}")

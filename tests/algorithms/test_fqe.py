@@ -237,7 +237,7 @@ def test_budget_scales_with_the_run():
     ({"lr": -1e-4}, r"FQEConfig.lr=-0.0001 must be positive"),
     ({"polyak": 0.0}, r"FQEConfig.polyak=0.0 must be in \(0, 1\]"),
     ({"critics": 0}, r"FQEConfig.critics=0 must be a whole number >= 1"),
-    ({"hidden": []}, r"FQEConfig.hidden=\(\) must be a list of positive layer sizes"),
+    ({"hidden": []}, r"FQEConfig.hidden=\(\) must be a list of layer sizes from 1 to 65536"),
     ({"batch_size": 0}, r"FQEConfig.batch_size=0 must be"),
     ({"start_states": 0}, r"FQEConfig.start_states=0 must be"),
     ({"enabled": "yes"}, r"FQEConfig.enabled='yes' must be bool"),

@@ -39,6 +39,7 @@ def study_of(storage: Path, name: str = "study", **values):
 def write_trials(folder: Path, study, ids: list[str], returns: dict[str, float]) -> None:
     """Trial folders as Tune leaves them (`<id>_<point>/params.json, result.json`), one per study trial."""
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / study_folder.MARKER_FILE).write_text("{}")          # claimed by a sweep of this project
     (folder / STUDY_FILE).write_text(yaml.safe_dump(study.source))
     for trial_id, trial in zip(ids, study.trials()):
         rows = []
@@ -95,6 +96,7 @@ def test_a_folder_holding_only_the_study_yaml_of_a_sweep_that_never_started_is_r
     monkeypatch.setattr(run, "check_inputs", lambda study: None)     # its datasets are never used
     study = study_of(tmp_path)
     (tmp_path / "study").mkdir()
+    (tmp_path / "study" / study_folder.MARKER_FILE).write_text("{}")
     (tmp_path / "study" / STUDY_FILE).write_text("name: study\n")
     monkeypatch.setattr(run, "_run_claimed", lambda *args: "ran")
     assert run.run_study(study, log=lambda _: None) == "ran"
@@ -108,6 +110,7 @@ def test_overwrite_clears_the_old_trials_but_keeps_a_dynamics_cache_inside_the_f
                      train={"eval_every": 10, "total_updates": 30, "model_dir": str(cache)})
     (cache / "abc").mkdir(parents=True)
     (cache / "abc" / "model.pt").write_bytes(b"weights")
+    (folder / study_folder.MARKER_FILE).write_text("{}")
     (folder / "old_trial").mkdir()
     (folder / "old_trial" / "result.json").write_text("{}\n")
     (folder / "experiment_state-old.json").write_text("{}")
@@ -115,7 +118,8 @@ def test_overwrite_clears_the_old_trials_but_keeps_a_dynamics_cache_inside_the_f
     monkeypatch.setattr(run, "_run_claimed", lambda *args: seen.setdefault(
         "left", sorted(p.name for p in folder.iterdir())))
     run.run_study(study, log=lambda _: None, overwrite=True)
-    assert seen["left"] == sorted([study_folder.LOCK_FILE, study_folder.SIGNATURE_FILE, STUDY_FILE, "dynamics-cache"])
+    assert seen["left"] == sorted([study_folder.LOCK_FILE, study_folder.SIGNATURE_FILE, study_folder.MARKER_FILE,
+                                  study_folder.RESERVE_FILE, STUDY_FILE, "dynamics-cache"])
     assert (cache / "abc" / "model.pt").read_bytes() == b"weights"
 
 
@@ -207,7 +211,7 @@ def test_a_running_sweep_re_signs_its_folder_when_tune_rewrites_its_state(tmp_pa
     """KeepSigned: what a driver killed with SIGKILL leaves is resumable without --trust once the callback has
     looked after Tune's last write (and it does not sign again while nothing changed)."""
     folder, _ = received_folder(tmp_path)
-    keeper = study_folder.KeepSigned(folder, every=0.0)
+    keeper = run.KeepSigned(folder, every=0.0)
     keeper.on_step_end(iteration=1, trials=[])
     study_folder.check_signature(folder)
     signature = (folder / study_folder.SIGNATURE_FILE).stat().st_mtime_ns
@@ -219,7 +223,7 @@ def test_a_running_sweep_re_signs_its_folder_when_tune_rewrites_its_state(tmp_pa
         study_folder.check_signature(folder)
     keeper.on_step_end(iteration=3, trials=[])
     study_folder.check_signature(folder)
-    slow = study_folder.KeepSigned(folder, every=3600.0)            # looks at most once an hour: the first look only
+    slow = run.KeepSigned(folder, every=3600.0)            # looks at most once an hour: the first look only
     slow.on_step_end(iteration=1, trials=[])
     state.write_text('{"trial_data": [1]}')
     slow.on_step_end(iteration=2, trials=[])

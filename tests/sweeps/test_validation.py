@@ -165,3 +165,69 @@ def test_any_value_at_any_key_gives_a_study_or_a_study_error(place, value, tmp_p
         assert "\n" not in str(error)
     else:
         assert result.trials()
+
+
+# --- property-based, issue 25: the train config, the CLI flags and a dataset's metadata -------------------------------
+TRAIN_BASE = {"algorithm": "iql", "dataset": "d/medium-v0", "eval_every": 10, "total_updates": 20}
+TRAIN_PLACES = ([("train", key) for key in sorted(TRAIN_KEYS | {"members"})]
+                + [("algo", key) for key in ("expectile", "batch_size", "hidden", "seed", "actor_lr")]
+                + [("member", key) for key in ("seed", "expectile", "hidden")])
+
+
+@settings(max_examples=600, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(place=st.sampled_from(TRAIN_PLACES), value=VALUES)
+def test_any_value_in_a_train_config_gives_a_config_or_a_one_line_error(place, value):
+    from offline_sweeps.sweeps.train import check_train_values
+    where, key = place
+    values = dict(TRAIN_BASE)
+    if where == "train":
+        values[key] = value
+    elif where == "algo":
+        values["algo"] = {key: value}
+    else:
+        values["members"] = [{"seed": 0, key: value}]
+    try:
+        check_train_values(values, "t.yaml")
+    except (StudyError, ConfigError) as error:
+        assert "\n" not in str(error)
+
+
+FLAGS = [(["sweep", "s.yaml"], "--num-cpus"), (["resume", "f"], "--num-cpus"), (["export", "f"], "--episodes"),
+         (["dataset", "make", "--env", "E"], "--transitions"), (["dataset", "make", "--env", "E"], "--threads"),
+         (["dataset", "make", "--env", "E"], "--seed"), (["dataset", "make", "--env", "E"], "--num-envs"),
+         (["bench", "buffer"], "--threads"), (["bench", "tune"], "--trials"), (["model", "train", "d"], "--seed")]
+
+
+@settings(max_examples=400, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(flag=st.sampled_from(FLAGS), text=st.one_of(st.text(max_size=12), st.integers(-10**20, 10**20).map(str)))
+def test_any_text_for_a_numeric_flag_parses_in_range_or_is_argparses_error(flag, text):
+    import contextlib
+    import importlib.util
+    import io
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("launch_cli_flags", Path(__file__).resolve().parents[2] / "launch.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    command, option = flag
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            args = cli.parser().parse_args([*command, f"{option}={text}"])
+    except SystemExit as stopped:
+        assert stopped.code == 2
+    else:
+        value = getattr(args, option.lstrip("-").replace("-", "_"))
+        assert isinstance(value, int) and 0 <= value <= 2**63 - 1
+
+
+@settings(max_examples=600, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(key=st.sampled_from(["env_spec", "ref_min_score", "ref_max_score"]),
+       value=st.one_of(VALUES, VALUES.map(lambda v: __import__("json").dumps({"id": v}, default=str))))
+def test_any_dataset_metadata_value_gives_an_env_and_scores_or_a_dataset_error(key, value):
+    from offline_sweeps.datasets import DatasetError
+    from offline_sweeps.datasets.loading import metadata_env_id, reference_scores
+    metadata = {"env_spec": '{"id": "Pendulum-v1"}', "ref_min_score": -1000.0, "ref_max_score": -100.0, key: value}
+    try:
+        metadata_env_id(metadata, "d")
+        reference_scores(metadata, "d")
+    except DatasetError as error:
+        assert "\n" not in str(error)
