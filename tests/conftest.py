@@ -38,8 +38,11 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def config_dir(tmp_path, monkeypatch):
-    """Each test signs and checks study folders with its own resume key, never the user's (~/.config)."""
-    monkeypatch.setenv("OFFLINE_SWEEPS_CONFIG_DIR", str(tmp_path / "config"))
+    """Each test signs and checks study folders with its own resume key, never the user's (~/.config): the
+    installation's config dir (where the key lives) is this folder in the test's own."""
+    folder = tmp_path / "config"
+    monkeypatch.setenv("OFFLINE_SWEEPS_CONFIG_DIR", str(folder))
+    return folder
 
 
 @pytest.fixture(autouse=True)

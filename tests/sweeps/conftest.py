@@ -33,3 +33,13 @@ def tiny_study():
             values[key] = {**values[key], **value} if key in ("train", "wandb") else value
         return values, parse_study(values)
     return make
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fails the test if a command gets as far as starting Ray."""
+    from offline_sweeps.sweeps import run
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray was started")
+    monkeypatch.setattr(run, "init_ray", refuse)

@@ -10,15 +10,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from offline_sweeps.sweeps import folder as study_folder
 from offline_sweeps.sweeps import run
 from offline_sweeps.sweeps.study import StudyError
 from offline_sweeps.sweeps.study_yaml import parse_study
-
-
-@pytest.fixture(autouse=True)
-def config_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv(study_folder.CONFIG_DIR_ENV, str(tmp_path / "config"))
 
 
 def folder_at(root: Path) -> Path:

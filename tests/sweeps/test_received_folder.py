@@ -58,22 +58,6 @@ def study_folder_at(tmp_path: Path, name: str = "study") -> Path:
     return folder
 
 
-@pytest.fixture(autouse=True)
-def config_dir(tmp_path, monkeypatch):
-    """This installation's config dir (its resume key) in the test's folder."""
-    folder = tmp_path / "config"
-    monkeypatch.setenv(study_folder.CONFIG_DIR_ENV, str(folder))
-    return folder
-
-
-@pytest.fixture
-def no_ray(monkeypatch):
-    """Fails the test if a command gets as far as starting Ray."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("Ray was started")
-    monkeypatch.setattr(run, "init_ray", refuse)
-
-
 # --- 1. Received folders are data, never code or paths --------------------------------------------------------
 
 def test_a_symlinked_checkpoint_folder_with_a_crafted_pickle_is_refused_before_ray_and_nothing_runs(tmp_path, no_ray):

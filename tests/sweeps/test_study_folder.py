@@ -62,22 +62,6 @@ def experiment_state(folder: Path, ids: list[str], stamp: str) -> None:
     (folder / f"experiment_state-{stamp}.json").write_text(json.dumps({"trial_data": trial_data}))
 
 
-@pytest.fixture(autouse=True)
-def config_dir(tmp_path, monkeypatch):
-    """This installation's config dir (its resume key) in the test's folder."""
-    folder = tmp_path / "config"
-    monkeypatch.setenv(study_folder.CONFIG_DIR_ENV, str(folder))
-    return folder
-
-
-@pytest.fixture
-def no_ray(monkeypatch):
-    """Fails the test if the sweep gets as far as starting Ray."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("Ray was started")
-    monkeypatch.setattr(run, "init_ray", refuse)
-
-
 def test_a_sweep_into_a_used_folder_stops_before_ray_with_one_line_offering_resume_name_and_overwrite(
         tmp_path, no_ray):
     study = study_of(tmp_path)
