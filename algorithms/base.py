@@ -42,6 +42,17 @@ class CheckedConfig:
         if not ok:
             raise ConfigError(f"{type(self).__name__}.{name}={getattr(self, name)!r} must be {allowed}")
 
+    def layer_sizes(self, name: str) -> None:
+        """Field `name` (a list of layer sizes, type-checked already) as a tuple of ints from 1 to MAX_LAYER."""
+        setattr(self, name, tuple(int(h) for h in getattr(self, name)))
+        sizes = getattr(self, name)
+        self.check(bool(sizes) and 0 < min(sizes) and max(sizes) <= MAX_LAYER, name,
+                   f"a list of layer sizes from 1 to {MAX_LAYER}")
+
+    def seed_in_range(self, name: str) -> None:
+        """Field `name` is a seed torch and numpy both take: 0 to MAX_SEED."""
+        self.check(0 <= getattr(self, name) <= MAX_SEED, name, "a whole number from 0 to 2**63 - 1")
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]):
         names = {f.name for f in dataclasses.fields(cls)}
@@ -98,18 +109,12 @@ class LearnerConfig(CheckedConfig):
     def __post_init__(self):
         check_field_types(self)
         self.layer_sizes("hidden")
-        self.check(0 <= self.seed <= MAX_SEED, "seed", "a whole number from 0 to 2**63 - 1")
+        self.seed_in_range("seed")
         self.check(self.init in INITS, "init", " or ".join(INITS))
         self.check(1 <= self.batch_size <= MAX_BATCH_SIZE, "batch_size",
                    f"a whole number from 1 to {MAX_BATCH_SIZE}")
         self.check(0.0 <= self.gamma < 1.0, "gamma", "in [0, 1)")
         self.check(self.divergence_bound > 0, "divergence_bound", "positive")
-
-    def layer_sizes(self, name: str) -> None:
-        """Field `name` (a list of layer sizes, type-checked already) as a tuple of positive ints."""
-        setattr(self, name, tuple(int(h) for h in getattr(self, name)))
-        self.check(bool(getattr(self, name)) and 0 < min(getattr(self, name)) and max(getattr(self, name)) <= MAX_LAYER,
-                   name, f"a list of layer sizes from 1 to {MAX_LAYER}")
 
 
 @dataclasses.dataclass

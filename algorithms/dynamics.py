@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from gymnasium.envs.registration import parse_env_id
 
 from ..datasets.progress import Progress
-from .base import MAX_LAYER, MAX_SEED, CheckedConfig, ConfigError
+from .base import CheckedConfig, ConfigError
 from .networks import PackedLinear, PackedMLP, init_members
 
 FORMAT_VERSION = 1
@@ -89,14 +89,12 @@ class DynamicsConfig(CheckedConfig):
     seed: int = 0
 
     def __post_init__(self):
-        self.hidden = tuple(int(h) for h in self.hidden)
+        self.layer_sizes("hidden")
         if isinstance(self.weight_decay, (list, tuple)):
             self.weight_decay = tuple(float(w) for w in self.weight_decay)
         self.check(self.ensemble >= 1, "ensemble", "at least 1")
         self.check(1 <= self.elites <= self.ensemble, "elites", f"between 1 and ensemble={self.ensemble}")
-        self.check(bool(self.hidden) and 0 < min(self.hidden) and max(self.hidden) <= MAX_LAYER, "hidden",
-                   f"a list of layer sizes from 1 to {MAX_LAYER}")
-        self.check(0 <= self.seed <= MAX_SEED, "seed", "a whole number from 0 to 2**63 - 1")
+        self.seed_in_range("seed")
         self.check(self.lr > 0, "lr", "positive")
         decays = self.weight_decay
         self.check(decays is None or (isinstance(decays, tuple) and len(decays) == len(self.hidden) + 1

@@ -43,7 +43,7 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from .base import MAX_LAYER, CheckedConfig, ConfigError, check_field_types
+from .base import CheckedConfig, ConfigError, check_field_types
 from .compiled import configure_compiler
 from .networks import PackedCritic, init_members, polyak_update
 from .optim import PackedAdam, descend
@@ -76,9 +76,7 @@ class FQEConfig(CheckedConfig):
 
     def __post_init__(self):
         check_field_types(self)
-        self.hidden = tuple(int(h) for h in self.hidden)
-        self.check(bool(self.hidden) and 0 < min(self.hidden) and max(self.hidden) <= MAX_LAYER, "hidden",
-                   f"a list of layer sizes from 1 to {MAX_LAYER}")
+        self.layer_sizes("hidden")
         self.check(self.updates is None or self.updates >= 1, "updates",
                    "a whole number >= 1, or null for min(100000, total_updates // 10)")
         self.check(self.batch_size >= 1, "batch_size", "a whole number >= 1")

@@ -37,7 +37,7 @@ import torch
 from ..datasets import DatasetError, TransitionBuffer, check_env_compatible, iql_reward_scale, load, make_env
 from ..datasets.loading import normalized_score
 from . import ALGORITHMS
-from .base import MAX_SEED, CheckedConfig, ConfigError, DataContext, check_field_types
+from .base import CheckedConfig, ConfigError, DataContext, check_field_types
 from .compiled import MODES, GraphUpdate
 from .dynamics import DynamicsConfig
 from .evaluation import evaluate_population
@@ -102,7 +102,7 @@ class TrainConfig(CheckedConfig):
                    f"eval_episodes: eval_episodes)")
         self.check(0 <= self.threads <= MAX_THREADS, "threads", f"0 (as Ray gives the trial) or a whole number up to "
                    f"{MAX_THREADS}")
-        self.check(0 <= self.eval_seed <= MAX_SEED, "eval_seed", "a whole number from 0 to 2**63 - 1")
+        self.seed_in_range("eval_seed")
         if self.eval_every > self.total_updates:
             raise ConfigError(f"eval_every={self.eval_every} is larger than total_updates={self.total_updates}: "
                               f"no evaluation would fall inside the run")
