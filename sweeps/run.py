@@ -115,6 +115,7 @@ class ProgressLines(tune.Callback):
         self.metric, self.log, self.started = metric, log, time.monotonic()
         self.planned = list(planned or [])
         self.clock = SweepClock(self.planned)
+        self.finished: set = set()     # trials whose last result has been seen
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.clock.started(trial.trial_id)
@@ -126,7 +127,11 @@ class ProgressLines(tune.Callback):
         members = [v for member in split_members(result, len(config["members"])) if
                    isinstance(v := member.get(self.metric), (int, float)) and math.isfinite(v)]
         spread = f" [{min(members):.1f}, {max(members):.1f}]" if len(members) > 1 else ""
-        done = sum(t.status in ("TERMINATED", "ERROR") or (t is trial and bool(result.get("done"))) for t in trials)
+        # A trial is done once its last result is seen: Tune marks the status TERMINATED only after the callbacks of
+        # that result, so another trial's result arriving meanwhile would count a finished trial as running.
+        if result.get("done") or result["training_iteration"] >= total:
+            self.finished.add(getattr(trial, "trial_id", id(trial)))
+        done = sum(t.status in ("TERMINATED", "ERROR") or getattr(t, "trial_id", id(t)) in self.finished for t in trials)
         self.clock.result(getattr(trial, "trial_id", id(trial)))
         left = self.clock.seconds_left([_iterations_left(t, trial, result) for t in trials],
                                        unseen=len(self.planned) - len(trials),

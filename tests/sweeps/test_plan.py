@@ -118,6 +118,23 @@ def test_progress_lines_end_with_the_time_left_for_the_sweep(tmp_path, monkeypat
     assert "\r" not in lines[-1]
 
 
+def test_a_trial_counts_as_done_from_its_last_result_before_tune_marks_it(tmp_path):
+    """Tune sets TERMINATED after the callbacks of a trial's last result: the other trial's last result, arriving
+    meanwhile, must still read "2/2 done" (the e2e sweep saw "(1/2 trials done, about 0 s left)")."""
+    trials = [{"trial": t} for t in study_of(tmp_path).trials()]
+    first, second = (SimpleNamespace(trial_id=f"t{k}", config=config, status="RUNNING", last_result={})
+                     for k, config in enumerate(trials))
+    lines = []
+    progress = ProgressLines("eval/normalized_return", lines.append, planned=[3, 3])
+    for trial in (first, second):
+        progress.on_trial_start(0, [first, second], trial)
+    for iteration in (1, 2, 3):
+        for trial in (first, second):
+            progress.on_trial_result(iteration, [first, second], trial,
+                                     {"training_iteration": iteration, "eval/normalized_return": 1.0})
+    assert lines[-2].endswith("(1/2 trials done, about 0 s left)") and lines[-1].endswith("(2/2 trials done)")
+
+
 def test_wandb_run_names_carry_the_algorithm_the_knobs_and_the_seed(tmp_path):
     packed, unpacked = study_of(tmp_path).trials()[1], study_of(tmp_path, pack=[]).trials()[1]
     assert [member_run_name(packed, m) for m in packed["members"]] == ["iql expectile=0.9 seed=0",
