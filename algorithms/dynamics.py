@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from gymnasium.envs.registration import parse_env_id
 
 from ..datasets.progress import Progress
-from .base import CheckedConfig, ConfigError
+from .base import CheckedConfig
 from .networks import PackedLinear, PackedMLP, init_members
 
 FORMAT_VERSION = 1

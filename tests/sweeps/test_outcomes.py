@@ -15,15 +15,6 @@ from offline_sweeps.sweeps.study import StudyError
 from offline_sweeps.sweeps.study_yaml import parse_study
 
 
-def folder_at(root: Path) -> Path:
-    """A signed study folder of two finished trials, as tests/sweeps/test_received_folder.py makes it."""
-    module = __import__("importlib").util.spec_from_file_location(
-        "received_folder_helpers", Path(__file__).with_name("test_received_folder.py"))
-    helpers = __import__("importlib").util.module_from_spec(module)
-    module.loader.exec_module(helpers)
-    return helpers.study_folder_at(root)
-
-
 def _params(folder: Path) -> Path:
     return next(folder.glob("abcd0000_*/params.json"))
 
@@ -60,9 +51,9 @@ def test_a_sweep_whose_every_trial_failed_says_so_with_the_first_error_and_exits
                      f"{folder}/*/error.txt")
 
 
-def test_export_refuses_a_best_config_whose_seeds_all_diverged(tmp_path):
+def test_export_refuses_a_best_config_whose_seeds_all_diverged(tmp_path, study_folder_at):
     from offline_sweeps.sweeps.export import export_best
-    folder = folder_at(tmp_path)
+    folder = study_folder_at(tmp_path)
     for results in folder.glob("*/result.json"):
         rows = [json.loads(line) for line in results.read_text().splitlines()]
         for row in rows:
@@ -115,10 +106,11 @@ def _content(name: str, data) -> str:
 @given(name=st.sampled_from(FILES), data=st.tuples(JSONS, st.sampled_from(["algorithm", "dataset", "members", "study",
                                                                           "total_updates", "seed", "metric", "x"]),
                                                     st.one_of(st.none(), st.text(max_size=40))))
-def test_any_content_in_a_received_folders_files_gives_results_or_a_one_line_study_error(tmp_path_factory, name, data):
+def test_any_content_in_a_received_folders_files_gives_results_or_a_one_line_study_error(tmp_path_factory, name, data,
+                                                                                         study_folder_at):
     from offline_sweeps.sweeps.results import load_results
     root = tmp_path_factory.mktemp("received")
-    folder = folder_at(root)
+    folder = study_folder_at(root)
     target = folder / name if name in ("study.yaml", "experiment_state-x.json") else _params(folder).with_name(name)
     target.write_text(_content(name, data))
     try:

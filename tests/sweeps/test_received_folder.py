@@ -11,14 +11,11 @@ import os
 import pickle
 from pathlib import Path
 
-import numpy as np
 import pytest
-import yaml
 
-from offline_sweeps.algorithms.trainer import flatten_members
 from offline_sweeps.sweeps import folder as study_folder
 from offline_sweeps.sweeps import run
-from offline_sweeps.sweeps.study import STUDY_FILE, StudyError
+from offline_sweeps.sweeps.study import StudyError
 from offline_sweeps.sweeps.study_yaml import parse_study
 
 
@@ -31,36 +28,10 @@ class Marker:
         return builtins.open, (str(self.path), "w")
 
 
-def study_of(storage: Path, name: str = "study", **values):
-    return parse_study({"name": name, "algorithm": "iql", "datasets": ["pendulum/medium-v0"], "seeds": [0, 1],
-                        "pack": ["seed"], "search": {"expectile": {"grid": [0.6, 0.9]}}, "storage": str(storage),
-                        "train": {"eval_every": 10, "total_updates": 30}, "wandb": {"enabled": False}, **values})
-
-
-def study_folder_at(tmp_path: Path, name: str = "study") -> Path:
-    """A study folder as a finished sweep leaves it (its Tune state stubbed): study.yaml, tuner.pkl, two trials
-    with params.json, result.json and a checkpoint folder holding state.pt; signed by this installation."""
-    study = study_of(tmp_path, name)
-    folder = tmp_path / name
-    folder.mkdir()
-    (folder / STUDY_FILE).write_text(yaml.safe_dump(study.source))
-    (folder / "tuner.pkl").write_bytes(pickle.dumps({"stub": True}))
-    for index, trial in enumerate(study.trials()):
-        trial_dir = folder / f"abcd000{index}_iql,expectile={trial['members'][0]['expectile']}"
-        (trial_dir / "checkpoint_000002").mkdir(parents=True)
-        (trial_dir / "checkpoint_000002" / "state.pt").write_bytes(b"weights")
-        (trial_dir / "params.json").write_text(json.dumps({"trial": trial}))
-        rows = [{**flatten_members({"eval/normalized_return": np.full(2, 1.0 + index), "eval/return": np.full(2, -900.0),
-                                    "diverged": np.zeros(2)}), "updates": 10 * i, "training_iteration": i,
-                 "done": i == 3} for i in range(1, 4)]
-        (trial_dir / "result.json").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    study_folder.sign_folder(folder)
-    return folder
-
-
 # --- 1. Received folders are data, never code or paths --------------------------------------------------------
 
-def test_a_symlinked_checkpoint_folder_with_a_crafted_pickle_is_refused_before_ray_and_nothing_runs(tmp_path, no_ray):
+def test_a_symlinked_checkpoint_folder_with_a_crafted_pickle_is_refused_before_ray_and_nothing_runs(tmp_path, no_ray,
+                                                                                                    study_folder_at):
     """The issue's first reproduction: the signature did not descend into a symlinked folder, and Tune's restore
     unpickles a `_dict_checkpoint.pkl` it finds in a checkpoint folder."""
     folder = study_folder_at(tmp_path)
@@ -84,7 +55,7 @@ def test_a_symlinked_checkpoint_folder_with_a_crafted_pickle_is_refused_before_r
     assert marker.exists()
 
 
-def test_the_signature_covers_every_file_a_restore_reads_not_only_pickles(tmp_path):
+def test_the_signature_covers_every_file_a_restore_reads_not_only_pickles(tmp_path, study_folder_at):
     folder = study_folder_at(tmp_path)
     study_folder.check_signature(folder)
     state = next(folder.glob("*/checkpoint_000002/state.pt"))
@@ -105,7 +76,8 @@ def test_the_signature_covers_every_file_a_restore_reads_not_only_pickles(tmp_pa
 
 @pytest.mark.parametrize("plant", ["symlinked file", "symlinked folder", "hard link from outside", "fifo", "socket",
                                    "link in wandb not w&b's"])
-def test_links_and_special_files_anywhere_in_a_folder_are_refused_by_resume_report_and_export(tmp_path, no_ray, plant):
+def test_links_and_special_files_anywhere_in_a_folder_are_refused_by_resume_report_and_export(tmp_path, no_ray, plant,
+                                                                                              study_folder_at):
     from offline_sweeps.sweeps.export import export_best
     from offline_sweeps.sweeps.report import write_report
     folder = study_folder_at(tmp_path)
@@ -140,7 +112,7 @@ def test_links_and_special_files_anywhere_in_a_folder_are_refused_by_resume_repo
         assert str(entry) in str(refused.value) and "\n" not in str(refused.value)
 
 
-def test_w_and_bs_own_links_below_a_wandb_folder_are_accepted(tmp_path):
+def test_w_and_bs_own_links_below_a_wandb_folder_are_accepted(tmp_path, study_folder_at):
     folder = study_folder_at(tmp_path)
     wandb = next(folder.glob("abcd0000_*")) / "wandb"
     (wandb / "offline-run-1" / "logs").mkdir(parents=True)
@@ -152,7 +124,7 @@ def test_w_and_bs_own_links_below_a_wandb_folder_are_accepted(tmp_path):
     study_folder.check_signature(folder)
 
 
-def test_a_corrupt_signature_or_key_is_one_line(tmp_path, config_dir):
+def test_a_corrupt_signature_or_key_is_one_line(tmp_path, config_dir, study_folder_at):
     folder = study_folder_at(tmp_path)
     (folder / study_folder.SIGNATURE_FILE).write_text('{"version": 2, "hmac_sha256": "\u00e9t\u00e9"}')
     with pytest.raises(StudyError, match="do not match"):
@@ -168,7 +140,8 @@ def test_a_corrupt_signature_or_key_is_one_line(tmp_path, config_dir):
 
 # --- 2. Nothing the project did not write is ever deleted ------------------------------------------------------
 
-def test_overwrite_never_deletes_a_folder_that_is_not_a_study_and_says_so_in_one_line(tmp_path, no_ray, monkeypatch):
+def test_overwrite_never_deletes_a_folder_that_is_not_a_study_and_says_so_in_one_line(tmp_path, no_ray, monkeypatch,
+                                                                                      study_of):
     """The issue's reproduction: `<storage>/<name>` an unrelated non-empty folder; --overwrite deleted it."""
     monkeypatch.setattr(run, "check_inputs", lambda study: None)
     folder = tmp_path / "study"
@@ -183,7 +156,7 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_study_and_says_so_in_one
     assert sorted(p.name for p in folder.iterdir() if p.name != study_folder.LOCK_FILE) == ["notes.txt", "thesis"]
 
 
-def test_a_sweep_marks_the_folder_it_claims_and_overwrite_clears_only_a_marked_one(tmp_path, monkeypatch):
+def test_a_sweep_marks_the_folder_it_claims_and_overwrite_clears_only_a_marked_one(tmp_path, monkeypatch, study_of):
     monkeypatch.setattr(run, "check_inputs", lambda study: None)
     monkeypatch.setattr(run, "_run_claimed", lambda *args: "ran")
     folder = tmp_path / "study"
@@ -203,7 +176,7 @@ def _params(folder: Path) -> Path:
     return next(folder.glob("abcd0000_*/params.json"))
 
 
-def test_export_never_writes_outside_the_folder_whatever_params_json_says(tmp_path):
+def test_export_never_writes_outside_the_folder_whatever_params_json_says(tmp_path, study_folder_at):
     """The issue's reproduction: `algorithm` from a received params.json became part of the output file name, so
     `../` in it placed the exported YAML anywhere."""
     from offline_sweeps.sweeps.export import export_best
@@ -230,7 +203,7 @@ def test_exported_file_names_are_plain_names_inside_best(tmp_path):
 
 
 @pytest.mark.parametrize("planted", ["report", "best"])
-def test_report_and_export_refuse_to_write_through_a_planted_symlink(tmp_path, planted):
+def test_report_and_export_refuse_to_write_through_a_planted_symlink(tmp_path, planted, study_folder_at):
     """The issue's reproduction: a `report/` or `best/` entry that is a symlink to another folder made report and
     export overwrite files there."""
     from offline_sweeps.sweeps.export import export_best
@@ -267,7 +240,7 @@ def test_a_symlinked_file_inside_report_or_best_is_replaced_never_written_throug
     ("dataset", "is not a part of study"),
     ("seed", "seed"),
 ])
-def test_a_damaged_or_foreign_params_json_is_one_line_naming_the_file(tmp_path, damage, message):
+def test_a_damaged_or_foreign_params_json_is_one_line_naming_the_file(tmp_path, damage, message, study_folder_at):
     from offline_sweeps.sweeps.results import load_results
     folder = study_folder_at(tmp_path)
     params = _params(folder)
@@ -284,7 +257,7 @@ def test_a_damaged_or_foreign_params_json_is_one_line_naming_the_file(tmp_path, 
     assert str(params) in str(refused.value) and "\n" not in str(refused.value)
 
 
-def test_a_result_line_that_is_not_a_result_is_one_line_naming_the_file(tmp_path):
+def test_a_result_line_that_is_not_a_result_is_one_line_naming_the_file(tmp_path, study_folder_at):
     from offline_sweeps.sweeps.results import load_results
     folder = study_folder_at(tmp_path)
     results = _params(folder).with_name("result.json")
@@ -295,7 +268,7 @@ def test_a_result_line_that_is_not_a_result_is_one_line_naming_the_file(tmp_path
 
 
 @pytest.mark.parametrize("left", ["empty params", "cut params", "empty results"])
-def test_empty_or_truncated_trial_files_count_as_a_trial_not_started(tmp_path, left, capsys):
+def test_empty_or_truncated_trial_files_count_as_a_trial_not_started(tmp_path, left, capsys, study_folder_at):
     """What a full disk left (the issue's reproduction): zero-byte params.json/result.json made the report after
     `resume --trust` fail with a traceback."""
     from offline_sweeps.sweeps.export import export_best
@@ -330,7 +303,7 @@ def test_a_study_leaving_total_updates_at_its_default_plans_without_a_key_error(
     assert any("1,000,000 member-updates" in line for line in format_plan(plan, None))
 
 
-def test_a_link_planted_while_a_sweep_runs_is_never_signed(tmp_path):
+def test_a_link_planted_while_a_sweep_runs_is_never_signed(tmp_path, study_folder_at):
     """KeepSigned leaves the folder unsigned (and the sweep running); the driver's last signing and any resume
     then refuse it in one line."""
     folder = study_folder_at(tmp_path)

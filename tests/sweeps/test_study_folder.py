@@ -25,15 +25,8 @@ from offline_sweeps.sweeps import run
 from offline_sweeps.sweeps.export import export_best
 from offline_sweeps.sweeps.results import load_results
 from offline_sweeps.sweeps.study import STUDY_FILE, StudyError
-from offline_sweeps.sweeps.study_yaml import parse_study
 
 LAUNCH = Path(__file__).resolve().parents[2] / "launch.py"
-
-
-def study_of(storage: Path, name: str = "study", **values):
-    return parse_study({"name": name, "algorithm": "iql", "datasets": ["pendulum/medium-v0"], "seeds": [0, 1],
-                        "pack": ["seed"], "search": {"expectile": {"grid": [0.6, 0.9]}}, "storage": str(storage),
-                        "train": {"eval_every": 10, "total_updates": 30}, "wandb": {"enabled": False}, **values})
 
 
 def write_trials(folder: Path, study, ids: list[str], returns: dict[str, float]) -> None:
@@ -62,8 +55,8 @@ def experiment_state(folder: Path, ids: list[str], stamp: str) -> None:
     (folder / f"experiment_state-{stamp}.json").write_text(json.dumps({"trial_data": trial_data}))
 
 
-def test_a_sweep_into_a_used_folder_stops_before_ray_with_one_line_offering_resume_name_and_overwrite(
-        tmp_path, no_ray):
+def test_a_sweep_into_a_used_folder_stops_before_ray_with_one_line_offering_resume_name_and_overwrite(tmp_path, no_ray,
+                                                                                                      study_of):
     study = study_of(tmp_path)
     folder = tmp_path / "study"
     write_trials(folder, study, ["aaaa0001", "aaaa0002"], {"aaaa0001": 1.0, "aaaa0002": 2.0})
@@ -76,7 +69,7 @@ def test_a_sweep_into_a_used_folder_stops_before_ray_with_one_line_offering_resu
     assert sorted(p.name for p in folder.iterdir() if p.name != study_folder.LOCK_FILE) == before   # nothing touched
 
 
-def test_a_folder_holding_only_the_study_yaml_of_a_sweep_that_never_started_is_reused(tmp_path, monkeypatch):
+def test_a_folder_holding_only_the_study_yaml_of_a_sweep_that_never_started_is_reused(tmp_path, monkeypatch, study_of):
     monkeypatch.setattr(run, "check_inputs", lambda study: None)     # its datasets are never used
     study = study_of(tmp_path)
     (tmp_path / "study").mkdir()
@@ -86,7 +79,7 @@ def test_a_folder_holding_only_the_study_yaml_of_a_sweep_that_never_started_is_r
     assert run.run_study(study, log=lambda _: None) == "ran"
 
 
-def test_overwrite_clears_the_old_trials_but_keeps_a_dynamics_cache_inside_the_folder(tmp_path, monkeypatch):
+def test_overwrite_clears_the_old_trials_but_keeps_a_dynamics_cache_inside_the_folder(tmp_path, monkeypatch, study_of):
     monkeypatch.setattr(run, "check_inputs", lambda study: None)     # its datasets are never used
     folder = tmp_path / "study"
     cache = folder / "dynamics-cache"
@@ -107,7 +100,7 @@ def test_overwrite_clears_the_old_trials_but_keeps_a_dynamics_cache_inside_the_f
     assert (cache / "abc" / "model.pt").read_bytes() == b"weights"
 
 
-def test_the_lock_stops_a_second_driver_on_the_same_folder_with_one_line(tmp_path, no_ray):
+def test_the_lock_stops_a_second_driver_on_the_same_folder_with_one_line(tmp_path, no_ray, study_of):
     folder = tmp_path / "study"
     with study_folder.folder_lock(folder):
         with pytest.raises(StudyError) as refused:
@@ -121,7 +114,7 @@ def test_the_lock_stops_a_second_driver_on_the_same_folder_with_one_line(tmp_pat
         pass
 
 
-def test_report_and_export_use_only_the_trials_of_the_folders_own_experiment(tmp_path):
+def test_report_and_export_use_only_the_trials_of_the_folders_own_experiment(tmp_path, study_of):
     """A foreign experiment's trials in the folder (an earlier run, another driver) are not pooled: the
     newest experiment state names the folder's own."""
     study = study_of(tmp_path)
@@ -146,7 +139,7 @@ class Marker:
         return builtins.open, (str(self.path), "w")
 
 
-def received_folder(tmp_path) -> tuple[Path, Path]:
+def received_folder(tmp_path, study_of) -> tuple[Path, Path]:
     """A study folder from elsewhere whose tuner.pkl creates a marker file when unpickled."""
     study = study_of(tmp_path, name="received")
     folder = tmp_path / "received"
@@ -157,8 +150,8 @@ def received_folder(tmp_path) -> tuple[Path, Path]:
     return folder, marker
 
 
-def test_resume_refuses_a_received_folder_without_unpickling_it_and_names_trust(tmp_path, config_dir):
-    folder, marker = received_folder(tmp_path)
+def test_resume_refuses_a_received_folder_without_unpickling_it_and_names_trust(tmp_path, config_dir, study_of):
+    folder, marker = received_folder(tmp_path, study_of)
     refused = subprocess.run([sys.executable, str(LAUNCH), "resume", str(folder), "--no-wandb"], capture_output=True,
                              text=True, timeout=300, env={**os.environ, study_folder.CONFIG_DIR_ENV: str(config_dir)})
     assert refused.returncode == 2, refused.stdout + refused.stderr
@@ -168,16 +161,16 @@ def test_resume_refuses_a_received_folder_without_unpickling_it_and_names_trust(
     assert not marker.exists()
 
 
-def test_resume_trust_passes_a_received_folder_on_to_tune(tmp_path, config_dir, monkeypatch):
-    folder, marker = received_folder(tmp_path)
+def test_resume_trust_passes_a_received_folder_on_to_tune(tmp_path, config_dir, monkeypatch, study_of):
+    folder, marker = received_folder(tmp_path, study_of)
     monkeypatch.setattr(run, "init_ray", lambda *args: None)
     with pytest.raises(Exception):          # Tune unpickles the crafted file (which is no tuner state)
         run.resume_study(folder, use_wandb=False, trust=True)
     assert marker.exists()
 
 
-def test_a_folder_this_installation_signed_passes_and_one_changed_since_is_refused(tmp_path, config_dir):
-    folder, marker = received_folder(tmp_path)
+def test_a_folder_this_installation_signed_passes_and_one_changed_since_is_refused(tmp_path, config_dir, study_of):
+    folder, marker = received_folder(tmp_path, study_of)
     study_folder.sign_folder(folder)
     study_folder.check_signature(folder)
     key = config_dir / "resume.key"
@@ -191,10 +184,10 @@ def test_a_folder_this_installation_signed_passes_and_one_changed_since_is_refus
         study_folder.check_signature(folder)
 
 
-def test_a_running_sweep_re_signs_its_folder_when_tune_rewrites_its_state(tmp_path, config_dir):
+def test_a_running_sweep_re_signs_its_folder_when_tune_rewrites_its_state(tmp_path, config_dir, study_of):
     """KeepSigned: what a driver killed with SIGKILL leaves is resumable without --trust once the callback has
     looked after Tune's last write (and it does not sign again while nothing changed)."""
-    folder, _ = received_folder(tmp_path)
+    folder, _ = received_folder(tmp_path, study_of)
     keeper = run.KeepSigned(folder, every=0.0)
     keeper.on_step_end(iteration=1, trials=[])
     study_folder.check_signature(folder)
@@ -215,18 +208,18 @@ def test_a_running_sweep_re_signs_its_folder_when_tune_rewrites_its_state(tmp_pa
         study_folder.check_signature(folder)
 
 
-def test_another_installations_signature_is_refused(tmp_path, config_dir, monkeypatch):
-    folder, _ = received_folder(tmp_path)
+def test_another_installations_signature_is_refused(tmp_path, config_dir, monkeypatch, study_of):
+    folder, _ = received_folder(tmp_path, study_of)
     study_folder.sign_folder(folder)
     monkeypatch.setenv(study_folder.CONFIG_DIR_ENV, str(tmp_path / "elsewhere"))
     with pytest.raises(StudyError, match="do not match"):
         study_folder.check_signature(folder)
 
 
-def test_report_and_export_never_unpickle(tmp_path, monkeypatch):
+def test_report_and_export_never_unpickle(tmp_path, monkeypatch, study_of):
     import cloudpickle
     from offline_sweeps.sweeps.report import write_report
-    folder, marker = received_folder(tmp_path)
+    folder, marker = received_folder(tmp_path, study_of)
 
     def refuse(*args, **kwargs):
         raise AssertionError("report/export unpickled something")
@@ -243,7 +236,7 @@ def test_report_and_export_never_unpickle(tmp_path, monkeypatch):
 # Disk full and partial files (issue 15, item 6)
 
 def test_a_sweep_onto_storage_with_too_little_free_space_stops_before_ray_with_one_line(tmp_path, no_ray,
-                                                                                       monkeypatch):
+                                                                                       monkeypatch, study_of):
     import shutil
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(study_folder.shutil, "disk_usage", lambda path: usage._replace(free=10 * 2**20))
@@ -252,7 +245,7 @@ def test_a_sweep_onto_storage_with_too_little_free_space_stops_before_ray_with_o
     assert "\n" not in str(refused.value) and not (tmp_path / "study").exists()
 
 
-def test_report_and_export_skip_a_truncated_last_result_line_and_name_it(tmp_path, capsys):
+def test_report_and_export_skip_a_truncated_last_result_line_and_name_it(tmp_path, capsys, study_of):
     study = study_of(tmp_path)
     folder = tmp_path / "study"
     write_trials(folder, study, ["abcd_00001", "abcd_00002"], {"abcd_00001": 1.0, "abcd_00002": 2.0})

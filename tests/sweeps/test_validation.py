@@ -2,14 +2,12 @@
 property-based test throws arbitrary values at every key and accepts only a valid study or a StudyError."""
 from __future__ import annotations
 
-import math
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from offline_sweeps.algorithms.base import ConfigError
-from offline_sweeps.sweeps import study as study_module
 from offline_sweeps.sweeps.inputs import check_inputs
 from offline_sweeps.sweeps.study import StudyError
 from offline_sweeps.sweeps.study_yaml import TOP_KEYS, TRAIN_KEYS, load_study, parse_study, reported_metrics
