@@ -99,70 +99,9 @@ def _whole(low: int, high: int):
     return whole
 
 
-def _log_report(folder, paths, use_wandb: bool, verbose: bool = False) -> None:
-    from offline_sweeps.sweeps.study import STUDY_FILE
-    from offline_sweeps.sweeps.study_yaml import load_study
-    study = load_study(Path(folder) / STUDY_FILE, resolve=False)
-    if use_wandb and study.wandb["enabled"]:
-        from offline_sweeps.sweeps.wandb_logging import log_report
-        where = log_report(study, paths, verbose)
-        if verbose or not str(where).startswith(str(folder)):     # an offline one is in _wandb_hint's count
-            print(f"report logged to W&B: {where}")
-
-
-def _wandb_hint(folder) -> None:
-    """Where the sweep's offline W&B runs are and how to upload them, once (W&B itself says nothing unless
-    --verbose)."""
-    runs = sorted(Path(folder).glob("*/wandb/offline-run-*")) if isinstance(folder, Path) else []
-    if runs:
-        print(f"W&B: {len(runs)} offline run(s) in {folder}/*/wandb; upload them with "
-              f"`wandb sync {folder}/*/wandb/offline-run-*`")
-
-
-def _summary(markdown: str, path) -> list[str]:
-    """The report's table and its winners, for the console; the other sections are named, not printed."""
-    table = next((block for block in markdown.split("\n\n") if block.startswith("|")), "")
-    sections = markdown.split("\n## ")[1:]
-    winners = [line for section in sections if section.startswith("Winners")
-               for line in section.splitlines() if line.startswith("- ")]
-    others = [section.splitlines()[0] for section in sections if not section.startswith("Winners")]
-    return [f"report: {path} (plots beside it{'; also: ' + '; '.join(others) if others else ''})", table,
-            *(["winners:", *winners] if winners else [])]
-
-
-def _finish_study(results, folder, use_wandb: bool = True, verbose: bool = False) -> int:
-    from offline_sweeps.sweeps.export import export_best
-    from offline_sweeps.sweeps.report import write_report
-    from offline_sweeps.sweeps.run import unfinished_trials
-    errors, unfinished = results.num_errors, unfinished_trials(results)
-    print(f"\n{len(results)} trial(s): {len(results) - errors - len(unfinished)} finished, {errors} failed, "
-          f"{len(unfinished)} unfinished; results in {folder}")
-    if any(r.metrics for r in results) and errors < len(results):
-        paths = write_report(folder)
-        print("\n".join(_summary(paths["markdown"].read_text(), paths["markdown"])))
-        _log_report(folder, paths, use_wandb, verbose)
-        if use_wandb:
-            _wandb_hint(folder)
-        for path in export_best(folder):
-            print(f"best config: {path}  (re-run: python launch.py train --config {path})")
-    if errors and errors == len(results):
-        first = next(r.error for r in results if r.error is not None)
-        last = next((line.strip() for line in reversed(str(first).splitlines()) if line.strip()), type(first).__name__)
-        print(f"error: every trial failed ({errors}); the first: {last}; the rest in {folder}/*/error.txt",
-              file=sys.stderr)
-        return 1
-    if errors:
-        print(f"error: {errors} trial(s) failed; see the error.txt files under {folder}", file=sys.stderr)
-        return 1
-    if unfinished:
-        print(f"error: the sweep stopped before {len(unfinished)} trial(s) finished; continue it with "
-              f"`python launch.py resume {folder}`", file=sys.stderr)
-        return 3
-    return 0
-
-
 def sweep(args: argparse.Namespace) -> int:
     from offline_sweeps.sweeps.folder import experiment_dir, ray_log_file
+    from offline_sweeps.sweeps.outcome import finish_study, interrupted
     from offline_sweeps.sweeps.plan import format_plan, make_plan
     from offline_sweeps.sweeps.run import run_study
     from offline_sweeps.sweeps.study_yaml import load_study
@@ -177,32 +116,29 @@ def sweep(args: argparse.Namespace) -> int:
         results = run_study(study, args.address, use_wandb=not args.no_wandb, num_cpus=args.num_cpus,
                             overwrite=args.overwrite, verbose=args.verbose, estimate=True)
     except KeyboardInterrupt:          # a second Ctrl-C: Tune stopped at once; the folder was signed on the way out
-        return _interrupted(experiment_dir(study))
-    return _finish_study(results, experiment_dir(study), not args.no_wandb, args.verbose)
-
-
-def _interrupted(folder) -> int:
-    print(f"\nerror: interrupted; continue the sweep with `python launch.py resume {folder}`", file=sys.stderr)
-    return 3
+        return interrupted(experiment_dir(study))
+    return finish_study(results, experiment_dir(study), not args.no_wandb, args.verbose)
 
 
 def resume(args: argparse.Namespace) -> int:
+    from offline_sweeps.sweeps.outcome import finish_study, interrupted
     from offline_sweeps.sweeps.run import resume_study
     try:
         results = resume_study(args.folder, args.address, use_wandb=not args.no_wandb, num_cpus=args.num_cpus,
                                trust=args.trust, verbose=args.verbose)
     except KeyboardInterrupt:
-        return _interrupted(Path(args.folder).expanduser().resolve())
-    return _finish_study(results, Path(args.folder).expanduser().resolve(), not args.no_wandb, args.verbose)
+        return interrupted(Path(args.folder).expanduser().resolve())
+    return finish_study(results, Path(args.folder).expanduser().resolve(), not args.no_wandb, args.verbose)
 
 
 def report(args: argparse.Namespace) -> None:
+    from offline_sweeps.sweeps.outcome import log_report
     from offline_sweeps.sweeps.report import write_report
     paths = write_report(args.folders, args.out)
     print(paths["markdown"].read_text())
     print(f"written: {', '.join(str(path) for key, path in paths.items() if key != 'markdown')}")
     if len(args.folders) == 1:       # a report of several studies belongs to no one study's W&B group
-        _log_report(args.folders[0], paths, not args.no_wandb, args.verbose)
+        log_report(args.folders[0], paths, not args.no_wandb, args.verbose)
 
 
 def export(args: argparse.Namespace) -> None:

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from offline_sweeps.sweeps import run
+from offline_sweeps.sweeps.outcome import finish_study
 from offline_sweeps.sweeps.study import StudyError
 from offline_sweeps.sweeps.study_yaml import parse_study
 
@@ -45,7 +46,7 @@ def test_a_sweep_whose_every_trial_failed_says_so_with_the_first_error_and_exits
     folder = tmp_path / "study"
     grid = _Grid([_Result(folder / "a_iql", RuntimeError("Traceback ...\n  File x\nDatasetError: dataset 'd' is gone")),
                   _Result(folder / "b_iql", RuntimeError("other"))])
-    assert _cli()._finish_study(grid, folder, use_wandb=False) == 1
+    assert finish_study(grid, folder, use_wandb=False) == 1
     error = capsys.readouterr().err.strip()
     assert error == (f"error: every trial failed (2); the first: DatasetError: dataset 'd' is gone; the rest in "
                      f"{folder}/*/error.txt")
