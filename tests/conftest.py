@@ -20,8 +20,8 @@ keep_freed_memory()      # as every CPU training process does (TrainRun)
 # The suite runs on two pytest-xdist workers (pyproject.toml), one torch thread each. Tests that start an
 # embedded Ray, or launch.py commands that do, share one worker so two Ray instances never compete for the
 # two cores; everything else (the learning checks, reports on synthetic folders, validation) spreads over both.
-RAY_MODULES = tuple(f"tests/sweeps/{name}.py" for name in ("test_cluster", "test_cluster_job", "test_faults",
-                                                           "test_model_sweep", "test_optuna", "test_disk_full", "test_report_real",
+RAY_MODULES = tuple(f"tests/sweeps/{name}.py" for name in ("test_cluster_job", "test_faults", "test_model_sweep",
+                                                           "test_optuna", "test_disk_full", "test_report_real",
                                                            "test_sigterm", "test_sweep_e2e")) + (
     "tests/algorithms/test_trainer.py::test_tune_", "tests/test_launch.py::test_bench_tune")
 

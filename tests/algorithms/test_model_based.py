@@ -399,15 +399,18 @@ def test_lambda_zero_mopo_exploits_its_model_and_a_positive_lambda_closes_the_ga
     scripted expert. MOPO with lambda = 0 (offline MBPO) exploits its model: the policy's return simulated in
     the model (from the evaluation's own start states) sits far above its real one. lambda = 10 (max_std
     uncertainty) closes most of that gap and lifts the real return with it. Rollouts of h = 20 steps, 12,000
-    updates, three seeds per lambda packed in one population.
+    updates, two seeds per lambda packed in one population. As this test runs it (seeds 0/1, P = 4; 125 s on a
+    loaded core, against about twice that with a third seed): gaps lambda 0 1057/1232, lambda 10 467/60; real
+    returns -1116/-1319 against -543/-134. With the penalty off (lambda 10 -> 0) both halves are the same runs and
+    the last two asserts fail; that is the mechanism this test guards.
 
     Measured here with the uncertainty over every model (MOPO's code, the default) and the evaluation's tail past
     the time limit, seeds 0-2, gap = model_return - return: lambda 0: 737, 773, 709 (real returns -794, -836, -767);
     lambda 10: 59, 65, 297 (real returns -132, -136, -370). Earlier, with the uncertainty over the elites, seeds 0-7:
     lambda 0: 815, 841, 743, 1091, 998, 1161, 782, 711 (real returns -775 to -1222); lambda 10: 56, 299, 58, 124,
-    184, 76, 543, 75 (real returns -132 to -373 but seed 6's -619). What it takes: at 8000 updates lambda 10 had closed only a third of the gap (630/636/535/238,
-    measured before PackedAdam took the fused kernel, when the 12,000-update gaps were 839/840/779/913 and
-    40/142/42/170).
+    184, 76, 543, 75 (real returns -132 to -373 but seed 6's -619). What it takes: at 8000 updates lambda 10 had
+    closed only a third of the gap (630/636/535/238, measured before PackedAdam took the fused kernel, when the
+    12,000-update gaps were 839/840/779/913 and 40/142/42/170).
     With h = 5 it does not close (12,000 updates, seeds 0/1: lambda 0 1184/1300, lambda 10 577/1010; on 50
     expert episodes at 4000 updates, max_std lambda up to 5 and disagreement lambda up to 300 left 760-1120):
     5-step model rollouts never reach the states where the real policy fails (it overshoots the swing-up and
@@ -425,11 +428,11 @@ def test_lambda_zero_mopo_exploits_its_model_and_a_positive_lambda_closes_the_ga
     build(BuildConfig("Pendulum-v1", kinds=("expert",), transitions=2000, expert="scripted", ref_episodes=10,
                       seed=0), log=lambda _: None)
     dataset = str(minari_root / "pendulum" / "expert-v0")
-    members = [{"seed": seed, "penalty": penalty} for penalty in (0.0, 10.0) for seed in (0, 1, 2)]
+    members = [{"seed": seed, "penalty": penalty} for penalty in (0.0, 10.0) for seed in (0, 1)]
     metrics = train_on_pendulum(dataset, tmp_path, "mopo", members, updates=12_000, normalize_observations=True,
                                 rollout_length=20, rollout_batch_size=250, target_entropy=-1.0)
-    real = per_member(metrics, "eval/return", 6).reshape(2, 3)
-    gap = per_member(metrics, "eval/model_return", 6).reshape(2, 3) - real
+    real = per_member(metrics, "eval/return", 4).reshape(2, 2)
+    gap = per_member(metrics, "eval/model_return", 4).reshape(2, 2) - real
     report = f"gaps (lambda 0, lambda 10) {gap.tolist()}, real returns {real.tolist()}"
     assert (gap[0] > 300).all() and gap[0].mean() > 500, report
     assert gap[1].mean() < 0.5 * gap[0].mean(), report

@@ -2,9 +2,10 @@
 process tree), a study submitted with `ray job submit --working-dir . -- python launch.py sweep ... --address
 auto`, then `launch.py report` and `export` on the results.
 
-tests/sweeps/test_cluster.py checks trial placement with `ray.cluster_utils.Cluster` inside pytest; this test
-covers what that one cannot: the job API (ray[default]), the working-dir and py_modules uploads, token
-authentication, `--address auto` inside a submitted job, and the job's `python` resolved on the head.
+It checks trial placement (every trial on a worker node, both workers used, the head never), the job API
+(ray[default]), the working-dir and py_modules uploads, token authentication, `--address auto` inside a submitted
+job, and the job's `python` resolved on the head. (An earlier test of placement alone, with `ray.cluster_utils`
+inside pytest, checked nothing this one does not, in another 75 s of the suite.)
 
 Nothing is shared with another Ray instance on the machine: every port is picked free, each node has its own
 `--temp-dir`, the nodes and the submitting CLI read a token this test writes (RAY_AUTH_TOKEN_PATH; ~/.ray is
