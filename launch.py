@@ -352,7 +352,8 @@ def parser() -> argparse.ArgumentParser:
                         "without Ray; key=value overrides change it for this run.")
     training.add_argument("--config", required=True, help="a TrainConfig YAML, e.g. one that `export` wrote")
     training.add_argument("overrides", nargs="*",
-                          help="key=value overrides, e.g. total_updates=2000 algo.expectile=0.8 members=[{seed:3}]")
+                          help="key=value overrides, e.g. total_updates=2000 algo.expectile=0.8 "
+                               "'members=[{seed: 3}]' (quoted: a YAML mapping needs the space after the colon)")
     training.add_argument("--output", help="where result.json goes (default results/train/<config name>)")
     training.set_defaults(run=train)
 

@@ -78,12 +78,20 @@ def write_episodes():
 def pendulum_datasets(tmp_path_factory):
     """{"medium": path, "expert": path}: 10,000 transitions each. Medium comes from a small SAC frozen at an
     eval return of -900 (its own data return about -900, normalized about 30); expert from the scripted
-    energy-shaping controller (a narrow, deterministic dataset)."""
-    root = tmp_path_factory.mktemp("pendulum-datasets")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MINARI_DATASETS_PATH", str(root))
-        build(BuildConfig("Pendulum-v1", kinds=("medium", "expert"), transitions=10_000, medium_return=-900.0,
-                          expert="scripted", sac_steps=10_000, sac_start_steps=1000, eval_every=250,
-                          sac_hidden=(64, 64), ref_episodes=10, seed=0),
-              log=lambda _: None, make_agent=OnlineSAC)
-    return {kind: str(root / "pendulum" / f"{kind}-v0") for kind in ("medium", "expert")}
+    energy-shaping controller (a narrow, deterministic dataset). Built once per run: the first xdist worker to
+    ask builds them (about 30 s) under a file lock in the folder the workers share, the other reads them."""
+    from filelock import FileLock
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):      # each worker's base folder sits in the run's shared one
+        shared = shared.parent
+    root = shared / "pendulum-datasets"
+    paths = {kind: root / "pendulum" / f"{kind}-v0" for kind in ("medium", "expert")}
+    with FileLock(str(shared / "pendulum-datasets.lock")):
+        if not all(path.is_dir() for path in paths.values()):
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("MINARI_DATASETS_PATH", str(root))
+                build(BuildConfig("Pendulum-v1", kinds=("medium", "expert"), transitions=10_000, medium_return=-900.0,
+                                  expert="scripted", sac_steps=10_000, sac_start_steps=1000, eval_every=250,
+                                  sac_hidden=(64, 64), ref_episodes=10, seed=0),
+                      log=lambda _: None, make_agent=OnlineSAC)
+    return {kind: str(path) for kind, path in paths.items()}
