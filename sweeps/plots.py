@@ -94,6 +94,58 @@ def _published_markers(ax, study, algorithm: str, knob: str) -> None:
                     xytext=(4, 4), textcoords="offset points")
 
 
+def plot_published(study, rows: list[dict], path: Path) -> None:
+    """One panel per dataset with a `reference:` entry that a setting matched: per matched setting (a line each,
+    as the report's "Beside the published scores" table), the measured IQM of the optimized score with its 95% CI
+    and the published value as a star, hollow where it was trained for another budget than this study's."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    by_dataset: dict = defaultdict(list)
+    for row in rows:
+        if "published_value" in row:
+            by_dataset[row["dataset"]].append(row)
+    height = 1.2 + 0.45 * max(len(matched) for matched in by_dataset.values())
+    fig, axes = plt.subplots(1, len(by_dataset), figsize=(max(7.0, 5.0 * len(by_dataset)), height), squeeze=False)
+    for ax, (dataset, matched) in zip(axes[0], by_dataset.items()):
+        _published_panel(ax, study, matched)
+        ax.set_title(dataset, fontsize=9)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"{study.name}: measured {study.optimize} {study.metric}\n(IQM, 95% bootstrap CI over seeds) beside "
+                 f"the published values", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def _published_panel(ax, study, matched: list[dict]) -> None:
+    """`matched` (report rows with `published_*` columns) top to bottom: a dot with its CI for the measured IQM, a
+    star for the published value (hollow: another budget)."""
+    score = study.optimize
+    knobs = sorted(knob_names(matched))
+    labelled: set[str] = set()
+
+    def once(label: str) -> str | None:
+        first = label not in labelled
+        labelled.add(label)
+        return label if first else None
+    for y, row in enumerate(reversed(matched)):
+        iqm, low, high = (row[f"{score}_iqm"], row[f"{score}_iqm_ci_low"], row[f"{score}_iqm_ci_high"])
+        errors = [[iqm - low], [high - iqm]] if math.isfinite(low) and math.isfinite(high) else None
+        ax.errorbar([iqm], [y], xerr=errors, fmt="o", color="C0", capsize=3, label=once("measured"))
+        other_budget = row["published_different_budget"]
+        ax.plot([row["published_value"]], [y], "*", ms=12, ls="none", color="black",
+                markerfacecolor="none" if other_budget else "black",
+                label=once("published, another budget" if other_budget else "published (budget the same or not given)"))
+    ax.set_yticks(range(len(matched)))
+    def label(row: dict) -> str:
+        return row["algorithm"] + "".join(f" {k}={row[k]:g}" for k in knobs
+                                          if isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool))
+    ax.set_yticklabels([label(row) for row in reversed(matched)], fontsize=7)
+    ax.set_xlabel(study.metric, fontsize=8)
+    ax.grid(alpha=0.3, axis="x")
+
+
 def plot_learning_curves(study, rows: list[dict], runs: list[MemberRun], path: Path) -> None:
     """One column per (algorithm, knob), one line per knob value (and dataset), darker = stronger
     constraint: the metric per iteration (mean over seeds, diverged ones at the failure level, and its 95%

@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from .atomic_fs import refuse_links, write_atomic
-from .plots import plot_bandit, plot_eop, plot_learning_curves, plot_profiles, plot_sensitivity
+from .plots import plot_bandit, plot_eop, plot_learning_curves, plot_profiles, plot_published, plot_sensitivity
 from .reference import published_columns
 from .results import collect_studies
 from .selection import bandit, ranking, selection
@@ -120,6 +120,9 @@ def write_report(folders, out: str | Path | None = None) -> dict[str, Path]:
         plot_bandit(study, budget, paths["bandit_plot"])
     plot_sensitivity(study, rows, runs, paths["plot"])
     plot_learning_curves(study, rows, runs, paths["curves"])
+    if any("published_value" in row for row in rows):
+        paths["published_plot"] = out / "published.png"
+        plot_published(study, rows, paths["published_plot"])
     if study.mode == "max":
         paths["profiles"] = out / "profiles.png"
         plot_profiles(study, rows, runs, paths["profiles"])
@@ -146,7 +149,8 @@ def _published_lines(study, rows: list[dict], budgets: dict) -> list[str]:
              f"`{study.metric}` (IQM and mean over seeds with 95% bootstrap CIs, diverged seeds at the failure level), "
              f"Q overestimation and updates/s, and the published value with its source. **A published value marked "
              f"\"different budget\" was trained for another number of updates than this study** (usually 1M against "
-             f"a CPU budget of a few thousand): it shows where the curve is headed, not what this budget should reach.",
+             f"a CPU budget of a few thousand): it shows where the curve is headed, not what this budget should reach. "
+             f"`published.png` draws the table.",
              "", "| algorithm | dataset | setting | measured IQM [95% CI] | measured mean [95% CI] | Q overestimation | "
              "updates/s | published | published on | published budget | source |", "|" + "---|" * 11]
     knobs = sorted(knob_names(rows))

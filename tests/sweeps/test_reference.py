@@ -86,12 +86,39 @@ def test_the_report_shows_published_scores_beside_the_measured_ones(tmp_path):
     assert "- no setting was measured for the entry iql on pendulum/medium-v0 at expectile=0.5" in section
     assert "| updates/s |" in markdown
     assert paths["plot"].stat().st_size > 10_000
+    assert paths["published_plot"].name == "published.png" and paths["published_plot"].stat().st_size > 10_000
 
 
 def test_a_study_without_references_has_no_published_section(tmp_path):
     folder = iql_study(tmp_path, curves_of({0.7: flat(60.0), 0.9: flat(80.0)}))
-    markdown = write_report(folder)["markdown"].read_text()
-    assert "Beside the published scores" not in markdown
+    paths = write_report(folder)
+    assert "Beside the published scores" not in paths["markdown"].read_text()
+    assert "published_plot" not in paths and not (paths["markdown"].parent / "published.png").exists()
+
+
+def test_the_published_figure_draws_the_measured_iqm_with_its_ci_and_a_hollow_star_for_another_budget():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from offline_sweeps.sweeps.plots import _published_panel
+    study = parse_study(study_with([]))
+    rows = [{"algorithm": "iql", "dataset": DATASET, "expectile": 0.7, "last_iqm": 60.0, "last_iqm_ci_low": 55.0,
+             "last_iqm_ci_high": 62.0, "published_value": 66.3, "published_different_budget": True},
+            {"algorithm": "bc", "dataset": DATASET, "last_iqm": 30.0, "last_iqm_ci_low": float("nan"),
+             "last_iqm_ci_high": float("nan"), "published_value": 50.0, "published_different_budget": False}]
+    fig, ax = plt.subplots()
+    _published_panel(ax, study, rows)
+    stars = [line for line in ax.lines if line.get_marker() == "*"]
+    # Top to bottom as the table: iql at y = 1, bc at y = 0.
+    assert [(s.get_xdata()[0], s.get_ydata()[0], s.get_markerfacecolor()) for s in stars] == [
+        (50.0, 0, "black"), (66.3, 1, "none")]
+    dots = [line for line in ax.lines if line.get_marker() == "o"]
+    assert sorted((d.get_xdata()[0], d.get_ydata()[0]) for d in dots) == [(30.0, 0), (60.0, 1)]
+    bars = [c for c in ax.collections if len(c.get_segments())]
+    assert [[tuple(point) for point in segment] for c in bars for segment in c.get_segments()] == [
+        [(55.0, 1.0), (62.0, 1.0)]]                                # bc has no CI: no bar
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["bc", "iql expectile=0.7"]
+    plt.close(fig)
 
 
 def test_the_sensitivity_plot_draws_each_entry_at_its_knob_value():
