@@ -29,11 +29,13 @@ RAY_MODULES = tuple(f"tests/sweeps/{name}.py" for name in ("test_cluster_job", "
 def pytest_collection_modifyitems(config, items):
     """The Ray group runs as one unit on one worker, so it goes first (with the long learning checks next),
     and the other worker works through the rest meanwhile: handed out last, the group left one worker idle for
-    minutes at the end."""
+    minutes at the end. Within each, the tests that do not need the session's Pendulum datasets come first, so
+    one worker builds them while the other trains on data of its own (both waited on the build before)."""
     for item in items:
         if item.nodeid.startswith(RAY_MODULES):
             item.add_marker(pytest.mark.xdist_group("ray"))
-    items.sort(key=lambda item: (not item.nodeid.startswith(RAY_MODULES), item.get_closest_marker("slow") is None))
+    items.sort(key=lambda item: (not item.nodeid.startswith(RAY_MODULES), item.get_closest_marker("slow") is None,
+                                 "pendulum_datasets" in getattr(item, "fixturenames", ())))
 
 
 @pytest.fixture(autouse=True)

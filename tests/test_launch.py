@@ -190,7 +190,7 @@ def test_bench_algorithms_prints_member_updates():
 @pytest.mark.slow
 def test_bench_tune_times_trials_on_the_quickstart_dataset(pendulum_datasets):
     root = Path(pendulum_datasets["medium"]).parents[1]         # holds pendulum/medium-v0, the quickstart's id
-    result = subprocess.run([sys.executable, str(LAUNCH), "bench", "tune", "--trials", "3"], capture_output=True,
+    result = subprocess.run([sys.executable, str(LAUNCH), "bench", "tune", "--trials", "2"], capture_output=True,
                             text=True, timeout=300, env={**os.environ, "MINARI_DATASETS_PATH": str(root)})
     assert result.returncode == 0, result.stderr[-2000:]
     lines = {line.split("median")[0].strip(): line for line in result.stdout.splitlines() if "median" in line}
