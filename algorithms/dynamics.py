@@ -87,6 +87,7 @@ class DynamicsConfig(CheckedConfig):
     min_improvement: float = 0.01
     max_epochs: int = 1000
     seed: int = 0
+    compile: bool = False             # each training step one torch.compile(fullgraph=True) graph (train.compile)
 
     def __post_init__(self):
         self.layer_sizes("hidden")
@@ -411,7 +412,31 @@ def train_ensemble(dataset, config: DynamicsConfig, device: torch.device | str =
     bootstrap = torch.randint(n_train, (E, n_train), generator=generator)     # each member's own resample
     weights = [layer.weight for layer in ensemble.net.layers if isinstance(layer, PackedLinear)]
     decays = config.layer_decays()
-    optimizer = torch.optim.Adam(ensemble.parameters(), lr=config.lr)
+    if config.compile:
+        # One graph per minibatch shape (the full one and the epoch's remainder): PackedAdam's captured step, as a
+        # compiled learner update takes it, since torch's Adam does not trace whole into a graph.
+        from .compiled import configure_compiler
+        from .optim import PackedAdam, descend
+        optimizer = PackedAdam(ensemble.parameters(), lr=config.lr)
+        optimizer.capture()
+        configure_compiler()
+    else:
+        optimizer = torch.optim.Adam(ensemble.parameters(), lr=config.lr)
+
+    def fit_step(rows: torch.Tensor) -> None:
+        """One gradient step of every member on its rows `[E, B]` of the training split."""
+        mean, logvar = ensemble.normalized_forward(x_train[rows])
+        loss = (gaussian_nll(mean, logvar, y_train[rows]).sum()
+                + config.logvar_bound_weight * logvar_bound_penalty(ensemble.max_logvar, ensemble.min_logvar)
+                + sum(d * 0.5 * w.pow(2).sum() for d, w in zip(decays, weights)))
+        if config.compile:
+            descend(optimizer, loss)
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    step = torch.compile(fit_step, fullgraph=True, dynamic=False) if config.compile else fit_step
+    compile_seconds, traced = 0.0, set()       # the first call of each minibatch shape: its trace, code and one step
 
     def holdout_losses() -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
@@ -429,13 +454,11 @@ def train_ensemble(dataset, config: DynamicsConfig, device: torch.device | str =
         while epochs < config.max_epochs and stale < config.patience:
             shuffled = bootstrap.gather(1, torch.rand(E, n_train, generator=generator).argsort(1)).to(device)
             for rows in shuffled.split(config.batch_size, dim=1):
-                mean, logvar = ensemble.normalized_forward(x_train[rows])
-                loss = (gaussian_nll(mean, logvar, y_train[rows]).sum()
-                        + config.logvar_bound_weight * logvar_bound_penalty(ensemble.max_logvar, ensemble.min_logvar)
-                        + sum(d * 0.5 * w.pow(2).sum() for d, w in zip(decays, weights)))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                started_step = time.perf_counter()
+                step(rows)
+                if config.compile and rows.shape not in traced:
+                    traced.add(rows.shape)
+                    compile_seconds += time.perf_counter() - started_step
             epochs += 1
             mse, _ = holdout_losses()
             improved = (best_mse - mse) / best_mse > config.min_improvement
@@ -464,7 +487,8 @@ def train_ensemble(dataset, config: DynamicsConfig, device: torch.device | str =
         "holdout_mse": mse.tolist(), "holdout_nll": nll.tolist(), "elites": elites.tolist(),
         "elite_holdout_mse": float(mse[elites].mean()), "elite_holdout_nll": float(nll[elites].mean()),
         "holdout_mse_per_dim": per_dim.tolist(), "epochs": epochs, "seconds": time.perf_counter() - started,
-        "train_transitions": n_train, "holdout_transitions": holdout, "cached": False}
+        "train_transitions": n_train, "holdout_transitions": holdout, "cached": False,
+        "compile_seconds": compile_seconds}
     return ensemble
 
 
@@ -481,8 +505,11 @@ def dataset_fingerprint(dataset) -> str:
 
 def cache_key(dataset, config: DynamicsConfig) -> str:
     """The cache entry's name: a hash of the data, every DynamicsConfig field (the seed too) and FORMAT_VERSION."""
-    content = json.dumps({"format": FORMAT_VERSION, "data": dataset_fingerprint(dataset),
-                          "config": dataclasses.asdict(config)}, sort_keys=True)
+    fields = dataclasses.asdict(config)
+    if not fields["compile"]:         # the eager default keeps the keys entries had before the field existed
+        del fields["compile"]
+    content = json.dumps({"format": FORMAT_VERSION, "data": dataset_fingerprint(dataset), "config": fields},
+                         sort_keys=True)
     return hashlib.sha256(content.encode()).hexdigest()[:32]
 
 

@@ -178,7 +178,8 @@ class TrainRun:
         self.learner = ALGORITHMS[config.algorithm](configs, self.dataset.obs_dim, self.dataset.act_dim,
                                                     torch.as_tensor(space.low), torch.as_tensor(space.high),
                                                     self.device)
-        self.learner.attach_data(DataContext(self.dataset, self.buffer, self.env_id, scale, bias, dict(config.model),
+        model = {"compile": config.compile, **config.model}      # train.compile compiles the ensemble's training too
+        self.learner.attach_data(DataContext(self.dataset, self.buffer, self.env_id, scale, bias, model,
                                              config.model_dir, config.total_updates))
         self.graph = GraphUpdate(self.learner, self.buffer, mode=config.compile_mode) if config.compile else None
         self.updates = 0

@@ -338,3 +338,27 @@ def test_a_trial_waiting_for_anothers_training_says_so(tmp_path, capfd):
 def test_no_waiting_message_without_a_wait(tmp_path, capfd):
     load_or_train(linear_dataset(n=500), DynamicsConfig(hidden=(16,), ensemble=2, elites=1, max_epochs=2), tmp_path)
     assert "waiting" not in capfd.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_compiled_training_step_equals_the_eager_one_and_keeps_the_old_cache_keys(tmp_path):
+    """`compile: true` (train.compile) trains the ensemble with each step one `torch.compile(fullgraph=True)` graph
+    (a graph break fails the compile) and PackedAdam's captured step: the same weights as torch's Adam eagerly,
+    to float tolerance, after 3 epochs of 4 full minibatches and a remainder; one graph per minibatch shape. The
+    cache keeps the eager keys that entries had before the field existed, and gives a compiled model its own."""
+    data = linear_dataset(n=600)                       # 480 train rows: batches of 128, 128, 128, 96
+    config = DynamicsConfig(hidden=(16, 16), ensemble=3, elites=2, batch_size=128, max_epochs=3, patience=3)
+    eager = train_ensemble(data, config)
+    compiled = train_ensemble(data, dataclasses.replace(config, compile=True))
+    assert compiled.report["epochs"] == eager.report["epochs"] == 3 and compiled.report["compile_seconds"] > 0
+    assert eager.report["compile_seconds"] == 0.0
+    for (name, a), (_, b) in zip(eager.named_parameters(), compiled.named_parameters()):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+    assert cache_key(data, config) == cache_key(data, dataclasses.replace(config, compile=False))
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k != "compile"}
+    import hashlib
+    from offline_sweeps.algorithms.dynamics import FORMAT_VERSION, dataset_fingerprint
+    old_key = hashlib.sha256(json.dumps({"format": FORMAT_VERSION, "data": dataset_fingerprint(data),
+                                         "config": fields}, sort_keys=True).encode()).hexdigest()[:32]
+    assert cache_key(data, config) == old_key
+    assert cache_key(data, dataclasses.replace(config, compile=True)) != old_key
