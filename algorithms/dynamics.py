@@ -61,6 +61,7 @@ from gymnasium.envs.registration import parse_env_id
 from ..datasets.progress import Progress
 from .base import CheckedConfig
 from .networks import PackedLinear, PackedMLP, init_members
+from .optim import descend
 
 FORMAT_VERSION = 1
 MBPO_WEIGHT_DECAY = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)   # MBPO's per-layer L2 weights for 4 x 200
@@ -416,7 +417,7 @@ def train_ensemble(dataset, config: DynamicsConfig, device: torch.device | str =
         # One graph per minibatch shape (the full one and the epoch's remainder): PackedAdam's captured step, as a
         # compiled learner update takes it, since torch's Adam does not trace whole into a graph.
         from .compiled import configure_compiler
-        from .optim import PackedAdam, descend
+        from .optim import PackedAdam
         optimizer = PackedAdam(ensemble.parameters(), lr=config.lr)
         optimizer.capture()
         configure_compiler()
@@ -429,12 +430,7 @@ def train_ensemble(dataset, config: DynamicsConfig, device: torch.device | str =
         loss = (gaussian_nll(mean, logvar, y_train[rows]).sum()
                 + config.logvar_bound_weight * logvar_bound_penalty(ensemble.max_logvar, ensemble.min_logvar)
                 + sum(d * 0.5 * w.pow(2).sum() for d, w in zip(decays, weights)))
-        if config.compile:
-            descend(optimizer, loss)
-        else:
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        descend(optimizer, loss)
     step = torch.compile(fit_step, fullgraph=True, dynamic=False) if config.compile else fit_step
     compile_seconds, traced = 0.0, set()       # the first call of each minibatch shape: its trace, code and one step
 
@@ -454,11 +450,13 @@ def train_ensemble(dataset, config: DynamicsConfig, device: torch.device | str =
         while epochs < config.max_epochs and stale < config.patience:
             shuffled = bootstrap.gather(1, torch.rand(E, n_train, generator=generator).argsort(1)).to(device)
             for rows in shuffled.split(config.batch_size, dim=1):
-                started_step = time.perf_counter()
-                step(rows)
                 if config.compile and rows.shape not in traced:
                     traced.add(rows.shape)
+                    started_step = time.perf_counter()
+                    step(rows)
                     compile_seconds += time.perf_counter() - started_step
+                else:
+                    step(rows)
             epochs += 1
             mse, _ = holdout_losses()
             improved = (best_mse - mse) / best_mse > config.min_improvement

@@ -153,11 +153,11 @@ class PackedAdam(torch.optim.Optimizer):
         torch._foreach_sub_(params, updates)
 
 
-def descend(optimizer: PackedAdam, loss: torch.Tensor) -> None:
-    """One gradient step of `optimizer` on `loss`: backward and `step` eagerly; once the optimizer is captured,
-    `torch.autograd.grad` for its own parameters and `apply_gradients` (no `.grad` fields, so nothing for a
-    compiled graph to zero)."""
-    if optimizer.captured:
+def descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One gradient step of `optimizer` on `loss`: backward and `step` eagerly (any torch optimizer); once a
+    PackedAdam is captured, `torch.autograd.grad` for its own parameters and `apply_gradients` (no `.grad` fields,
+    so nothing for a compiled graph to zero)."""
+    if getattr(optimizer, "captured", False):
         optimizer.apply_gradients(torch.autograd.grad(loss, optimizer.captured_params(), allow_unused=True))
         return
     optimizer.zero_grad(set_to_none=True)

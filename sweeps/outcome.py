@@ -9,12 +9,12 @@ from pathlib import Path
 
 def log_report(folder, paths, use_wandb: bool, verbose: bool = False) -> None:
     """Logs a written report to the study's W&B group when the study and the command have W&B on."""
-    from offline_sweeps.sweeps.study import STUDY_FILE
-    from offline_sweeps.sweeps.study_yaml import load_study
+    from .study import STUDY_FILE
+    from .study_yaml import load_study
     study = load_study(Path(folder) / STUDY_FILE, resolve=False)
     if use_wandb and study.wandb["enabled"]:
-        from offline_sweeps.sweeps.wandb_logging import log_report
-        where = log_report(study, paths, verbose)
+        from .wandb_logging import log_report as log_to_wandb
+        where = log_to_wandb(study, paths, verbose)
         if verbose or not str(where).startswith(str(folder)):     # an offline one is in _wandb_hint's count
             print(f"report logged to W&B: {where}")
 
@@ -42,9 +42,9 @@ def console_summary(markdown: str, path) -> list[str]:
 def finish_study(results, folder, use_wandb: bool = True, verbose: bool = False) -> int:
     """After `sweep` or `resume`: counts, the report and best configs when any trial has results, and the exit
     code: 1 when a trial failed (every one failed: the first error's last line), 3 when trials are unfinished."""
-    from offline_sweeps.sweeps.export import export_best
-    from offline_sweeps.sweeps.report import write_report
-    from offline_sweeps.sweeps.run import unfinished_trials
+    from .export import export_best
+    from .report import write_report
+    from .run import unfinished_trials
     errors, unfinished = results.num_errors, unfinished_trials(results)
     print(f"\n{len(results)} trial(s): {len(results) - errors - len(unfinished)} finished, {errors} failed, "
           f"{len(unfinished)} unfinished; results in {folder}")
