@@ -30,10 +30,17 @@ recommend; examples/bear_hdf5_d4rl.py and rlkit/torch/sac/bear.py): policy lr 1e
 Adam's default 1e-3), the 40k-update warm start, no target actor (the next actions come from pi itself; the original
 keeps a Polyak-averaged one), log alpha starting at 0 (the original: randn). Both: eps 0.05, 10 target actions,
 lambda 0.75, alpha's lr 1e-3, Polyak 0.005.
-Our own, each named: pi_beta-hat is a squashed Gaussian fitted by maximum likelihood before the actor-critic starts
-(BRAC's `BehaviorPretraining`), not a VAE trained alongside; there is no entropy term; the networks start with
+pi_beta-hat is both codebases' conditional VAE (BCQ's; `networks.ConditionalVAE`: 750x750 encoder and decoder, a
+latent of 2|A| dimensions clipped to +-0.5 when sampled, recon + 0.5 KL at lr 3e-4 as d4rl_evaluations, 1e-3 in the
+original), one step of it opening every update from the first, as in both; the MMD compares its raw decoder outputs
+d3(.) (decode_multiple's second value) with the policy's raw samples.
+
+Our own, each named: `behavior_model: gaussian` replaces the VAE by a squashed Gaussian fitted by maximum likelihood
+for `behavior_pretrain_steps` before the actor-critic starts, then frozen (BRAC's `BehaviorPretraining`; this
+project's default until Hopper showed its MMD floor: where the data's actions saturate its raw samples spread wide,
+and no policy gets the sampled MMD against them below eps); there is no entropy term; the networks start with
 PyTorch's default initialization (rlkit's fan-in and small-output inits are not reproduced); `mmd_samples:
-squashed` measures the MMD on actions scaled to [-1, 1] with unclipped noise instead.
+squashed` measures the MMD on actions scaled to [-1, 1] (the Gaussian's with unclipped noise) instead.
 """
 from __future__ import annotations
 
@@ -43,15 +50,17 @@ from typing import Callable
 
 import torch
 
-from .base import Learner, LearnerConfig
+from .base import ConfigError, Learner, LearnerConfig
 from .brac import BehaviorPretraining, check_behavior_fields
-from .networks import PackedCritic, TanhGaussianPolicy, polyak_update, q_at_samples
+from .networks import ConditionalVAE, PackedCritic, TanhGaussianPolicy, polyak_update, q_at_samples
 from .optim import PackedAdam, descend
 from .sac import critic_loss
 
 KERNEL_SIGMA = {"laplacian": 10.0, "gaussian": 20.0}      # the authors' mmd_sigma for each kernel
 MMD_NOISE_CLIP = 0.5                                       # the authors' clamp of the raw samples' noise
 MMD_SAMPLES = ("raw", "squashed")
+BEHAVIOR_MODELS = ("vae", "gaussian")
+GAUSSIAN_PRETRAIN_STEPS = 10_000    # our squashed-Gaussian pi_beta-hat's fit before the actor-critic starts
 EVALUATION_ACTIONS = ("max_q", "mean")
 LOG_LAGRANGE_MIN, LOG_LAGRANGE_MAX = -5.0, 10.0
 EVALUATION_SEED = 1_000_003       # offset of the acting generators' seeds from the members' own
@@ -117,12 +126,22 @@ class BEARConfig(LearnerConfig):
     lagrange_lr: float = 1e-3            # both: the multiplier's Adam at 1e-3
     polyak: float = 0.005                # both: soft_target_tau / tau 5e-3
     warm_start_updates: int = 40_000     # MMD-only actor first (d4rl_evaluations bear.py: _n_train_steps_total >= 40000)
-    behavior_lr: float = 1e-3            # ours: the Gaussian pi_beta-hat replacing the VAE
-    behavior_pretrain_steps: int = 10_000
+    behavior_model: str = "vae"          # "vae": BCQ's conditional VAE, trained at every update (both codebases);
+                                         # "gaussian": ours, a squashed Gaussian fitted first by max-likelihood, then frozen
+    behavior_hidden: tuple[int, ...] = (750, 750)    # the VAE's encoder and decoder (both codebases)
+    behavior_lr: float = 3e-4            # the VAE's Adam (d4rl_evaluations bear.py: lr=3e-4; the original: 1e-3)
+    behavior_pretrain_steps: int | None = None       # None: 0 for the VAE (both codebases train it alongside from the
+                                                     # first update), 10,000 for the Gaussian
     behavior_entropy: bool = False       # pure max-likelihood (both codebases fit a VAE by its ELBO, no entropy term)
 
     def __post_init__(self):
+        if self.behavior_pretrain_steps is None:
+            self.behavior_pretrain_steps = 0 if self.behavior_model == "vae" else GAUSSIAN_PRETRAIN_STEPS
         super().__post_init__()
+        self.check(self.behavior_model in BEHAVIOR_MODELS, "behavior_model", " or ".join(BEHAVIOR_MODELS))
+        self.check(all(h >= 1 for h in self.behavior_hidden), "behavior_hidden", "positive layer widths")
+        self.check(not (self.behavior_entropy and self.behavior_model == "vae"), "behavior_entropy",
+                   "false with behavior_model: vae (the entropy term is the Gaussian's)")
         self.check(self.mmd_threshold > 0, "mmd_threshold", "positive (0.05 in the paper)")
         self.check(self.kernel in KERNEL_SIGMA, "kernel", "'laplacian' or 'gaussian'")
         self.check(self.kernel_sigma is None or self.kernel_sigma > 0, "kernel_sigma", "positive, or None")
@@ -151,7 +170,9 @@ class BEAR(BehaviorPretraining, Learner):
         self.critic = PackedCritic(P, obs_dim, act_dim, cfg.hidden, init=cfg.init)
         self.log_lagrange = torch.nn.Parameter(torch.zeros(P))
         self.finish_init()
-        self.add_behavior_policy()
+        self.add_behavior_policy(ConditionalVAE(P, obs_dim, act_dim, cfg.behavior_hidden, self.action_low,
+                                                self.action_high, init=cfg.init)
+                                 if cfg.behavior_model == "vae" else None)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.threshold = self.knob("mmd_threshold")
         self.mmd = mmd_laplacian if cfg.kernel == "laplacian" else mmd_gaussian
@@ -194,6 +215,30 @@ class BEAR(BehaviorPretraining, Learner):
         u = clipped_raw_samples(mu, log_std, noise, MMD_NOISE_CLIP if raw else None)
         return policy.squash(u), (u if raw else torch.tanh(u))
 
+    def behavior_samples(self, observations: torch.Tensor) -> torch.Tensor:
+        """The values of pi_beta-hat that the MMD compares `[P, B, n, act]`, as `constraint_samples` gives the
+        policy's: the VAE's raw decoder outputs for latents clipped to +-0.5 (both codebases' decode_multiple), or
+        the Gaussian's raw samples; with `mmd_samples: squashed`, their tanh."""
+        cfg = self.config
+        if cfg.behavior_model == "gaussian":
+            return self.constraint_samples(self.behavior, observations)[1]
+        u = self.behavior.sample_raw(observations, self.normal(observations.shape[1], cfg.num_samples,
+                                                               self.behavior.latent_dim))
+        return u if cfg.mmd_samples == "raw" else torch.tanh(u)
+
+    def fit_behavior(self, batch) -> dict[str, torch.Tensor]:
+        """One step of pi_beta-hat: the VAE's recon + 0.5 KL (both codebases), or the Gaussian's max-likelihood."""
+        if self.config.behavior_model == "gaussian":
+            return super().fit_behavior(batch)
+        noise = self.normal(batch.observations.shape[1], self.behavior.latent_dim)
+        loss = self.behavior.loss(batch.observations, batch.actions, noise)
+        descend(self.behavior_optimizer, loss.sum())
+        return {"train/behavior_vae_loss": loss.detach()}
+
+    def behavior_metrics(self, batch) -> dict[str, torch.Tensor]:
+        # The VAE trains on in regularized_update, which reports its loss; it has no likelihood to report.
+        return super().behavior_metrics(batch) if self.config.behavior_model == "gaussian" else {}
+
     def td_target(self, batch) -> torch.Tensor:
         cfg = self.config
         with torch.no_grad():
@@ -204,6 +249,8 @@ class BEAR(BehaviorPretraining, Learner):
 
     def regularized_update(self, batch) -> dict[str, torch.Tensor]:
         cfg = self.config
+        # As both codebases: the VAE's step opens every update; the Gaussian stays as its pretraining left it.
+        behavior_metrics = self.fit_behavior(batch) if cfg.behavior_model == "vae" else {}
         target = self.td_target(batch)
         q = self.critic(batch.observations, batch.actions)
         loss_q = critic_loss(q, target)
@@ -211,7 +258,7 @@ class BEAR(BehaviorPretraining, Learner):
 
         actions, samples = self.constraint_samples(self.policy, batch.observations)
         with torch.no_grad():
-            behavior_samples = self.constraint_samples(self.behavior, batch.observations)[1]
+            behavior_samples = self.behavior_samples(batch.observations)
         mmd = (self.mmd(samples, behavior_samples, self.sigma) + 1e-6).sqrt()
         self.critic_gradients(False)
         # As the authors: each critic's Q averaged over pi's samples, then the min over critics.
@@ -230,7 +277,7 @@ class BEAR(BehaviorPretraining, Learner):
 
         polyak_update(self.critic_target, self.critic, cfg.polyak)
         q, q_pi = q.detach(), q_pi.detach()
-        return {"train/q_data_mean": q.mean(dim=(1, 2)),
+        return {**behavior_metrics, "train/q_data_mean": q.mean(dim=(1, 2)),
                 "train/critic_loss": (q - target[:, None]).pow(2).mean(dim=(1, 2)),
                 "train/actor_loss": (-q_on * q_pi + multiplier[:, None] * mmd).mean(-1),
                 "train/mmd": mmd.mean(-1), "train/lagrange_multiplier": self.log_lagrange.detach().exp()}
@@ -239,6 +286,11 @@ class BEAR(BehaviorPretraining, Learner):
         return {**super().checkpoint(), "evaluation_generators": [g.get_state() for g in self.evaluation_generators]}
 
     def restore(self, state: dict) -> None:
+        written = "vae" if any(k.startswith("behavior.encoder.") for k in state["model"]) else "gaussian"
+        if written != self.config.behavior_model:
+            raise ConfigError(f"this checkpoint's pi_beta-hat is the {written} behaviour model and this run's the "
+                              f"{self.config.behavior_model}: resume it with the algorithm config's "
+                              f"behavior_model: {written}")
         super().restore(state)
         for generator, rng_state in zip(self.evaluation_generators, state["evaluation_generators"]):
             generator.set_state(rng_state.cpu())

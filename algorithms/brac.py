@@ -101,18 +101,21 @@ def check_behavior_fields(config) -> None:
 class BehaviorPretraining:
     """Mixin for a Learner whose config has `behavior_lr`, `behavior_pretrain_steps`, `behavior_entropy` and
     `warm_start_updates`: a fitted behaviour policy pi_beta-hat (`self.behavior`), the only thing trained during the
-    first `behavior_pretrain_steps` updates and frozen afterwards, when `regularized_update` trains the rest; during
+    first `behavior_pretrain_steps` updates and afterwards frozen (unless `regularized_update` steps it too, as BEAR
+    does its VAE), when `regularized_update` trains the rest; during
     its first `warm_start_updates` updates `warming_up` is true and the actor ignores Q. With `behavior_entropy` the
     fit has the BRAC authors' entropy term (`behavior_entropy_loss`), its weight tuned at `behavior_lr` towards the
     entropy -|A| (bc_agent.py: target_entropy None -> -action dims; run_bc.sh's one optimizer serves both).
 
-    Call `add_behavior_policy(**policy_options)` after `finish_init()`. The update counter is a buffer, so
+    Call `add_behavior_policy(model or None, **policy_options)` after `finish_init()`. The update counter is a buffer, so
     checkpoints restore the phase.
     """
 
-    def add_behavior_policy(self, **policy_options) -> None:
-        self.behavior = TanhGaussianPolicy(self.members, self.obs_dim, self.act_dim, self.config.hidden,
-                                           self.action_low, self.action_high, init=self.config.init, **policy_options)
+    def add_behavior_policy(self, model: torch.nn.Module | None = None, **policy_options) -> None:
+        """pi_beta-hat: `model` (BEAR's VAE), or by default a squashed Gaussian with `policy_options`."""
+        self.behavior = model if model is not None else TanhGaussianPolicy(
+            self.members, self.obs_dim, self.act_dim, self.config.hidden, self.action_low, self.action_high,
+            init=self.config.init, **policy_options)
         self.behavior.to(self.device)
         init_members(self.behavior, self.generators)
         self.behavior_optimizer = PackedAdam(self.behavior.parameters(), lr=self.config.behavior_lr)
@@ -178,11 +181,14 @@ class BehaviorPretraining:
         if self.pretraining:
             metrics = self.fit_behavior(batch)
         else:
-            metrics = self.regularized_update(batch)
-            with torch.no_grad():
-                metrics["train/behavior_nll"] = -self.behavior_log_prob(batch).mean(-1)
+            metrics = {**self.regularized_update(batch), **self.behavior_metrics(batch)}
         self.count_update()
         return metrics
+
+    def behavior_metrics(self, batch) -> dict[str, torch.Tensor]:
+        """What the frozen pi_beta-hat is reported with after pretraining: its negative log-likelihood of the batch."""
+        with torch.no_grad():
+            return {"train/behavior_nll": -self.behavior_log_prob(batch).mean(-1)}
 
     def regularized_update(self, batch) -> dict[str, torch.Tensor]:
         raise NotImplementedError

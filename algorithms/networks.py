@@ -211,6 +211,68 @@ class GaussianPolicy(nn.Module):
         return (-0.5 * ((actions - mu) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
+VAE_LOG_STD_MIN, VAE_LOG_STD_MAX = -4.0, 15.0      # the encoder's clamp (BCQ's VAE, kept by both BEAR codebases)
+VAE_LATENT_CLIP = 0.5                              # the decoder's prior samples, clipped to +-0.5 (BCQ's decode)
+VAE_KL_WEIGHT = 0.5                                # vae_loss = recon_loss + 0.5 * KL_loss (BCQ, both BEAR codebases)
+
+
+class ConditionalVAE(nn.Module):
+    """BCQ's conditional VAE of the behaviour policy (Fujimoto et al., 2019), as BEAR's authors use it for
+    pi_beta-hat (rail-berkeley/d4rl_evaluations rlkit/torch/sac/policies.py VAEPolicy; aviralkumar2907/BEAR
+    algos.py VAE), one per member.
+
+    Encoder (s, a) -> hidden -> (mean, log std) of a latent z of `latent_dim` (the authors': 2 |A|) dimensions, log std
+    clamped to [-4, 15]; decoder (s, z) -> hidden -> u, the action tanh(u) in [-1, 1] (scaled to the env's bounds by
+    `squash`). Fitted by `loss`: the mean squared error of the reconstruction of the data's action, plus 0.5 times
+    the KL of the encoder's Gaussian to N(0, I), each averaged over its elements as the authors do. `sample_raw`
+    decodes latents drawn from N(0, I) and clipped to +-0.5: BEAR's MMD compares these raw outputs u.
+    """
+
+    def __init__(self, members: int, obs_dim: int, act_dim: int, hidden: Sequence[int],
+                 action_low: torch.Tensor | float = -1.0, action_high: torch.Tensor | float = 1.0,
+                 init: str = "default", latent_dim: int | None = None):
+        super().__init__()
+        self.latent_dim = 2 * act_dim if latent_dim is None else latent_dim
+        self.encoder = PackedMLP(members, obs_dim + act_dim, 2 * self.latent_dim, hidden, init=init)
+        self.decoder = PackedMLP(members, obs_dim + self.latent_dim, act_dim, hidden, init=init)
+        low = torch.as_tensor(action_low, dtype=torch.float32).expand(act_dim)
+        high = torch.as_tensor(action_high, dtype=torch.float32).expand(act_dim)
+        self.register_buffer("action_scale", (high - low) / 2)
+        self.register_buffer("action_bias", (high + low) / 2)
+
+    def encode(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The latent's mean and log std `[P, B, latent]` for env-scale `actions` `[P, B, act]`."""
+        unit = (actions - self.action_bias) / self.action_scale
+        mean, log_std = self.encoder(torch.cat([obs, unit], dim=-1)).chunk(2, dim=-1)
+        return mean, log_std.clamp(VAE_LOG_STD_MIN, VAE_LOG_STD_MAX)
+
+    def decode_raw(self, obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The decoder's pre-tanh output u: obs `[P, B, obs]`, z `[P, B, latent]` or `[P, B, N, latent]` (N per state)."""
+        if z.dim() == obs.dim():
+            return self.decoder(torch.cat([obs, z], dim=-1))
+        P, B, N, _ = z.shape
+        repeated = obs.unsqueeze(2).expand(P, B, N, obs.shape[-1])
+        return self.decoder(torch.cat([repeated, z], dim=-1).reshape(P, B * N, -1)).view(P, B, N, -1)
+
+    def loss(self, obs: torch.Tensor, actions: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """recon + 0.5 KL per member `[P]`: the reconstruction tanh(u) against the data's actions in [-1, 1] (the
+        authors' max_action is 1), z = mean + std * noise with `noise` `[P, B, latent]` standard normal."""
+        mean, log_std = self.encode(obs, actions)
+        z = mean + log_std.exp() * noise
+        reconstruction = torch.tanh(self.decode_raw(obs, z))
+        unit = (actions - self.action_bias) / self.action_scale
+        recon = (reconstruction - unit).pow(2).mean(dim=(-2, -1))
+        kl = -0.5 * (1 + 2 * log_std - mean.pow(2) - (2 * log_std).exp()).mean(dim=(-2, -1))
+        return recon + VAE_KL_WEIGHT * kl
+
+    def sample_raw(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Raw decoder outputs `[P, B, N, act]` for latents `noise` `[P, B, N, latent]` ~ N(0, I), clipped to +-0.5."""
+        return self.decode_raw(obs, noise.clamp(-VAE_LATENT_CLIP, VAE_LATENT_CLIP))
+
+    def squash(self, u: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(u) * self.action_scale + self.action_bias
+
+
 def squashed_gaussian_log_prob(u: torch.Tensor, mu: torch.Tensor, log_std: torch.Tensor,
                                action_scale: torch.Tensor) -> torch.Tensor:
     """log pi(a) for a = scale * tanh(u): Gaussian log-density minus log|da/du| (SAC, appendix C).

@@ -15,7 +15,7 @@ from offline_sweeps.datasets import TransitionBuffer
 from offline_sweeps.datasets.buffer import Batch
 
 OBS, ACT = 3, 2
-SHARED = {"hidden": (16, 16), "batch_size": 16}
+SHARED = {"hidden": (16, 16), "behavior_hidden": (16, 16), "batch_size": 16}
 MMDS = [mmd_laplacian, mmd_gaussian]
 
 
@@ -118,9 +118,10 @@ def test_td_target_is_the_max_over_sampled_actions_of_the_soft_clipped_double_q(
     torch.testing.assert_close(target[0], batch.rewards[0] + 0.9 * (1 - batch.terminals[0]) * value)
 
 
-def test_pretraining_fits_only_the_behaviour_policy_then_freezes_it(toy_buffer):
+def test_the_gaussian_behaviour_model_is_pretrained_alone_then_frozen(toy_buffer):
     buffer = toy_buffer()
-    learner = make([{"seed": 0}, {"seed": 1, "mmd_threshold": 0.2}], behavior_pretrain_steps=40, behavior_lr=1e-2)
+    learner = make([{"seed": 0}, {"seed": 1, "mmd_threshold": 0.2}], behavior_model="gaussian",
+                   behavior_pretrain_steps=40, behavior_lr=1e-2)
     fixed = buffer.sample(64, 2, torch.Generator().manual_seed(7))
     with torch.no_grad():
         nll_before = -learner.behavior_log_prob(fixed).mean(-1)
@@ -181,7 +182,60 @@ def test_packed_member_equals_solo_run(kernel, toy_buffer):
 
 @pytest.mark.parametrize("field, value", [("mmd_threshold", 0.0), ("mmd_threshold", -0.1), ("kernel", "rbf"),
                                           ("kernel_sigma", 0.0), ("num_samples", 0), ("min_q_weight", 1.5),
-                                          ("behavior_pretrain_steps", -1), ("lagrange_lr", 0.0)])
+                                          ("behavior_pretrain_steps", -1), ("lagrange_lr", 0.0),
+                                          ("behavior_model", "flow"), ("behavior_hidden", (0, 8)),
+                                          ("behavior_entropy", True)])
 def test_config_errors_name_the_field(field, value):
     with pytest.raises(ConfigError, match=rf"BEARConfig\.{field}="):
         BEARConfig(**{field: value})
+
+
+def test_vae_loss_by_hand():
+    """recon + 0.5 KL, each a mean over its elements (BCQ's VAE, both BEAR codebases), actions scaled to [-1, 1]:
+    with zero weights the encoder gives mean m, log std l (clamped to [-4, 15]) and the decoder u = b for every input."""
+    from offline_sweeps.algorithms.networks import ConditionalVAE
+    vae = ConditionalVAE(1, OBS, ACT, (4,), action_low=-2 * torch.ones(ACT), action_high=2 * torch.ones(ACT))
+    assert vae.latent_dim == 2 * ACT
+    m, l, b = 0.3, -6.0, torch.tensor([0.5, -1.0])
+    with torch.no_grad():
+        for net, bias in ((vae.encoder, torch.tensor([m] * 4 + [l] * 4)), (vae.decoder, b)):
+            net.layers[-1].weight.zero_()
+            net.layers[-1].bias.copy_(bias.view(1, 1, -1))
+    actions = torch.tensor([[[1.0, 2.0], [-2.0, 0.0]]])                  # [-1, 1]: (0.5, 1) and (-1, 0)
+    loss = vae.loss(randn(1, 2, OBS), actions, randn(1, 2, 4, seed=1))
+    unit = actions / 2
+    recon = (torch.tanh(b) - unit).pow(2).mean()
+    kl = -0.5 * (1 + 2 * -4.0 - m ** 2 - math.exp(2 * -4.0))
+    assert loss.shape == (1,)
+    assert loss.item() == pytest.approx(recon.item() + 0.5 * kl, rel=1e-6)
+    # The decoder's prior samples: latents clipped to +-0.5, the raw output u per sample.
+    u = vae.sample_raw(randn(1, 2, OBS), 3 * randn(1, 2, 5, 4, seed=2))
+    assert u.shape == (1, 2, 5, ACT)
+    torch.testing.assert_close(u, b.expand(1, 2, 5, ACT))
+
+
+def test_the_vae_behaviour_model_trains_at_every_update_from_the_first(toy_buffer):
+    """The default (both codebases): no pretraining phase; every update steps the VAE, the critic and the
+    multiplier (the actor on the MMD alone while warming up), and reports the VAE's loss, which falls."""
+    buffer = toy_buffer()
+    learner = make([{"seed": 0}, {"seed": 1, "mmd_threshold": 0.2}], warm_start_updates=5, behavior_lr=3e-3)
+    assert learner.config.behavior_model == "vae" and learner.config.behavior_pretrain_steps == 0
+    assert BEARConfig(behavior_model="gaussian").behavior_pretrain_steps == 10_000
+    modules = [learner.behavior, learner.policy, learner.critic]
+    first = None
+    for _ in range(60):
+        before = [snapshot(m) for m in modules]
+        metrics = train(learner, buffer, 1)
+        assert all(changed(m, b) for m, b in zip(modules, before))
+        first = metrics["train/behavior_vae_loss"] if first is None else first
+    assert "train/behavior_nll" not in metrics and metrics["train/behavior_vae_loss"].shape == (2,)
+    assert (metrics["train/behavior_vae_loss"] < 0.7 * first).all(), (first, metrics["train/behavior_vae_loss"])
+
+
+def test_a_checkpoint_restores_only_into_the_behaviour_model_it_was_written_with():
+    vae, gaussian = make([{"seed": 0}]), make([{"seed": 0}], behavior_model="gaussian")
+    with pytest.raises(ConfigError, match="behavior_model: gaussian"):
+        vae.restore(gaussian.checkpoint())
+    with pytest.raises(ConfigError, match="behavior_model: vae"):
+        gaussian.restore(vae.checkpoint())
+    make([{"seed": 0}]).restore(vae.checkpoint())
