@@ -41,7 +41,7 @@ CASES = {
     "brac": ([{"kl_weight": a, "seed": s} for a, s in ((0.0, 0), (0.1, 1), (1.0, 2), (10.0, 3))],
              {"penalty": "value", "behavior_pretrain_steps": 2, "warm_start_updates": 1, "entropy_bonus": True}),
     "bear": ([{"mmd_threshold": e, "seed": s} for e, s in ((0.01, 0), (0.05, 1), (0.2, 2), (1.0, 3))],
-             {"behavior_pretrain_steps": 2, "warm_start_updates": 1}),
+             {"behavior_pretrain_steps": 2, "warm_start_updates": 1, "behavior_hidden": (16, 16)}),
     "awac": ([{"awac_lambda": lam, "seed": s} for lam, s in ((0.1, 0), (1 / 3, 1), (1.0, 2), (3.0, 3))], {}),
     "iql": ([{"expectile": t, "inverse_temperature": b, "seed": s}
              for t, b, s in ((0.5, 1.0, 0), (0.7, 3.0, 1), (0.9, 10.0, 2), (0.6, 0.5, 3))], {}),
