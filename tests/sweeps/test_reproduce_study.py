@@ -38,7 +38,7 @@ def test_the_gpu_command_reaches_every_part_and_the_phases_keep_their_share():
     assert {t["total_updates"] for t in gpu.trials()} == {1_000_000} and gpu.resources["gpu"] == 0.25
     phases = {p.algorithm: p.train["algo"] for p in gpu.parts if p.algorithm in ("brac", "bear")}
     assert phases == {"brac": {"behavior_pretrain_steps": 300_000, "warm_start_updates": 20_000},
-                      "bear": {"warm_start_updates": 40_000}}
+                      "bear": {"warm_start_updates": 40_000, "kernel_sigma": 20.0}}
     assert next(p for p in cpu.parts if p.algorithm == "brac").train["algo"]["behavior_pretrain_steps"] == 600
 
 
