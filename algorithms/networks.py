@@ -40,6 +40,15 @@ def layer_inits(scheme: str, layers: int) -> list[tuple[str, float]]:
     raise ValueError(f"init={scheme!r}: choose one of {', '.join(INITS)}")
 
 
+def register_action_bounds(module: nn.Module, act_dim: int, action_low: torch.Tensor | float,
+                           action_high: torch.Tensor | float) -> None:
+    """The buffers `action_scale` and `action_bias` `[act]` that map [-1, 1] onto the env's bounds."""
+    low = torch.as_tensor(action_low, dtype=torch.float32).expand(act_dim)
+    high = torch.as_tensor(action_high, dtype=torch.float32).expand(act_dim)
+    module.register_buffer("action_scale", (high - low) / 2)
+    module.register_buffer("action_bias", (high + low) / 2)
+
+
 class PackedLinear(nn.Module):
     """`y[p] = x[p] @ W[p] + b[p]` for every member p; x is `[P, B, in]`. `init` is (kind, gain): kind "default"
     (nn.Linear's), "orthogonal" or "xavier_uniform" (both with zero biases)."""
@@ -123,10 +132,7 @@ class TanhGaussianPolicy(nn.Module):
                  log_std_squash: bool = False, log_std_offset: float | None = None):
         super().__init__()
         self.net = PackedMLP(members, obs_dim, 2 * act_dim, hidden, init=init)
-        low = torch.as_tensor(action_low, dtype=torch.float32).expand(act_dim)
-        high = torch.as_tensor(action_high, dtype=torch.float32).expand(act_dim)
-        self.register_buffer("action_scale", (high - low) / 2)
-        self.register_buffer("action_bias", (high + low) / 2)
+        register_action_bounds(self, act_dim, action_low, action_high)
         self.log_std_bounds, self.log_std_squash = log_std_bounds, log_std_squash
         self.log_std_multiplier = self.log_std_shift = None
         if log_std_offset is not None:
@@ -181,10 +187,7 @@ class GaussianPolicy(nn.Module):
         super().__init__()
         self.net = PackedMLP(members, obs_dim, act_dim, hidden, init=init)
         self.log_std = nn.Parameter(torch.zeros(members, 1, act_dim))
-        low = torch.as_tensor(action_low, dtype=torch.float32).expand(act_dim)
-        high = torch.as_tensor(action_high, dtype=torch.float32).expand(act_dim)
-        self.register_buffer("action_scale", (high - low) / 2)
-        self.register_buffer("action_bias", (high + low) / 2)
+        register_action_bounds(self, act_dim, action_low, action_high)
         self.log_std_bounds, self.tanh_mean = log_std_bounds, tanh_mean
 
     def mean(self, obs: torch.Tensor) -> torch.Tensor:
@@ -222,9 +225,10 @@ class ConditionalVAE(nn.Module):
     algos.py VAE), one per member.
 
     Encoder (s, a) -> hidden -> (mean, log std) of a latent z of `latent_dim` (the authors': 2 |A|) dimensions, log std
-    clamped to [-4, 15]; decoder (s, z) -> hidden -> u, the action tanh(u) in [-1, 1] (scaled to the env's bounds by
-    `squash`). Fitted by `loss`: the mean squared error of the reconstruction of the data's action, plus 0.5 times
-    the KL of the encoder's Gaussian to N(0, I), each averaged over its elements as the authors do. `sample_raw`
+    clamped to [-4, 15]; decoder (s, z) -> hidden -> u, the action tanh(u) in [-1, 1] (the data's actions are scaled
+    to [-1, 1] with `action_scale` and `action_bias`). Fitted by `loss`: the mean squared error of the reconstruction
+    of the data's action, plus 0.5 times the KL of the encoder's Gaussian to N(0, I), each averaged over its elements
+    as the authors do. `sample_raw`
     decodes latents drawn from N(0, I) and clipped to +-0.5: BEAR's MMD compares these raw outputs u.
     """
 
@@ -235,15 +239,11 @@ class ConditionalVAE(nn.Module):
         self.latent_dim = 2 * act_dim if latent_dim is None else latent_dim
         self.encoder = PackedMLP(members, obs_dim + act_dim, 2 * self.latent_dim, hidden, init=init)
         self.decoder = PackedMLP(members, obs_dim + self.latent_dim, act_dim, hidden, init=init)
-        low = torch.as_tensor(action_low, dtype=torch.float32).expand(act_dim)
-        high = torch.as_tensor(action_high, dtype=torch.float32).expand(act_dim)
-        self.register_buffer("action_scale", (high - low) / 2)
-        self.register_buffer("action_bias", (high + low) / 2)
+        register_action_bounds(self, act_dim, action_low, action_high)
 
-    def encode(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The latent's mean and log std `[P, B, latent]` for env-scale `actions` `[P, B, act]`."""
-        unit = (actions - self.action_bias) / self.action_scale
-        mean, log_std = self.encoder(torch.cat([obs, unit], dim=-1)).chunk(2, dim=-1)
+    def encode(self, obs: torch.Tensor, unit_actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The latent's mean and log std `[P, B, latent]` for actions `[P, B, act]` scaled to [-1, 1]."""
+        mean, log_std = self.encoder(torch.cat([obs, unit_actions], dim=-1)).chunk(2, dim=-1)
         return mean, log_std.clamp(VAE_LOG_STD_MIN, VAE_LOG_STD_MAX)
 
     def decode_raw(self, obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -257,10 +257,10 @@ class ConditionalVAE(nn.Module):
     def loss(self, obs: torch.Tensor, actions: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """recon + 0.5 KL per member `[P]`: the reconstruction tanh(u) against the data's actions in [-1, 1] (the
         authors' max_action is 1), z = mean + std * noise with `noise` `[P, B, latent]` standard normal."""
-        mean, log_std = self.encode(obs, actions)
+        unit = (actions - self.action_bias) / self.action_scale
+        mean, log_std = self.encode(obs, unit)
         z = mean + log_std.exp() * noise
         reconstruction = torch.tanh(self.decode_raw(obs, z))
-        unit = (actions - self.action_bias) / self.action_scale
         recon = (reconstruction - unit).pow(2).mean(dim=(-2, -1))
         kl = -0.5 * (1 + 2 * log_std - mean.pow(2) - (2 * log_std).exp()).mean(dim=(-2, -1))
         return recon + VAE_KL_WEIGHT * kl
@@ -268,9 +268,6 @@ class ConditionalVAE(nn.Module):
     def sample_raw(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Raw decoder outputs `[P, B, N, act]` for latents `noise` `[P, B, N, latent]` ~ N(0, I), clipped to +-0.5."""
         return self.decode_raw(obs, noise.clamp(-VAE_LATENT_CLIP, VAE_LATENT_CLIP))
-
-    def squash(self, u: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(u) * self.action_scale + self.action_bias
 
 
 def squashed_gaussian_log_prob(u: torch.Tensor, mu: torch.Tensor, log_std: torch.Tensor,
