@@ -160,6 +160,21 @@ def result_lines(path: Path) -> list[dict]:
     return results
 
 
+def finished_whole(trial_dir: Path, last_iteration) -> bool:
+    """Whether a finished trial's folder still holds what the trial wrote: a params.json that is a JSON mapping and
+    a result.json whose lines are all JSON, the last at `last_iteration` (the one Tune's state recorded: a file cut
+    at a line's end is caught too; an ASHA-stopped trial, whose last result is not done, is whole). Read quietly:
+    resume asks this of every trial Tune's state calls finished, and one that is not whole runs again."""
+    try:
+        params = json.loads((trial_dir / "params.json").read_text(errors="replace"))
+        rows = [json.loads(line) for line in (trial_dir / "result.json").read_text(errors="replace").splitlines()
+                if line.strip()]
+    except (OSError, ValueError):
+        return False
+    return (isinstance(params, dict) and bool(rows) and isinstance(rows[-1], dict)
+            and rows[-1].get("training_iteration") == last_iteration)
+
+
 def experiment_trial_ids(folder: Path) -> set[str] | None:
     """The trial ids of the folder's own experiment: those in Tune's newest `experiment_state-*.json`, read as
     plain JSON (the cloudpickled parts stay undecoded text, nothing is unpickled). None where the folder has

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import math
 import os
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -30,6 +32,7 @@ from .folder import (check_free_space, check_signature, check_tree, claim_folder
                      ray_log_file, sign_folder, state_stamp)
 from .atomic_fs import whole_tune_copies, write_atomic
 from .inputs import check_inputs, ensure_datasets
+from .results import finished_whole
 from .plan import SweepClock, check_resources, cluster_resources, duration, format_plan, make_plan
 from .ray_setup import check_cluster_storage, init_ray, ray_messages_to, sigterm_as_sigint
 from .study import STUDY_FILE, Study, StudyError, apply_sampled, knob_text, trial_train_config
@@ -272,7 +275,8 @@ def with_model_cache(trials: list[dict], folder: Path | str) -> list[dict]:
 def resume_study(folder: str | Path, address: str | None = None, use_wandb: bool = True,
                  num_cpus: int | None = None, trust: bool = False, verbose: bool = False):
     """Continue an interrupted study where it stopped: finished trials stay, unfinished and errored ones
-    restart from their last checkpoints. Tune's restore unpickles the folder's files, so a folder this
+    restart from their last checkpoints, and a finished trial whose results were lost since (requeue_lost_trials)
+    runs again from the start. Tune's restore unpickles the folder's files, so a folder this
     installation did not sign (check_signature) is refused unless `trust`."""
     folder = Path(folder).expanduser().resolve()
     if not (folder / STUDY_FILE).is_file() or not (folder / "tuner.pkl").is_file():
@@ -284,16 +288,62 @@ def resume_study(folder: str | Path, address: str | None = None, use_wandb: bool
             check_signature(folder)
         study = load_study(folder / STUDY_FILE, resolve=False)
         try:
+            lost = requeue_lost_trials(folder)
+            if lost:
+                print(f"resume: {len(lost)} finished trial(s) lost params.json or result.json (emptied, cut short "
+                      f"or removed) and run again from the start, in new folders: {', '.join(lost)}",
+                      file=sys.stderr)
             with ray_messages_to(None if verbose else ray_log_file(folder, study.name)):
                 whole_tune_copies()
                 init_ray(address, num_cpus, verbose)
                 trainable, _ = _tuner_parts(study)
                 tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True,
-                                           resume_errored=True)
+                                           resume_errored=True, _resume_config=RESUME_REQUEUED if lost else None)
                 with sigterm_as_sigint():
                     return tuner.fit()
         finally:
             sign_folder(folder)
+
+
+# How a resume treats Tune's trial states once requeue_lost_trials has relabelled them: unfinished ones (and the
+# errored ones, relabelled PENDING: the same path in Tune) continue from their last checkpoints, the lost finished
+# ones (relabelled ERROR) start over as new trials, the rest stay finished.
+RESUME_REQUEUED = tune.ResumeConfig(unfinished=tune.ResumeConfig.ResumeType.RESUME,
+                                    errored=tune.ResumeConfig.ResumeType.RESTART,
+                                    finished=tune.ResumeConfig.ResumeType.SKIP)
+
+
+def requeue_lost_trials(folder: Path) -> list[str]:
+    """Find the trials Tune's newest experiment state calls finished whose folders no longer hold their results
+    (results.finished_whole: a params.json or result.json emptied, cut short or removed, by a copy that ran out of
+    space or by hand), and relabel the state so that a restore with RESUME_REQUEUED runs them again from the start
+    (as new trials: Tune's restart gives them new ids and folders, and the report reads only the state's trials)
+    while errored trials still continue from their checkpoints. Returns the lost trials' folder names; the state
+    is rewritten (atomically) only when there are some. Called after the signature check: the state is trusted,
+    and the folder is signed again when the resume ends."""
+    states = sorted(folder.glob("experiment_state-*.json"))     # Tune restores the newest (max of the names)
+    if not states:
+        return []
+    lost, entries = [], []
+    try:
+        state = json.loads(states[-1].read_text())
+        for trial_json, runtime_json in state["trial_data"]:
+            trial = json.loads(trial_json)
+            name = trial["relative_logdir"]
+            if trial["status"] == "TERMINATED" and isinstance(name, str) and Path(name).name == name:
+                last = json.loads(runtime_json).get("last_result", {}).get("training_iteration")
+                if not finished_whole(folder / name, last):
+                    lost.append(name)
+                    trial["status"] = "ERROR"
+            elif trial["status"] == "ERROR":
+                trial["status"] = "PENDING"
+            entries.append([json.dumps(trial), runtime_json])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []           # not a state this reads: Tune's restore says what is wrong with it
+    if lost:
+        state["trial_data"] = entries
+        write_atomic(states[-1], json.dumps(state))
+    return lost
 
 
 def unfinished_trials(results) -> list[str]:

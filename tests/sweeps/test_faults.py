@@ -176,3 +176,41 @@ def test_killed_driver_resumes_without_redoing_finished_trials(pendulum_datasets
     continued = rows[len(rows_before)]
     assert continued["training_iteration"] > 1                               # continued from a checkpoint
     assert continued["updates"] == continued["training_iteration"] * 20      # ... with the learner's state
+
+
+@pytest.mark.parametrize("damage", ["emptied", "cut at a line's end"])
+def test_a_finished_trial_whose_results_were_lost_runs_again_on_resume(pendulum_datasets, tmp_path, local_ray,
+                                                                        tiny_study, damage):
+    """Issue 25, item 3: a finished trial whose result.json was emptied or cut short (at a line's end, so that
+    every line left is whole: a copy that ran out of space, a careless hand) runs again on `launch.py resume`,
+    from the start, in a new folder; the damaged folder is kept as it is; the other trial stays as it was.
+    (Before, Tune's state called it finished and the resume skipped it: the study kept a hole.)"""
+    from offline_sweeps.sweeps.results import load_results
+    _, study = tiny_study("lost", pendulum_datasets["medium"], tmp_path, seeds=[0])
+    run_study(study, use_wandb=False, log=lambda _: None)
+    folder = tmp_path / "lost"
+    damaged, kept = sorted(trial_dirs(folder))
+    kept_before = (kept / "result.json").read_bytes()
+    results = damaged / "result.json"
+    results.write_text("" if damage == "emptied" else results.read_text().splitlines(keepends=True)[0])
+    damaged_before = sorted((p.relative_to(damaged), p.read_bytes()) for p in damaged.rglob("*") if p.is_file())
+
+    # A new driver, as after a copy: its own Ray session (this one's staging copies would mend the file unasked).
+    # --trust: the damage broke the signature.
+    command = [sys.executable, str(LAUNCH), "resume", str(folder), "--no-wandb", "--num-cpus", "1"]
+    resumed = subprocess.run(command + ["--trust"], capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"run again from the start, in new folders: {damaged.name}" in resumed.stderr
+    assert sorted((p.relative_to(damaged), p.read_bytes()) for p in damaged.rglob("*") if p.is_file()) == \
+        damaged_before                                                   # kept, not deleted, not written to
+    assert (kept / "result.json").read_bytes() == kept_before            # not redone
+    again = next(d for d in trial_dirs(folder) if d not in (damaged, kept))
+    rows = results_of(again)
+    assert rows[0]["training_iteration"] == 1 and rows[-1]["done"] and rows[-1]["updates"] == 40   # from the start
+    assert json.loads((again / "params.json").read_text()) == json.loads((damaged / "params.json").read_text())
+    assert sorted(set(load_results(folder)["trial"])) == sorted([kept.name, again.name])   # the lost one: not read
+    again_before = (again / "result.json").read_bytes()
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=900)      # signed; nothing to redo
+    assert resumed.returncode == 0 and "run again" not in resumed.stderr, resumed.stderr[-3000:]
+    assert sorted(trial_dirs(folder)) == sorted([damaged, kept, again])
+    assert (again / "result.json").read_bytes() == again_before
