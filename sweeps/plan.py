@@ -115,23 +115,67 @@ def dataset_status(study: Study) -> dict[str, str]:
     return status
 
 
-def memory_problem(trials: list[dict]) -> str | None:
+def memory_problem(trials: list[dict], gpu_share: float = 0.0) -> str | None:
     """A trial whose networks and minibatches cannot fit in this machine's available memory
-    (host_memory.training_bytes_floor, a floor), said before Ray starts; None when each fits."""
+    (host_memory.training_bytes_floor, a floor), said before Ray starts; None when each fits. `gpu_share`: the
+    fraction of a GPU each trial trains on here (0: on the CPU); then the floor, times the trials that share one
+    GPU at once, is held against the free memory of this machine's least free visible GPU (gpu_free_bytes)
+    instead of the host's."""
     from ..algorithms.host_memory import available_bytes, training_bytes_floor
     from ..algorithms.trainer import TrainConfig
-    free = available_bytes()
-    if free is None:
-        return None
+    needs = []
     for trial in trials:
         configs = TrainConfig.from_dict(trial_train_config(trial)).member_configs()
-        need = training_bytes_floor(configs, max(c.batch_size for c in configs))
-        if need > free:
+        needs.append((training_bytes_floor(configs, max(c.batch_size for c in configs)), trial, configs))
+    if not needs:
+        return None
+    need, trial, configs = max(needs, key=lambda item: item[0])
+    widths = sorted({getattr(c, 'hidden', ()) for c in configs})
+    fix = "use smaller hidden sizes, batch_size or fewer packed members"
+    if gpu_share > 0:
+        free = gpu_free_bytes()
+        sharing = min(len(trials), max(1, math.floor(1 / gpu_share + 1e-9)))
+        if free is not None and need * sharing > free:
+            together = (f", {need * sharing / 2**30:.2f} GiB for the {sharing} trials at once on one GPU at "
+                        f"resources.gpu={gpu_share:g}" if sharing > 1 else "")
             return (f"train/search: a {trial['algorithm']} trial of {len(configs)} member(s) needs at least "
-                    f"{need / 2**30:.1f} GiB for its networks and minibatches (layer widths "
-                    f"{sorted({getattr(c, 'hidden', ()) for c in configs})}), more than the {free / 2**30:.1f} GiB "
-                    f"available here; use smaller hidden sizes, batch_size or fewer packed members")
+                    f"{need / 2**30:.2f} GiB of GPU memory for its networks and minibatches (layer widths {widths})"
+                    f"{together}, more than the {free / 2**30:.2f} GiB free on the GPU here; {fix}"
+                    f"{', or a larger resources.gpu' if sharing > 1 else ''}")
+        return None
+    free = available_bytes()
+    if free is not None and need > free:
+        return (f"train/search: a {trial['algorithm']} trial of {len(configs)} member(s) needs at least "
+                f"{need / 2**30:.1f} GiB for its networks and minibatches (layer widths {widths}), more than the "
+                f"{free / 2**30:.1f} GiB available here; {fix}")
     return None
+
+
+def gpu_free_bytes() -> int | None:
+    """The free memory of the least free GPU this process may use ($CUDA_VISIBLE_DEVICES's indices, or every GPU
+    where it is unset or names UUIDs), as `nvidia-smi` reports it; None without nvidia-smi or a reading. Asked of
+    nvidia-smi, not torch.cuda.mem_get_info: that opens a CUDA context, whose memory the driver would then hold on
+    the GPU for the whole sweep."""
+    import shutil
+    import subprocess
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        answer = subprocess.run([smi, "--query-gpu=index,memory.free", "--format=csv,noheader,nounits"],
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    free = {}
+    for line in answer.stdout.splitlines() if answer.returncode == 0 else []:
+        try:
+            index, mib = (int(part) for part in line.split(","))
+        except ValueError:
+            continue
+        free[str(index)] = mib * 2**20
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    chosen = [free[d] for d in visible if d in free] or list(free.values())
+    return min(chosen) if chosen else None
 
 
 def make_plan(study: Study, folder, address: str | None = None, num_cpus: int | None = None,
@@ -155,7 +199,7 @@ def make_plan(study: Study, folder, address: str | None = None, num_cpus: int | 
                 problem=resource_problem(study, available, local=True) if available is not None else None,
                 datasets=dataset_status(study))
     if plan.problem is None:
-        plan.problem = memory_problem(trials)
+        plan.problem = memory_problem(trials, plan.per_trial.get("gpu", 0) if local else 0)
     if estimate and plan.problem is None:
         plan.rates = calibrate(study, runs)
         plan.seconds = estimate_seconds(plan)

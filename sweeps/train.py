@@ -107,6 +107,7 @@ def check_train_values(values: dict, where: str) -> None:
     if config.env is not None:
         check_env_id(config.env, f"{where}: env")
     from .plan import memory_problem
-    problem = memory_problem([{**values, "study": {}}])
+    on_gpu = config.device.startswith("cuda") or (config.device == "auto" and torch.cuda.is_available())
+    problem = memory_problem([{**values, "study": {}}], gpu_share=1.0 if on_gpu else 0.0)
     if problem:
         raise StudyError(f"{where}: {problem.removeprefix('train/search: ')}")

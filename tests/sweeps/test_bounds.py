@@ -65,6 +65,56 @@ def test_networks_that_cannot_fit_in_memory_are_refused_before_ray(tmp_path):
         check_train_file(path)
 
 
+@pytest.fixture
+def gpu_with(tmp_path, monkeypatch):
+    """`gpu_with(mib, ...)`: this machine seen with CUDA GPUs whose free memory is `mib` each (index 0, 1, ...), as
+    a fake `nvidia-smi` first on PATH reports it, and torch counting them."""
+    import torch
+
+    def make(*free_mib: int, visible: str | None = None):
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir(exist_ok=True)
+        smi = bin_dir / "nvidia-smi"
+        lines = "\\n".join(f"{i}, {mib}" for i, mib in enumerate(free_mib))
+        smi.write_text(f'#!/bin/sh\nprintf "{lines}\\n"\n')
+        smi.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: len(free_mib))
+        if visible is None:
+            monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        else:
+            monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    return make
+
+
+def test_networks_that_cannot_fit_on_the_gpu_are_refused_before_ray(tmp_path, gpu_with):
+    """A GPU study is held against the free memory of the GPU (nvidia-smi's, no CUDA context opened here), times
+    the trials that share one GPU; the host's memory does not decide it."""
+    from offline_sweeps.sweeps.plan import gpu_free_bytes, make_plan
+    gpu_with(40_000, 300, visible="1")
+    assert gpu_free_bytes() == 300 * 2**20                       # the visible one, not the least free of all
+    gpu_with(40_000, 300)
+    assert gpu_free_bytes() == 300 * 2**20
+    gpu_with(1000)
+    hidden = {"hidden": [2560, 2560]}     # floor 0.41 GiB per trial: fits in 1000 MiB alone, not three at once
+    values = {**BASE, "seeds": [0, 1, 2], "storage": str(tmp_path), "train": {**BASE["train"], "algo": hidden}}
+    alone = make_plan(parse_study({**values, "resources": {"cpu": 1, "gpu": 1}}), tmp_path / "s", None, 3)
+    assert alone.problem is None
+    shared = make_plan(parse_study({**values, "resources": {"cpu": 1, "gpu": 0.25}}), tmp_path / "s", None, 3)
+    assert shared.problem and "GiB of GPU memory" in shared.problem and "\n" not in shared.problem
+    assert "1.23 GiB for the 3 trials at once on one GPU at resources.gpu=0.25, more than the 0.98 GiB free" in \
+        shared.problem
+    on_cpu = make_plan(parse_study({**values, "resources": {"cpu": 1, "gpu": 0}}), tmp_path / "s", None, 3)
+    assert on_cpu.problem is None                                # a CPU study: the host's memory, which holds it
+    path = tmp_path / "t.yaml"
+    path.write_text("algorithm: iql\ndataset: d\nalgo: {hidden: [8192, 8192]}\n")     # 4.1 GiB: the host has it
+    with pytest.raises(StudyError, match="needs at least 4.06 GiB of GPU memory .* than the 0.98 GiB free"):
+        check_train_file(path)                                    # device auto, a GPU here: trains on it
+    path.write_text("algorithm: iql\ndataset: d\ndevice: cpu\nalgo: {hidden: [8192, 8192]}\n")
+    check_train_file(path)
+
+
 def test_storage_inside_rays_temporary_folder_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
     with pytest.raises(StudyError, match="inside Ray's temporary folder"):
