@@ -135,6 +135,11 @@ class Study:
 
         With `searcher: optuna` there is one trial: the template whose sampled axes Optuna fills in.
         """
+        members = sum(part_members(part, self.searcher == "optuna") for part in self.parts)
+        if members > MAX_MEMBERS:
+            raise StudyError(f"search: the study expands to {members:,} runs (datasets x grid values x samples x "
+                             f"seeds, over its parts), more than the {MAX_MEMBERS:,} one study takes; use fewer "
+                             f"grid values or seeds, or split it into several studies")
         rng = np.random.default_rng(self.search_seed)
         trials = []
         for part_index, part in enumerate(self.parts):
@@ -143,6 +148,16 @@ class Study:
             for dataset in part.datasets:
                 trials.extend(_part_trials(part, part_index, dataset, rng, self.searcher == "optuna", where))
         return trials
+
+
+MAX_MEMBERS = 20_000      # runs (members) one study expands to: beyond it the expansion alone takes minutes and GiBs
+
+
+def part_members(part: Part, optuna: bool = False) -> int:
+    """How many runs (members) a part expands to, counted without expanding it."""
+    grid = math.prod(len(axis.values) for axis in part.axes if axis.is_grid)
+    samples = part.num_samples if any(not axis.is_grid for axis in part.axes) and not optuna else 1
+    return len(part.datasets) * grid * samples * len(part.seeds)
 
 
 def knob_text(key: str, value) -> str:

@@ -33,6 +33,10 @@ BASE = {"name": "s", "algorithm": "iql", "datasets": ["d/medium-v0"], "train": {
     ({"train": {"algo": {"hidden": [10**6]}}}, "hidden=\\(1000000,\\) must be a list of layer sizes from 1 to 65536"),
     ({"train": {"model": {"seed": -3}}, "algorithm": "mopo"}, "seed=-3"),
     ({"name": "x" * 101}, "^name: .* at most 100 characters"),
+    # A grid of 10**7 runs: the expansion alone ran for minutes and took over 10 GiB before this limit (a "hang").
+    ({"seeds": list(range(10)), "search": {k: {"grid": [v * (1 + i / 10) for i in range(10)]} for k, v in
+      [("expectile", 0.05), ("inverse_temperature", 1.0), ("actor_lr", 1e-4), ("critic_lr", 1e-4),
+       ("value_lr", 1e-4), ("gamma", 0.09)]}}, "^search: the study expands to 10,000,000 runs .* more than the 20,000"),
 ])
 def test_values_torch_or_the_os_cannot_take_are_refused_in_one_line(changes, message):
     values = {**BASE, **changes, "train": {**BASE["train"], **changes.get("train", {})}}
