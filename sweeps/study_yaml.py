@@ -111,7 +111,8 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), re
     into a report. A resolved study lists the keys it resolved in `interpolated`."""
     path = Path(path)
     if not path.is_file():
-        raise StudyError(f"study file {path} does not exist; the shipped studies are in sweeps/*.yaml")
+        what = "is not a regular file (a folder, fifo or device)" if path.exists() else "does not exist"
+        raise StudyError(f"study file {path} {what}; give a YAML file (the shipped studies are in sweeps/*.yaml)")
     check_overrides(overrides)
     try:
         config = OmegaConf.load(path)

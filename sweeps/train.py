@@ -85,7 +85,8 @@ def read_train_file(path) -> dict:
     """A training config file's values (a mapping; an export's `study:` key dropped), unchecked."""
     path = Path(path)
     if not path.is_file():
-        raise StudyError(f"config file {path} does not exist")
+        what = "is not a regular file (a folder, fifo or device)" if path.exists() else "does not exist"
+        raise StudyError(f"config file {path} {what}; give a YAML file (`export` writes them under <study>/best/)")
     try:
         values = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as error:

@@ -44,6 +44,8 @@ def test_dataset_make_list_info_delete(minari_root):
     (("sweep", "sweeps/quickstart.yaml", "pack=[expectile,hidden]"), "pack: 'hidden' is neither"),
     (("resume", "nowhere/study"), "holds no study to resume"),
     (("train", "--config", "nowhere.yaml"), "config file nowhere.yaml does not exist"),
+    (("train", "--config", "sweeps"), "config file sweeps is not a regular file"),
+    (("sweep", "sweeps", "--dry-run"), "study file sweeps is not a regular file"),
     (("sweep", "sweeps/quickstart.yaml", "search.expectil={grid:[0.5]}"),
      "override 'search.expectil={grid:[0.5]}': its value is not valid YAML"),
     (("sweep", "sweeps/quickstart.yaml", "total_updates"), "override 'total_updates': write key=value"),
