@@ -56,6 +56,9 @@ def time_limit(env_id: str) -> int | None:
         probe.close()
 
 
+UNLIMITED_EPISODE_CAP = 100_000    # steps an episode of an env without a registered time limit may last
+
+
 def rollout(env_id: str, policy: Policy, num_envs: int, seed: int | list[int], episodes_per_env: int | None = None,
             transitions_per_env: int | None = None, tail_steps: int = 0,
             on_progress: Callable[[int], None] | None = None) -> list[Episode]:
@@ -64,7 +67,9 @@ def rollout(env_id: str, policy: Policy, num_envs: int, seed: int | list[int], e
     Env i is seeded at its first reset with `seed + i`, or with `seed[i]` when given a list.
     An episode cut by the env's time limit goes on for `tail_steps` more steps (or to a terminal) into its
     `tail_rewards`; those steps count toward no quota and the env is busy meanwhile.
-    `on_progress(k)` hears after each step how many more transitions count toward the transition quotas."""
+    `on_progress(k)` hears after each step how many more transitions count toward the transition quotas.
+    An env without a registered time limit may end its episodes itself; one that has not after
+    UNLIMITED_EPISODE_CAP steps is a DatasetError (an evaluation that would never end)."""
     if (episodes_per_env is None) == (transitions_per_env is None):
         raise ValueError("give exactly one of episodes_per_env and transitions_per_env")
     if tail_steps < 0:
@@ -72,7 +77,8 @@ def rollout(env_id: str, policy: Policy, num_envs: int, seed: int | list[int], e
     seeds = [int(s) for s in seed] if isinstance(seed, (list, tuple)) else [seed + i for i in range(num_envs)]
     if len(seeds) != num_envs:
         raise ValueError(f"{len(seeds)} seeds for {num_envs} envs")
-    limit = time_limit(env_id) if tail_steps else None
+    registered = time_limit(env_id)
+    limit = registered if tail_steps else None
     extended = {} if limit is None else {"max_episode_steps": limit + tail_steps}
     envs = gym.vector.SyncVectorEnv([lambda: make_env(env_id, **extended) for _ in range(num_envs)],
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
@@ -102,6 +108,11 @@ def rollout(env_id: str, policy: Policy, num_envs: int, seed: int | list[int], e
                     record["term"].append(terminations[i])
                     record["trunc"].append(truncations[i] or at_limit)
                     steps[i] += 1
+                    if registered is None and not done and len(record["rew"]) >= UNLIMITED_EPISODE_CAP:
+                        from .loading import DatasetError
+                        raise DatasetError(f"env {env_id} ran an episode {UNLIMITED_EPISODE_CAP:,} steps without "
+                                           f"ending and has no time limit, so it might never end: register it "
+                                           f"with max_episode_steps (gymnasium.register(..., max_episode_steps=N))")
                     if at_limit and not done:
                         tails[i] = []
                         continue

@@ -40,6 +40,7 @@ class ConstantRewardEnv(gym.Env):
 gym.register("ConstantReward-v0", entry_point=ConstantRewardEnv, max_episode_steps=200)
 gym.register("ConstantRewardSelfTruncating-v0", entry_point=ConstantRewardEnv, max_episode_steps=None,
              kwargs={"truncate_at": 200})
+gym.register("ConstantRewardEndless-v0", entry_point=ConstantRewardEnv, max_episode_steps=None)
 gym.register("ConstantRewardTerminating-v0", entry_point=ConstantRewardEnv, max_episode_steps=200,
              kwargs={"terminate_at": 50})
 
@@ -195,3 +196,19 @@ def test_more_episodes_extend_the_returns_but_not_the_q_diagnostic():
     dead = evaluate_population(learner, "Pendulum-v1", episodes=2, seed=7, gamma=GAMMA, more_episodes=3)
     assert np.isnan(dead["eval/episode_returns"][1]).all()
     np.testing.assert_array_equal(dead["eval/episode_returns"][0], final["eval/episode_returns"][0])
+
+
+def test_an_env_without_a_time_limit_whose_episode_never_ends_is_one_line_not_a_hang(monkeypatch):
+    """Issue 25 (a hang): an env registered without max_episode_steps that never ends an episode used to keep an
+    evaluation stepping forever; past UNLIMITED_EPISODE_CAP steps it is a DatasetError naming the fix. One that
+    cuts itself short (ConstantRewardSelfTruncating) is still evaluated, above."""
+    from offline_sweeps.datasets import DatasetError
+    import importlib
+    monkeypatch.setattr(importlib.import_module("offline_sweeps.datasets.rollout"), "UNLIMITED_EPISODE_CAP", 500)
+    learner = FixedPolicies([lambda obs: np.zeros((len(obs), 1))], 1, 1)
+    with pytest.raises(DatasetError, match="ConstantRewardEndless-v0 ran an episode 500 steps without ending .* "
+                                           "max_episode_steps") as refused:
+        evaluate_population(learner, "ConstantRewardEndless-v0", episodes=1, seed=0, gamma=GAMMA)
+    assert "\n" not in str(refused.value)
+    assert evaluate_population(learner, "ConstantRewardSelfTruncating-v0", episodes=1, seed=0,
+                               gamma=GAMMA)["eval/length"][0] == 200
