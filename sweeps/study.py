@@ -154,9 +154,10 @@ MAX_MEMBERS = 20_000      # runs (members) one study expands to: beyond it the e
 
 
 def part_members(part: Part, optuna: bool = False) -> int:
-    """How many runs (members) a part expands to, counted without expanding it."""
+    """How many runs (members) a part expands to, or with `optuna` runs one after the other, counted without
+    expanding it."""
     grid = math.prod(len(axis.values) for axis in part.axes if axis.is_grid)
-    samples = part.num_samples if any(not axis.is_grid for axis in part.axes) and not optuna else 1
+    samples = part.num_samples if optuna or any(not axis.is_grid for axis in part.axes) else 1
     return len(part.datasets) * grid * samples * len(part.seeds)
 
 

@@ -37,6 +37,8 @@ BASE = {"name": "s", "algorithm": "iql", "datasets": ["d/medium-v0"], "train": {
     ({"seeds": list(range(10)), "search": {k: {"grid": [v * (1 + i / 10) for i in range(10)]} for k, v in
       [("expectile", 0.05), ("inverse_temperature", 1.0), ("actor_lr", 1e-4), ("critic_lr", 1e-4),
        ("value_lr", 1e-4), ("gamma", 0.09)]}}, "^search: the study expands to 10,000,000 runs .* more than the 20,000"),
+    ({"searcher": "optuna", "num_samples": 10**9, "search": {"expectile": {"uniform": [0.5, 0.9]}}},
+     "^search: the study expands to 1,000,000,000 runs"),       # the plan listed 10**9 runs: a hang too
 ])
 def test_values_torch_or_the_os_cannot_take_are_refused_in_one_line(changes, message):
     values = {**BASE, **changes, "train": {**BASE["train"], **changes.get("train", {})}}
