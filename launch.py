@@ -22,6 +22,7 @@ to log files (a sweep's to <storage>/<name>/logs/ray.log) unless --verbose.
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import sys
 from pathlib import Path
@@ -84,6 +85,17 @@ def _csv(text: str) -> tuple[str, ...]:
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in _csv(text))
+
+
+def _finite(text: str) -> float:
+    """An argparse type: a finite number, else argparse's one-line error."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number")
+    return value
 
 
 def _whole(low: int, high: int):
@@ -368,16 +380,16 @@ def parser() -> argparse.ArgumentParser:
     make.add_argument("--kinds", type=_csv, default=DATASET_KINDS,
                       help=f"comma-separated subset of {','.join(DATASET_KINDS)}")
     make.add_argument("--name", help="dataset name (default: the env's name in lower case, e.g. hopper)")
-    make.add_argument("--version", type=int, default=0)
+    make.add_argument("--version", type=_whole(0, 10**6), default=0)
     make.add_argument("--transitions", type=_whole(1, 10**8), default=100_000, help="transitions per dataset, at least: whole episodes, so rounded up to the next episode end")
-    make.add_argument("--medium-return", type=float, help="eval return at which the medium policy is frozen")
-    make.add_argument("--expert-return", type=float, help="eval return at which the expert policy is frozen")
+    make.add_argument("--medium-return", type=_finite, help="eval return at which the medium policy is frozen")
+    make.add_argument("--expert-return", type=_finite, help="eval return at which the expert policy is frozen")
     make.add_argument("--expert", choices=("sac", "scripted"), default="sac",
                       help="expert behaviour: the SAC agent, or a shipped scripted controller (Pendulum-v1)")
-    make.add_argument("--sac-steps", type=int, default=300_000, help="most online steps for the SAC agent")
-    make.add_argument("--sac-start-steps", type=int, default=5_000, help="uniform-random steps before learning")
+    make.add_argument("--sac-steps", type=_whole(1, 10**8), default=300_000, help="most online steps for the SAC agent")
+    make.add_argument("--sac-start-steps", type=_whole(0, 10**8), default=5_000, help="uniform-random steps before learning")
     make.add_argument("--sac-hidden", type=_ints, default=(256, 256), help="SAC hidden sizes, e.g. 256,256")
-    make.add_argument("--eval-every", type=int, default=5_000, help="online steps between evaluations")
+    make.add_argument("--eval-every", type=_whole(1, 10**8), default=5_000, help="online steps between evaluations")
     make.add_argument("--num-envs", type=_whole(1, 256), default=10, help="envs stepped together when collecting (at most 256)")
     make.add_argument("--reference-scores", choices=("auto", "d4rl", "measured"), default="auto",
                       help="ref_min/ref_max_score: D4RL's random and expert returns (Hopper, HalfCheetah, Walker2d), "

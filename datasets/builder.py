@@ -54,6 +54,9 @@ def _safe_name(name) -> bool:
     return isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", name) is not None
 
 
+MAX_COUNT = 10**8       # the most transitions, online steps, episodes or version number a build takes
+
+
 @dataclass
 class BuildConfig:
     env_id: str
@@ -96,6 +99,18 @@ class BuildConfig:
                     "sac_batch_size"):
             if getattr(self, key) < 1:
                 raise DatasetError(f"{key}={getattr(self, key)} must be at least 1")
+        for key, low in (("transitions", 1), ("sac_steps", 1), ("sac_start_steps", 0), ("eval_every", 1),
+                         ("eval_episodes", 1), ("ref_episodes", 1), ("sac_batch_size", 1), ("version", 0)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_COUNT:
+                raise DatasetError(f"{key}={value!r} must be a whole number from {low} to {MAX_COUNT:,}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise DatasetError(f"seed={self.seed!r} must be a whole number from 0 to 2**63 - 1")
+        for key in ("medium_return", "expert_return"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value)):
+                raise DatasetError(f"{key}={value!r} must be a finite number (an evaluation return)")
         if self.num_envs > MAX_NUM_ENVS:
             raise DatasetError(f"num_envs={self.num_envs} must be at most {MAX_NUM_ENVS} (envs stepped together "
                                f"in one process)")

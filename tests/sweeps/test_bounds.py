@@ -121,6 +121,21 @@ def test_networks_that_cannot_fit_on_the_gpu_are_refused_before_ray(tmp_path, gp
     check_train_file(path)
 
 
+@pytest.mark.parametrize("settings, message", [
+    ({"sac_steps": 10**12}, "sac_steps=1000000000000 must be a whole number from 1 to 100,000,000"),
+    ({"sac_start_steps": -1}, "sac_start_steps=-1 must be a whole number from 0"),
+    ({"transitions": 2.5}, "transitions=2.5 must be a whole number"),
+    ({"version": -1}, "version=-1 must be"),
+    ({"seed": -1}, "seed=-1 must be a whole number from 0 to 2\\*\\*63 - 1"),
+    ({"medium_return": float("nan")}, "medium_return=nan must be a finite number"),
+])
+def test_build_settings_are_bounded_before_anything_runs(settings, message):
+    """What a study's `build:` section or `dataset make` hands the builder, checked as it is made."""
+    from offline_sweeps.datasets.builder import BuildConfig
+    with pytest.raises(DatasetError, match=message):
+        BuildConfig("Pendulum-v1", kinds=("medium",), **settings)
+
+
 def test_storage_inside_rays_temporary_folder_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
     with pytest.raises(StudyError, match="inside Ray's temporary folder"):
@@ -132,6 +147,11 @@ def test_storage_inside_rays_temporary_folder_is_refused(tmp_path, monkeypatch):
     (["resume", "f", "--num-cpus", "-2"], "--num-cpus: -2 must be from 1"),
     (["dataset", "make", "--env", "Pendulum-v1", "--transitions", "1000000000"], "--transitions: 1000000000 must be"),
     (["dataset", "make", "--env", "Pendulum-v1", "--seed", "-1"], "--seed: -1 must be"),
+    # Each of these used to run: for minutes to a traceback (a buffer of 10**12 steps), or never to end (a NaN target).
+    (["dataset", "make", "--env", "Pendulum-v1", "--sac-steps", "1000000000000"], "--sac-steps: 1000000000000 must"),
+    (["dataset", "make", "--env", "Pendulum-v1", "--sac-start-steps", "-5"], "--sac-start-steps: -5 must be from 0"),
+    (["dataset", "make", "--env", "Pendulum-v1", "--medium-return", "nan"], "--medium-return: nan must be a finite"),
+    (["dataset", "make", "--env", "Pendulum-v1", "--version", "-1"], "--version: -1 must be from 0"),
     (["bench", "buffer", "--threads", "0"], "--threads: 0 must be from 1"),
     (["export", "f", "--select", "bandit", "--episodes", "0"], "--episodes: 0 must be"),
 ])
