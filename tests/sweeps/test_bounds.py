@@ -71,6 +71,20 @@ def test_networks_that_cannot_fit_in_memory_are_refused_before_ray(tmp_path):
         check_train_file(path)
 
 
+def test_more_trial_processes_at_once_than_memory_holds_are_refused_before_ray(tmp_path, monkeypatch):
+    """resources.cpu=0.001 let Ray start a process per thousandth of a CPU: on 2 CPUs, 90 trials at once, each a
+    Python with torch and Ray, swapped the machine to a halt (a "hang"); now the plan refuses it in one line."""
+    from offline_sweeps.algorithms import host_memory
+    from offline_sweeps.sweeps.plan import make_plan
+    monkeypatch.setattr(host_memory, "available_bytes", lambda: 2**30)          # 1 GiB free: three processes
+    values = {**BASE, "seeds": list(range(8)), "storage": str(tmp_path)}
+    crowded = make_plan(parse_study({**values, "resources": {"cpu": 0.1}}), tmp_path / "s", None, 2)
+    assert crowded.slots == 8 and "\n" not in crowded.problem
+    assert crowded.problem.startswith("resources.cpu: at 0.1 CPU per trial, 8 trials would run at once here")
+    assert "raise resources.cpu to 0.67 or more" in crowded.problem
+    assert make_plan(parse_study({**values, "resources": {"cpu": 1}}), tmp_path / "s", None, 2).problem is None
+
+
 @pytest.fixture
 def gpu_with(tmp_path, monkeypatch):
     """`gpu_with(mib, ...)`: this machine seen with CUDA GPUs whose free memory is `mib` each (index 0, 1, ...), as
