@@ -2,6 +2,7 @@
 property-based test throws arbitrary values at every key and accepts only a valid study or a StudyError."""
 from __future__ import annotations
 
+import math
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -193,11 +194,15 @@ def test_any_value_in_a_train_config_gives_a_config_or_a_one_line_error(place, v
 FLAGS = [(["sweep", "s.yaml"], "--num-cpus"), (["resume", "f"], "--num-cpus"), (["export", "f"], "--episodes"),
          (["dataset", "make", "--env", "E"], "--transitions"), (["dataset", "make", "--env", "E"], "--threads"),
          (["dataset", "make", "--env", "E"], "--seed"), (["dataset", "make", "--env", "E"], "--num-envs"),
-         (["bench", "buffer"], "--threads"), (["bench", "tune"], "--trials"), (["model", "train", "d"], "--seed")]
+         (["bench", "buffer"], "--threads"), (["bench", "tune"], "--trials"), (["model", "train", "d"], "--seed"),
+         *[(["dataset", "make", "--env", "E"], f"--{name}") for name in ("version", "sac-steps", "sac-start-steps",
+                                                                          "eval-every", "medium-return",
+                                                                          "expert-return")]]
 
 
 @settings(max_examples=400, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
-@given(flag=st.sampled_from(FLAGS), text=st.one_of(st.text(max_size=12), st.integers(-10**20, 10**20).map(str)))
+@given(flag=st.sampled_from(FLAGS), text=st.one_of(st.text(max_size=12), st.integers(-10**20, 10**20).map(str),
+                                                   st.floats().map(str)))
 def test_any_text_for_a_numeric_flag_parses_in_range_or_is_argparses_error(flag, text):
     import contextlib
     import importlib.util
@@ -214,7 +219,10 @@ def test_any_text_for_a_numeric_flag_parses_in_range_or_is_argparses_error(flag,
         assert stopped.code == 2
     else:
         value = getattr(args, option.lstrip("-").replace("-", "_"))
-        assert isinstance(value, int) and 0 <= value <= 2**63 - 1
+        if option.endswith("-return"):
+            assert isinstance(value, float) and math.isfinite(value)
+        else:
+            assert isinstance(value, int) and 0 <= value <= 2**63 - 1
 
 
 @settings(max_examples=600, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
