@@ -343,7 +343,7 @@ def requeue_lost_trials(folder: Path) -> list[str]:
     if lost:
         state["trial_data"] = entries
         write_atomic(states[-1], json.dumps(state))
-    return lost
+    return sorted(lost)
 
 
 def unfinished_trials(results) -> list[str]:

@@ -178,39 +178,45 @@ def test_killed_driver_resumes_without_redoing_finished_trials(pendulum_datasets
     assert continued["updates"] == continued["training_iteration"] * 20      # ... with the learner's state
 
 
-@pytest.mark.parametrize("damage", ["emptied", "cut at a line's end"])
-def test_a_finished_trial_whose_results_were_lost_runs_again_on_resume(pendulum_datasets, tmp_path, local_ray,
-                                                                        tiny_study, damage):
-    """Issue 25, item 3: a finished trial whose result.json was emptied or cut short (at a line's end, so that
-    every line left is whole: a copy that ran out of space, a careless hand) runs again on `launch.py resume`,
-    from the start, in a new folder; the damaged folder is kept as it is; the other trial stays as it was.
-    (Before, Tune's state called it finished and the resume skipped it: the study kept a hole.)"""
+def test_finished_trials_whose_results_were_lost_run_again_on_resume(pendulum_datasets, tmp_path, local_ray,
+                                                                       tiny_study):
+    """Issue 25, item 3: a finished trial whose result.json was emptied, and one whose result.json was cut short at
+    a line's end (every line left whole), as a copy that ran out of space or a careless hand leaves them, run again
+    on `launch.py resume`, from the start, in new folders; the damaged folders are kept as they are; the other
+    trials stay as they were. (Before, Tune's state called them finished and the resume skipped them: the study
+    kept its holes.)"""
     from offline_sweeps.sweeps.results import load_results
-    _, study = tiny_study("lost", pendulum_datasets["medium"], tmp_path, seeds=[0])
+    _, study = tiny_study("lost", pendulum_datasets["medium"], tmp_path)
     run_study(study, use_wandb=False, log=lambda _: None)
     folder = tmp_path / "lost"
-    damaged, kept = sorted(trial_dirs(folder))
-    kept_before = (kept / "result.json").read_bytes()
-    results = damaged / "result.json"
-    results.write_text("" if damage == "emptied" else results.read_text().splitlines(keepends=True)[0])
-    damaged_before = sorted((p.relative_to(damaged), p.read_bytes()) for p in damaged.rglob("*") if p.is_file())
+    emptied, cut, *kept = sorted(trial_dirs(folder))
+    assert len(kept) == 2
+    kept_before = [(d / "result.json").read_bytes() for d in kept]
+    (emptied / "result.json").write_text("")
+    (cut / "result.json").write_text((cut / "result.json").read_text().splitlines(keepends=True)[0])
 
-    # A new driver, as after a copy: its own Ray session (this one's staging copies would mend the file unasked).
+    def files(trial_dir):
+        return sorted((p.relative_to(trial_dir), p.read_bytes()) for p in trial_dir.rglob("*") if p.is_file())
+    damaged_before = [files(emptied), files(cut)]
+
+    # A new driver, as after a copy: its own Ray session (this one's staging copies would mend the files unasked).
     # --trust: the damage broke the signature.
-    command = [sys.executable, str(LAUNCH), "resume", str(folder), "--no-wandb", "--num-cpus", "1"]
+    command = [sys.executable, str(LAUNCH), "resume", str(folder), "--no-wandb", "--num-cpus", "2"]
     resumed = subprocess.run(command + ["--trust"], capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert f"run again from the start, in new folders: {damaged.name}" in resumed.stderr
-    assert sorted((p.relative_to(damaged), p.read_bytes()) for p in damaged.rglob("*") if p.is_file()) == \
-        damaged_before                                                   # kept, not deleted, not written to
-    assert (kept / "result.json").read_bytes() == kept_before            # not redone
-    again = next(d for d in trial_dirs(folder) if d not in (damaged, kept))
-    rows = results_of(again)
-    assert rows[0]["training_iteration"] == 1 and rows[-1]["done"] and rows[-1]["updates"] == 40   # from the start
-    assert json.loads((again / "params.json").read_text()) == json.loads((damaged / "params.json").read_text())
-    assert sorted(set(load_results(folder)["trial"])) == sorted([kept.name, again.name])   # the lost one: not read
-    again_before = (again / "result.json").read_bytes()
+    assert f"2 finished trial(s) lost params.json or result.json (emptied, cut short or removed) and run again from " \
+           f"the start, in new folders: {emptied.name}, {cut.name}" in resumed.stderr
+    assert [files(emptied), files(cut)] == damaged_before            # kept, not deleted, not written to
+    assert [(d / "result.json").read_bytes() for d in kept] == kept_before      # not redone
+    again = sorted(set(trial_dirs(folder)) - {emptied, cut, *kept})
+    assert len(again) == 2
+    for trial_dir in again:
+        rows = results_of(trial_dir)
+        assert rows[0]["training_iteration"] == 1 and rows[-1]["done"] and rows[-1]["updates"] == 40   # from scratch
+    params = [json.loads((d / "params.json").read_text()) for d in (*again, emptied, cut)]
+    assert sorted(map(json.dumps, params[:2])) == sorted(map(json.dumps, params[2:]))     # the same trials
+    assert sorted(set(load_results(folder)["trial"])) == sorted(d.name for d in (*kept, *again))   # lost: not read
+    again_before = [(d / "result.json").read_bytes() for d in again]
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=900)      # signed; nothing to redo
     assert resumed.returncode == 0 and "run again" not in resumed.stderr, resumed.stderr[-3000:]
-    assert sorted(trial_dirs(folder)) == sorted([damaged, kept, again])
-    assert (again / "result.json").read_bytes() == again_before
+    assert len(trial_dirs(folder)) == 6 and [(d / "result.json").read_bytes() for d in again] == again_before
