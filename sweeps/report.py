@@ -167,9 +167,14 @@ def _published_lines(study, rows: list[dict], budgets: dict) -> list[str]:
                      f"{_cell(row['updates_per_second'])} | {_cell(row['published_value'])} | "
                      f"{row['published_dataset'] or '-'} | {budget_cell} | {row['published_source']} |")
     unmatched = [entry for entry in study.reference if not any(entry.matches(row) for row in rows)]
+    datasets = {d for part in study.parts for d in part.datasets}
     lines += [f"- no setting was measured for the entry {entry.algorithm} on {entry.dataset}"
               + (f" at {entry.knob[0]}={entry.knob[1]:g}" if entry.knob else "") + f" ({entry.source})"
-              for entry in unmatched]
+              for entry in unmatched if entry.dataset in datasets]
+    elsewhere = sum(entry.dataset not in datasets for entry in unmatched)
+    if elsewhere:       # a study narrowed to some of its datasets ('datasets=[hopper/medium-v0]'): one line, not a list
+        lines.append(f"- {elsewhere} entr{'y' if elsewhere == 1 else 'ies'} for datasets this study did not run "
+                     f"({', '.join(sorted({e.dataset for e in unmatched} - datasets))}) left out")
     return lines
 
 

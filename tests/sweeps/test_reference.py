@@ -70,7 +70,9 @@ def test_the_report_shows_published_scores_beside_the_measured_ones(tmp_path):
     reference = [{"algorithm": "iql", "dataset": DATASET, "value": 66.3, "knob": {"expectile": 0.7},
                   "budget": 1_000_000, "published_dataset": "hopper-medium-v2", "source": IQL_PAPER},
                  {"algorithm": "iql", "dataset": DATASET, "value": 50.0, "knob": {"expectile": 0.5},
-                  "source": "a knob value this study did not run"}]
+                  "source": "a knob value this study did not run"},
+                 {"algorithm": "iql", "dataset": "walker2d/medium-v0", "value": 78.3, "knob": {"expectile": 0.7},
+                  "source": "a dataset this study did not run"}]
     folder = iql_study(tmp_path, curves_of({0.7: flat(60.0), 0.9: flat(80.0)}), reference=reference)
     paths = write_report(folder)
     with open(paths["csv"], newline="") as handle:
@@ -84,6 +86,8 @@ def test_the_report_shows_published_scores_beside_the_measured_ones(tmp_path):
     assert line == (f"| iql | {DATASET} | expectile=0.7 | 60 [60, 60] | 60 [60, 60] | 5 | 100 | 66.3 | hopper-medium-v2 | "
                     f"1,000,000 updates (different budget: this study 30) | {IQL_PAPER} |")
     assert "- no setting was measured for the entry iql on pendulum/medium-v0 at expectile=0.5" in section
+    assert "walker2d/medium-v0 at" not in section                         # a study narrowed to some datasets:
+    assert "- 1 entry for datasets this study did not run (walker2d/medium-v0) left out" in section    # one line
     assert "| updates/s |" in markdown
     assert paths["plot"].stat().st_size > 10_000
     assert paths["published_plot"].name == "published.png" and paths["published_plot"].stat().st_size > 10_000
