@@ -95,15 +95,14 @@ class BuildConfig:
         preset = PRESETS.get(self.env_id, {})
         if self.eval_every is None:
             self.eval_every = int(preset.get("eval_every", 5_000))
-        for key in ("transitions", "sac_steps", "eval_every", "eval_episodes", "ref_episodes", "num_envs",
-                    "sac_batch_size"):
-            if getattr(self, key) < 1:
-                raise DatasetError(f"{key}={getattr(self, key)} must be at least 1")
         for key, low in (("transitions", 1), ("sac_steps", 1), ("sac_start_steps", 0), ("eval_every", 1),
-                         ("eval_episodes", 1), ("ref_episodes", 1), ("sac_batch_size", 1), ("version", 0)):
+                         ("eval_episodes", 1), ("ref_episodes", 1), ("num_envs", 1), ("sac_batch_size", 1),
+                         ("version", 0)):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_COUNT:
+            if isinstance(value, bool) or not isinstance(value, int) or value > MAX_COUNT:
                 raise DatasetError(f"{key}={value!r} must be a whole number from {low} to {MAX_COUNT:,}")
+            if value < low:
+                raise DatasetError(f"{key}={value} must be at least {low}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise DatasetError(f"seed={self.seed!r} must be a whole number from 0 to 2**63 - 1")
         for key in ("medium_return", "expert_return"):

@@ -137,9 +137,10 @@ def test_networks_that_cannot_fit_on_the_gpu_are_refused_before_ray(tmp_path, gp
 
 @pytest.mark.parametrize("settings, message", [
     ({"sac_steps": 10**12}, "sac_steps=1000000000000 must be a whole number from 1 to 100,000,000"),
-    ({"sac_start_steps": -1}, "sac_start_steps=-1 must be a whole number from 0"),
+    ({"sac_start_steps": -1}, "sac_start_steps=-1 must be at least 0"),
+    ({"transitions": "many"}, "transitions='many' must be a whole number from 1"),      # was a TypeError
     ({"transitions": 2.5}, "transitions=2.5 must be a whole number"),
-    ({"version": -1}, "version=-1 must be"),
+    ({"version": -1}, "version=-1 must be at least 0"),
     ({"seed": -1}, "seed=-1 must be a whole number from 0 to 2\\*\\*63 - 1"),
     ({"medium_return": float("nan")}, "medium_return=nan must be a finite number"),
 ])
