@@ -22,8 +22,8 @@ to log files (a sweep's to <storage>/<name>/logs/ray.log) unless --verbose.
 from __future__ import annotations
 
 import argparse
-import math
 import json
+import math
 import sys
 from pathlib import Path
 
