@@ -179,17 +179,23 @@ def experiment_trial_ids(folder: Path) -> set[str] | None:
     """The trial ids of the folder's own experiment: those in Tune's newest `experiment_state-*.json`, read as
     plain JSON (the cloudpickled parts stay undecoded text, nothing is unpickled). None where the folder has
     no readable experiment state (then every trial folder counts)."""
-    states = sorted(folder.glob("experiment_state-*.json"))
-    if not states:
+    newest = newest_experiment_state(folder)
+    if newest is None:
         return None
     try:
-        state = json.loads(states[-1].read_text())
+        state = json.loads(newest.read_text())
         ids = {json.loads(entry[0])["trial_id"] for entry in state["trial_data"]}
     except (ValueError, KeyError, TypeError, IndexError, OSError) as error:
-        print(f"warning: {states[-1]} is unreadable ({type(error).__name__}); reading every trial folder",
+        print(f"warning: {newest} is unreadable ({type(error).__name__}); reading every trial folder",
               file=sys.stderr)
         return None
     return ids
+
+
+def newest_experiment_state(folder: Path) -> Path | None:
+    """Tune's newest `experiment_state-*.json` in `folder` (the one a restore reads: the greatest name, a
+    timestamp), or None."""
+    return max(folder.glob("experiment_state-*.json"), default=None)
 
 
 def _knobs(trial: dict, member: dict) -> dict:

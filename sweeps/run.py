@@ -32,7 +32,7 @@ from .folder import (check_free_space, check_signature, check_tree, claim_folder
                      ray_log_file, sign_folder, state_stamp)
 from .atomic_fs import whole_tune_copies, write_atomic
 from .inputs import check_inputs, ensure_datasets
-from .results import finished_whole
+from .results import finished_whole, newest_experiment_state
 from .plan import SweepClock, check_resources, cluster_resources, duration, format_plan, make_plan
 from .ray_setup import check_cluster_storage, init_ray, ray_messages_to, sigterm_as_sigint
 from .study import STUDY_FILE, Study, StudyError, apply_sampled, knob_text, trial_train_config
@@ -321,12 +321,12 @@ def requeue_lost_trials(folder: Path) -> list[str]:
     while errored trials still continue from their checkpoints. Returns the lost trials' folder names; the state
     is rewritten (atomically) only when there are some. Called after the signature check: the state is trusted,
     and the folder is signed again when the resume ends."""
-    states = sorted(folder.glob("experiment_state-*.json"))     # Tune restores the newest (max of the names)
-    if not states:
+    newest = newest_experiment_state(folder)
+    if newest is None:
         return []
     lost, entries = [], []
     try:
-        state = json.loads(states[-1].read_text())
+        state = json.loads(newest.read_text())
         for trial_json, runtime_json in state["trial_data"]:
             trial = json.loads(trial_json)
             name = trial["relative_logdir"]
@@ -342,7 +342,7 @@ def requeue_lost_trials(folder: Path) -> list[str]:
         return []           # not a state this reads: Tune's restore says what is wrong with it
     if lost:
         state["trial_data"] = entries
-        write_atomic(states[-1], json.dumps(state))
+        write_atomic(newest, json.dumps(state))
     return sorted(lost)
 
 
