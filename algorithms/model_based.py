@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..datasets.buffer import PackedRolloutBuffer, mixed_rows, transition_rows
+from ..datasets.rollout import make_env
 from .base import DataContext
 from .dynamics import (CLIP_MODES, UNCERTAINTIES, UNCERTAINTY_MODELS, DynamicsEnsemble, DynamicsError,
                        ObservationBounds, load_or_train, observation_bounds, rollout)
@@ -182,7 +183,7 @@ class ModelBasedSAC(SAC):
         without an env, `episodes` dataset episode starts chosen by `seed`."""
         world = self.world
         if world.env_id is not None:
-            env = gym.make(world.env_id)
+            env = make_env(world.env_id)
             try:
                 starts = [env.reset(seed=seed + e)[0] for e in range(episodes)]
             finally:

@@ -11,6 +11,8 @@ there. The episode itself stays exactly the one the env's own limit ends; the ta
 """
 from __future__ import annotations
 
+import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -39,8 +41,34 @@ class Episode:
         return float(self.rewards.sum(dtype=np.float64))
 
 
+class MujocoWarning(UserWarning):
+    """A warning of MuJoCo's C library (a deprecated model attribute, say), as a Python warning."""
+
+
+def _warn_from_mujoco(message: str) -> None:
+    try:
+        warnings.warn(message.strip(), MujocoWarning, stacklevel=2)
+    except Exception:               # warnings made errors: nothing can raise through MuJoCo's C caller
+        print(f"MuJoCo warning: {message.strip()}", file=sys.stderr)
+
+
+def route_mujoco_warnings() -> None:
+    """Send MuJoCo's warnings through Python's `warnings` (each shown once per process by its default filter).
+
+    MuJoCo's own handler prints every one and appends it to MUJOCO_LOG.TXT in the working folder: with
+    mujoco 4, gymnasium's HalfCheetah-v5 model warns of a deprecated attribute at every `gym.make`, about 200
+    times in one `dataset make` and in every trial's folder. A handler someone else installed is kept."""
+    try:
+        import mujoco
+    except ImportError:             # no MuJoCo here: nothing to route
+        return
+    if mujoco.get_mju_user_warning() is None:
+        mujoco.set_mju_user_warning(_warn_from_mujoco)
+
+
 def make_env(env_id: str, **kwargs) -> gym.Env:
     """`gym.make`, with Dict observations flattened the way the dataset layer flattens them."""
+    route_mujoco_warnings()
     env = gym.make(env_id, **kwargs)
     if isinstance(env.observation_space, gym.spaces.Dict):
         env = gym.wrappers.FlattenObservation(env)

@@ -281,8 +281,8 @@ def problem_dims(dataset: str, study: Study) -> tuple[int, int]:
             continue
     if study.build_env(dataset):
         try:
-            import gymnasium as gym
-            env = gym.make(study.build_env(dataset))
+            from ..datasets.rollout import make_env
+            env = make_env(study.build_env(dataset))
             dims = (math.prod(env.observation_space.shape), math.prod(env.action_space.shape))
             env.close()
             return dims

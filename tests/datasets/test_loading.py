@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import time
 
 import gymnasium as gym
@@ -228,3 +230,28 @@ def test_write_dataset_refuses_what_does_not_fit_or_is_not_finite(pendulum_episo
     assert not (minari_root / "pendulum" / "refused-v0").exists()
     with pytest.raises(ds.DatasetError, match=r"episode 0 has observations of shape \(201, 3\); HalfCheetah-v5 needs"):
         write_episodes("pendulum/refused-v0", "HalfCheetah-v5", pendulum_episodes)
+
+
+UNSTABLE_ENVS = """
+import mujoco, numpy as np
+from offline_sweeps.datasets.rollout import make_env
+for _ in range(3):                       # each a fresh model and MjData: MuJoCo warns for each
+    env = make_env("HalfCheetah-v5")
+    model = env.unwrapped.model
+    data = mujoco.MjData(model)
+    data.qpos[0] = np.nan
+    mujoco.mj_step(model, data)
+    env.close()
+"""
+
+
+def test_mujoco_warnings_are_python_warnings_shown_once_and_leave_no_log_file(tmp_path):
+    """MuJoCo's own handler prints each warning every time and appends it to MUJOCO_LOG.TXT in the working
+    folder (a trial's, the user's); make_env routes them through `warnings`, once per process and message."""
+    done = subprocess.run([sys.executable, "-c", UNSTABLE_ENVS], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    said = done.stdout + done.stderr
+    assert said.count("Nan, Inf or huge value in QPOS") == 1 and "MujocoWarning" in said
+    assert said.count("settotalmass") <= 1
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
