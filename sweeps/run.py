@@ -111,13 +111,15 @@ def wandb_callbacks(study: Study, enabled: bool, verbose: bool = False, log: Cal
 class ProgressLines(tune.Callback):
     """Live progress as one line per trial result (Tune's own tables are off): the trial's point, how far
     it is, the study metric (mean, and the members' range for a population), Q overestimation, speed, and
-    the time left for the whole sweep (`planned`: the Tune iterations of every trial the sweep will run).
+    the time left for the whole sweep (`planned`: the Tune iterations of every trial the sweep will run, `kinds`:
+    their algorithms, each timed apart).
     Plain lines, no carriage returns: a log file or a pipe reads as well as a terminal."""
 
-    def __init__(self, metric: str, log: Callable[[str], None] = print, planned: list[int] | None = None):
+    def __init__(self, metric: str, log: Callable[[str], None] = print, planned: list[int] | None = None,
+                 kinds: list[str] | None = None):
         self.metric, self.log, self.started = metric, log, time.monotonic()
         self.planned = list(planned or [])
-        self.clock = SweepClock(self.planned)
+        self.clock = SweepClock(self.planned, kinds)
         self.finished: set = set()     # trials whose last result has been seen
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -135,12 +137,14 @@ class ProgressLines(tune.Callback):
         if result.get("done") or result["training_iteration"] >= total:
             self.finished.add(getattr(trial, "trial_id", id(trial)))
         done = sum(t.status in ("TERMINATED", "ERROR") or getattr(t, "trial_id", id(t)) in self.finished for t in trials)
-        self.clock.result(getattr(trial, "trial_id", id(trial)))
-        left = self.clock.seconds_left([_iterations_left(t, trial, result) for t in trials],
+        self.clock.result(getattr(trial, "trial_id", id(trial)), config["algorithm"])
+        left = self.clock.seconds_left([(_algorithm(t), _iterations_left(t, trial, result)) for t in trials],
                                        unseen=len(self.planned) - len(trials),
                                        running=sum(t.status == "RUNNING" for t in trials))
         count = max(len(self.planned), len(trials))
         eta = f", about {duration(left)} left" if left is not None and done < count else ""
+        if eta and self.clock.untimed:
+            eta += f"; {', '.join(self.clock.untimed)} not timed yet"
         self.log(f"[{time.monotonic() - self.started:6.0f} s] {config['algorithm']} {point:<24} "
                  f"iter {result['training_iteration']}/{total}  {self.metric} {_fixed(result.get(self.metric))}"
                  f"{spread}  q_overestimation {_fixed(result.get('eval/q_overestimation'))}  "
@@ -165,6 +169,10 @@ def _iterations_left(other, trial, result: dict) -> int:
     if other.status in ("TERMINATED", "ERROR"):
         return 0
     return _iterations(other) - (other.last_result or {}).get("training_iteration", 0)
+
+
+def _algorithm(trial) -> str:
+    return apply_sampled(trial.config)["algorithm"]
 
 
 def _iterations(trial) -> int:
@@ -213,11 +221,12 @@ def run_study(study: Study, address: str | None = None, use_wandb: bool = True, 
             write_atomic(folder / STUDY_FILE, yaml.safe_dump(study.source, sort_keys=False))
             sign_folder(folder)
         return _run_claimed(study, folder, trials, address, use_wandb, num_cpus, log, callbacks, verbose,
-                            plan.iterations)
+                            (plan.iterations, plan.algorithms))
 
 
 def _run_claimed(study: Study, folder, trials: list[dict], address, use_wandb, num_cpus, log, callbacks,
-                 verbose: bool = False, planned: list[int] | None = None):
+                 verbose: bool = False, planned: tuple[list[int], list[str]] | None = None):
+    """`planned`: the Tune iterations and the algorithm of each trial the sweep will run (the progress lines' clock)."""
     with ray_messages_to(None if verbose else ray_log_file(folder, study.name)):
         return _run_tune(study, folder, trials, address, use_wandb, num_cpus, log, callbacks, verbose, planned)
 
@@ -246,7 +255,8 @@ def _run_tune(study: Study, folder, trials, address, use_wandb, num_cpus, log, c
             checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=study.checkpoint_every,
                                                     num_to_keep=study.keep_checkpoints, checkpoint_at_end=True),
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
-            callbacks=[ProgressLines(study.metric, log, planned), *wandb_callbacks(study, use_wandb, verbose, log),
+            callbacks=[ProgressLines(study.metric, log, *(planned or ([], None))),
+                       *wandb_callbacks(study, use_wandb, verbose, log),
                        *([KeepSigned(folder)] if isinstance(folder, Path) else []), *callbacks],
             verbose=0))
     if not isinstance(folder, Path):

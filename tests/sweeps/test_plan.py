@@ -25,6 +25,7 @@ def test_the_plan_counts_trials_members_updates_and_says_what_it_builds(tmp_path
     study = study_of(tmp_path, build={"env": "Pendulum-v1", "transitions": 10000})
     plan = plans.make_plan(study, tmp_path / "p", num_cpus=2)
     assert (plan.trial_count, plan.members, plan.member_updates, plan.iterations) == (2, 4, 240, [3, 3])
+    assert plan.algorithms == [trial["algorithm"] for trial in plan.trials] and len(plan.algorithms) == 2
     assert plan.slots == 2 and plan.problem is None and plan.seconds is None      # no estimate unless asked
     lines = plans.format_plan(plan, "LOG")
     assert lines[0].startswith("Study p: 2 trial(s), 4 member run(s) (iql; axes expectile; packed seed)")
@@ -90,14 +91,41 @@ def test_the_sweep_clock_spreads_what_is_left_over_the_trials_seen_running(monke
     monkeypatch.setattr(plans.time, "monotonic", lambda: now[0])
     clock = plans.SweepClock([4, 4, 4])
     clock.started("a"), clock.started("b")
-    assert clock.seconds_left([4, 4], unseen=1, running=2) is None          # nothing timed yet
+    assert clock.seconds_left([("", 4), ("", 4)], unseen=1, running=2) is None          # nothing timed yet
     now[0] = 10.0
     clock.result("a"), clock.result("b")                                     # 10 s per iteration
     # left: 3 + 3 iterations of the running two, 4 of the one not made yet, two at a time: 5 x 10 s
-    assert clock.seconds_left([3, 3], unseen=1, running=2) == pytest.approx(50.0)
+    assert clock.seconds_left([("", 3), ("", 3)], unseen=1, running=2) == pytest.approx(50.0)
     # one long trial left alone cannot be spread: its own 6 iterations
-    assert clock.seconds_left([6, 0], unseen=0, running=1) == pytest.approx(60.0)
+    assert clock.seconds_left([("", 6), ("", 0)], unseen=0, running=1) == pytest.approx(60.0)
+    assert clock.untimed == []
     assert plans.duration(50) == "50 s" and plans.duration(125) == "2m05s" and plans.duration(7380) == "2h03m"
+
+
+def test_the_sweep_clock_times_each_algorithm_apart_and_names_those_not_timed_yet(monkeypatch):
+    """One study's algorithms differ twentyfold in an iteration's time: the reproduction study on 2 CPUs said
+    "about 5m left" after its BC trials, for a run of an hour. Each algorithm keeps its own pace; one not timed
+    yet counts at the slowest pace seen and is named."""
+    now = [0.0]
+    monkeypatch.setattr(plans.time, "monotonic", lambda: now[0])
+    clock = plans.SweepClock([4, 4, 4, 4], kinds=["bc", "bc", "cql", "iql"])
+    clock.started("bc0"), clock.started("bc1")
+    now[0] = 2.0
+    clock.result("bc0", "bc"), clock.result("bc1", "bc")                     # bc: 2 s an iteration
+    left = clock.seconds_left([("bc", 3), ("bc", 3)], unseen=2, running=2)
+    assert left == pytest.approx((6 + 8) * 2.0 / 2) and clock.untimed == ["cql", "iql"]
+    clock.started("cql0")
+    now[0] = 42.0
+    clock.result("cql0", "cql")                                              # cql: 40 s an iteration
+    # bc's 6 left at 2 s, cql's 2 at 40 s, iql (not made yet, untimed) at cql's pace: 4 x 40 s; two at a time
+    # that is (12 + 80 + 160) / 2 = 126 s, but iql's one trial alone takes 160 s
+    left = clock.seconds_left([("bc", 3), ("bc", 3), ("cql", 2)], unseen=1, running=2)
+    assert left == pytest.approx(160.0) and clock.untimed == ["iql"]
+    left = clock.seconds_left([("bc", 30), ("bc", 30), ("cql", 2)], unseen=0, running=2)
+    assert left == pytest.approx((120 + 80) / 2) and clock.untimed == []
+    # a single slow trial left bounds it from below: cql's 3 iterations, alone
+    assert clock.seconds_left([("bc", 0), ("bc", 1), ("cql", 3)], unseen=0, running=2) == pytest.approx(120.0)
+    assert clock.untimed == []
 
 
 def test_progress_lines_end_with_the_time_left_for_the_sweep(tmp_path, monkeypatch):
@@ -116,6 +144,12 @@ def test_progress_lines_end_with_the_time_left_for_the_sweep(tmp_path, monkeypat
     # 2 + 3 iterations left, two trials at a time, but the second's three run one after another: 3 x 8 s
     assert lines[-1].endswith("(0/2 trials done, about 24 s left)")
     assert "\r" not in lines[-1]
+    # a third trial planned, of an algorithm not timed yet: counted at iql's pace, and named
+    progress = ProgressLines("eval/normalized_return", lines.append, planned=[3, 3, 3], kinds=["iql", "iql", "cql"])
+    progress.on_trial_start(0, [first, second], first)
+    now[0] = 16.0
+    progress.on_trial_result(1, [first, second], first, result)
+    assert lines[-1].endswith("(0/3 trials done, about 32 s left; cql not timed yet)")
 
 
 def test_a_trial_counts_as_done_from_its_last_result_before_tune_marks_it(tmp_path):
