@@ -92,8 +92,8 @@ def write_report(folders, out: str | Path | None = None) -> dict[str, Path]:
         lines += ["", "## Across datasets", "",
                   f"Per setting, the {study.optimize} `{study.metric}` of every (dataset, seed), diverged seeds at "
                   f"the failure level: IQM and mean with 95% stratified-bootstrap CIs (seeds resampled within each "
-                  f"dataset). \"best setting per dataset\" picks each dataset's best mean on the same seeds, so it "
-                  f"is optimistic.", ""]
+                  f"dataset). \"best setting per dataset\" (an algorithm with several settings) picks each dataset's "
+                  f"best mean on the same seeds, so it is optimistic.", ""]
         if pooled:
             _write_csv(out / "aggregate.csv", list(pooled[0]), pooled)
             paths["aggregate"] = out / "aggregate.csv"
@@ -276,6 +276,8 @@ def _bandit_lines(study, rows: list[dict], several: bool) -> list[str]:
 
 
 def _cell(value) -> str:
+    if value is None:                   # a knob this row's algorithm does not have
+        return ""
     if isinstance(value, float):
         return "nan" if not math.isfinite(value) else f"{value:.3g}"
     return str(value)

@@ -80,8 +80,9 @@ def aggregate(study, runs: list[MemberRun]) -> tuple[list[dict], list[str]]:
         best[(study_name, algorithm)][dataset] = winner
     rows = []
     for (study_name, algorithm), by_knobs in sorted(groups.items()):
+        # With one setting, each dataset's best is that setting: its row would only repeat the one above.
         for label, chosen in [(json.loads(k), v) for k, v in sorted(by_knobs.items())] + [
-                ("best setting per dataset", list(best[(study_name, algorithm)].values()))]:
+                ("best setting per dataset", list(best[(study_name, algorithm)].values()))] * (len(by_knobs) > 1):
             strata = [list(s.scores(study.optimize).values()) for s in chosen]
             pooled = [v for values in strata for v in values]
             row = {"study": study_name, "algorithm": algorithm,

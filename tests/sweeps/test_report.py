@@ -274,9 +274,12 @@ def test_report_of_two_studies_side_by_side_with_their_comparison(tmp_path):
     cql = write_study(tmp_path / "cql-alpha", {"name": "cql-alpha", "algorithm": "cql", "seeds": [0, 1, 2],
                                                "search": {"conservative_weight": {"grid": [1.0, 5.0]}}},
                       curves_of({1.0: flat(50.0), 5.0: {0: [40] * 3, 1: [45] * 3, 2: [50] * 3}}))
-    paths = write_report([iql, cql], out=tmp_path / "both")
+    single = write_study(tmp_path / "iql-one", {"name": "iql-one", "algorithm": "iql", "seeds": [0, 1, 2],
+                                                "search": {"expectile": {"grid": [0.7]}}}, curves_of({0.7: flat(70.0)}))
+    paths = write_report([iql, cql, single], out=tmp_path / "both")
     markdown = paths["markdown"].read_text()
     assert "| study | algorithm | dataset |" in markdown and "| iql-tau | iql |" in markdown and "| cql-alpha | cql |" in markdown
+    assert "None" not in markdown          # iql's rows leave cql's knob column blank, and the reverse
     study, runs = collect(iql)
     assert sorted(_panels(summarize(study, collect(iql)[1] + collect(cql)[1]))) == [("cql", "conservative_weight"),
                                                                                   ("iql", "expectile")]
@@ -286,6 +289,9 @@ def test_report_of_two_studies_side_by_side_with_their_comparison(tmp_path):
     assert float(pooled[("iql-tau", "best setting per dataset")]["mean"]) == pytest.approx(60.0)
     assert float(pooled[("cql-alpha", "best setting per dataset")]["mean"]) == pytest.approx(50.0)
     assert float(pooled[("iql-tau", "expectile=0.9")]["mean"]) == pytest.approx(160 / 3)
+    # one setting: no "best setting per dataset" row repeating it
+    assert float(pooled[("iql-one", "expectile=0.7")]["mean"]) == pytest.approx(70.0)
+    assert ("iql-one", "best setting per dataset") not in pooled
     assert "P(cql-alpha cql beats iql-tau iql), each at its best setting per dataset, over 1 shared dataset(s): 0, " \
            "95% CI [0, 0]" in markdown
     assert all(paths[key].stat().st_size > 10_000 for key in ("plot", "curves", "profiles"))
