@@ -43,7 +43,10 @@ class PackedAdam(torch.optim.Optimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 self._init_state(p)
-        lrs = [group["lr"].to(group["params"][0].device) for group in self.param_groups]
+        # Copies even on the CPU, where .to() would hand back the group's own tensor: a fresh run's graph then saw the
+        # two aliased and a restored one (load_state_dict puts new tensors in the groups) did not, so every resume
+        # on a CPU traced a different graph and generated its code again.
+        lrs = [group["lr"].to(group["params"][0].device, copy=True) for group in self.param_groups]
         if self.captured:               # again after a restore: the same tensors, which a graph has captured
             for kept, lr in zip(self.graph_lr, lrs):
                 kept.copy_(lr)

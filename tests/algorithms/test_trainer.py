@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -150,29 +153,63 @@ def test_compile_settings_are_checked():
         TrainConfig("iql", "unused", compile="yes")
 
 
+COMPILED_RESUME = """
+import json, sys
+import torch
+from offline_sweeps.algorithms.trainer import TrainConfig, TrainRun
+KEYS = ("eval/return", "train/actor_loss", "updates")
+dataset, folder, only_resume = sys.argv[1], sys.argv[2], sys.argv[3] == "resume"
+misses = lambda: torch._dynamo.utils.counters["inductor"]["fxgraph_cache_miss"]   # looked up each time: a first
+                                                                                 # compile may replace the Counter
+config = TrainConfig(algorithm="bc", dataset=dataset, algo={"hidden": (16, 16), "batch_size": 32}, eval_every=20,
+                     eval_episodes=2, threads=1, members=[{"seed": 0}, {"seed": 3}], compile=True)
+if only_resume:                          # a new process, as a trial resumed by Tune: inductor's disk cache only
+    resumed = TrainRun(config)
+    resumed.load(folder + "/state.pt")
+    result = resumed.train_iteration()
+    print(json.dumps({"misses": misses(), "result": {key: result[key] for key in KEYS}}))
+    sys.exit(0)
+straight = TrainRun(config)
+first, second = straight.train_iteration(), straight.train_iteration()
+straight.save(folder + "/state.pt")
+expected = straight.train_iteration()
+generated = misses()
+resumed = TrainRun(config)
+resumed.load(folder + "/state.pt")
+result = resumed.train_iteration()
+print(json.dumps({
+    "compile_seconds": [first["compile_seconds"], second["compile_seconds"]],
+    "generated": generated, "after_resume": misses(),
+    "expected": {key: expected[key] for key in KEYS},
+    "differs": [key for key in KEYS if result[key] != expected[key]],
+    "parameters_differ": [name for (name, a), (_, b) in zip(straight.learner.named_parameters(),
+                                                             resumed.learner.named_parameters()) if not torch.equal(a, b)],
+}))
+"""
+
+
 @pytest.mark.slow
-def test_a_compiled_run_compiles_once_and_a_resumed_one_generates_no_code_again(pendulum_datasets, tmp_path, monkeypatch):
+def test_a_compiled_run_compiles_once_and_a_resumed_one_generates_no_code_again(pendulum_datasets, tmp_path):
     """Compile time is paid by the first iteration only, left out of updates/s; a run resumed from a checkpoint
     generates no code again (in this process dynamo may reuse its graph; a new process loads inductor's on-disk
-    cache, which took a BC graph from 192 s to 2.4 s here) and continues exactly."""
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    # Start from empty dynamo caches, so that what earlier tests in this worker traced (the same `graph_update` code,
-    # other learners and shapes) cannot decide what this run traces: a full run once failed here (5 FX graph cache
-    # misses against 4) where the test alone passes; the cause was not pinned down.
-    torch._dynamo.reset()
-    counters = torch._dynamo.utils.counters["inductor"]
-    config = tiny(pendulum_datasets["medium"], algorithm="bc", members=[{"seed": 0}, {"seed": 3}], compile=True)
-    straight = TrainRun(config)
-    first, second = straight.train_iteration(), straight.train_iteration()
-    assert first["compile_seconds"] > 0 and second["compile_seconds"] == 0
-    straight.save(tmp_path / "state.pt")
-    expected = straight.train_iteration()
-    generated = counters["fxgraph_cache_miss"]
-    resumed = TrainRun(config)
-    resumed.load(tmp_path / "state.pt")
-    result = resumed.train_iteration()
-    assert counters["fxgraph_cache_miss"] == generated
-    for key in ("eval/return", "train/actor_loss", "updates"):
-        assert result[key] == expected[key], key
-    for (name, a), (_, b) in zip(straight.learner.named_parameters(), resumed.learner.named_parameters()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m: f"{name}: {m}")
+    cache, which took a BC graph from 192 s to 2.4 s here) and continues exactly.
+
+    In processes of their own, as trials run: in pytest's worker what earlier tests compiled decided whether the
+    defect showed (it failed two full runs of the suite and passed alone)."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+
+    def run(mode: str) -> dict:
+        done = subprocess.run([sys.executable, "-c", COMPILED_RESUME, pendulum_datasets["medium"], str(tmp_path), mode],
+                              capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    seen = run("train")
+    first, second = seen["compile_seconds"]
+    assert first > 0 and second == 0
+    # resumed in the same process: PackedAdam's captured learning rates once aliased the groups' own tensors on a
+    # CPU, which a restore replaces, so the resumed run traced another graph (2 misses against 1)
+    assert seen["generated"] > 0 and seen["after_resume"] == seen["generated"]
+    assert seen["differs"] == [] and seen["parameters_differ"] == []
+    again = run("resume")                   # a new process: every graph comes from the disk cache
+    assert again["misses"] == 0 and again["result"] == seen["expected"]
