@@ -367,13 +367,13 @@ class SweepClock:
     `planned` ones of trials not yet started (Tune makes them in the planned order), spread over as many trials
     at a time as have been seen running.
 
-    Iterations are timed per kind (`kinds`, one per planned trial: the algorithm), since one study's algorithms
-    differ twentyfold in the time an iteration takes (BC against CQL on a CPU). A kind not timed yet is
-    counted at the slowest timed kind's pace and named by `untimed`, so an early estimate says what it lacks."""
+    `planned` holds (kind, iterations) per trial, the kind its algorithm: iterations are timed per kind, since
+    one study's algorithms differ twentyfold in the time an iteration takes (BC against CQL on a CPU). A kind not
+    timed yet is counted at the slowest timed kind's pace and named by `untimed`, so an early estimate says what
+    it lacks."""
 
-    def __init__(self, planned: list[int], kinds: list[str] | None = None):
+    def __init__(self, planned: list[tuple[str, int]]):
         self.planned = list(planned)
-        self.kinds = list(kinds) if kinds is not None else [""] * len(self.planned)
         self.last: dict = {}                 # trial id -> wall time of its start or last result
         self.durations: dict[str, list[float]] = {}
         self.concurrency = 1
@@ -382,7 +382,7 @@ class SweepClock:
     def started(self, trial_id) -> None:
         self.last[trial_id] = time.monotonic()
 
-    def result(self, trial_id, kind: str = "") -> None:
+    def result(self, trial_id, kind: str) -> None:
         now = time.monotonic()
         if trial_id in self.last:
             self.durations.setdefault(kind, []).append(now - self.last[trial_id])
@@ -396,8 +396,8 @@ class SweepClock:
         self.concurrency = max(self.concurrency, running, 1)
         pace = {kind: sum(times) / len(times) for kind, times in self.durations.items()}
         slowest = max(pace.values())
-        queued = list(zip(self.kinds, self.planned))[len(self.planned) - max(0, unseen):] if unseen > 0 else []
+        queued = self.planned[len(self.planned) - unseen:] if unseen > 0 else []
         work = [(kind, left) for kind, left in [*remaining, *queued] if left > 0]
-        self.untimed = sorted({kind for kind, _ in work if kind and kind not in pace})
+        self.untimed = sorted({kind for kind, _ in work if kind not in pace})
         seconds = [pace.get(kind, slowest) * left for kind, left in work]
         return max(sum(seconds) / self.concurrency, max(seconds, default=0.0))

@@ -111,15 +111,15 @@ def wandb_callbacks(study: Study, enabled: bool, verbose: bool = False, log: Cal
 class ProgressLines(tune.Callback):
     """Live progress as one line per trial result (Tune's own tables are off): the trial's point, how far
     it is, the study metric (mean, and the members' range for a population), Q overestimation, speed, and
-    the time left for the whole sweep (`planned`: the Tune iterations of every trial the sweep will run, `kinds`:
-    their algorithms, each timed apart).
+    the time left for the whole sweep (`planned`: the algorithm and Tune iterations of every trial the sweep will
+    run, in Tune's order; each algorithm is timed apart).
     Plain lines, no carriage returns: a log file or a pipe reads as well as a terminal."""
 
-    def __init__(self, metric: str, log: Callable[[str], None] = print, planned: list[int] | None = None,
-                 kinds: list[str] | None = None):
+    def __init__(self, metric: str, log: Callable[[str], None] = print,
+                 planned: list[tuple[str, int]] | None = None):
         self.metric, self.log, self.started = metric, log, time.monotonic()
         self.planned = list(planned or [])
-        self.clock = SweepClock(self.planned, kinds)
+        self.clock = SweepClock(self.planned)
         self.finished: set = set()     # trials whose last result has been seen
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -138,7 +138,7 @@ class ProgressLines(tune.Callback):
             self.finished.add(getattr(trial, "trial_id", id(trial)))
         done = sum(t.status in ("TERMINATED", "ERROR") or getattr(t, "trial_id", id(t)) in self.finished for t in trials)
         self.clock.result(getattr(trial, "trial_id", id(trial)), config["algorithm"])
-        left = self.clock.seconds_left([(_algorithm(t), _iterations_left(t, trial, result)) for t in trials],
+        left = self.clock.seconds_left([_work_left(t, trial, result) for t in trials],
                                        unseen=len(self.planned) - len(trials),
                                        running=sum(t.status == "RUNNING" for t in trials))
         count = max(len(self.planned), len(trials))
@@ -162,17 +162,15 @@ def _compiled(result: dict) -> str:
     return f" (+{seconds:.0f} s compiling)" if seconds > 0 else ""
 
 
-def _iterations_left(other, trial, result: dict) -> int:
-    """Tune iterations `other` (a trial of the sweep) still has to run, as of `trial`'s `result`."""
+def _work_left(other, trial, result: dict) -> tuple[str, int]:
+    """The algorithm of `other` (a trial of the sweep; a searcher never samples it) and the Tune iterations it
+    still has to run, as of `trial`'s `result`."""
+    algorithm = other.config["trial"]["algorithm"]
     if other is trial:
-        return 0 if result.get("done") else _iterations(trial) - result["training_iteration"]
+        return algorithm, 0 if result.get("done") else _iterations(trial) - result["training_iteration"]
     if other.status in ("TERMINATED", "ERROR"):
-        return 0
-    return _iterations(other) - (other.last_result or {}).get("training_iteration", 0)
-
-
-def _algorithm(trial) -> str:
-    return apply_sampled(trial.config)["algorithm"]
+        return algorithm, 0
+    return algorithm, _iterations(other) - (other.last_result or {}).get("training_iteration", 0)
 
 
 def _iterations(trial) -> int:
@@ -221,12 +219,12 @@ def run_study(study: Study, address: str | None = None, use_wandb: bool = True, 
             write_atomic(folder / STUDY_FILE, yaml.safe_dump(study.source, sort_keys=False))
             sign_folder(folder)
         return _run_claimed(study, folder, trials, address, use_wandb, num_cpus, log, callbacks, verbose,
-                            (plan.iterations, plan.algorithms))
+                            list(zip(plan.algorithms, plan.iterations)))
 
 
 def _run_claimed(study: Study, folder, trials: list[dict], address, use_wandb, num_cpus, log, callbacks,
-                 verbose: bool = False, planned: tuple[list[int], list[str]] | None = None):
-    """`planned`: the Tune iterations and the algorithm of each trial the sweep will run (the progress lines' clock)."""
+                 verbose: bool = False, planned: list[tuple[str, int]] | None = None):
+    """`planned`: the algorithm and Tune iterations of each trial the sweep will run (the progress lines' clock)."""
     with ray_messages_to(None if verbose else ray_log_file(folder, study.name)):
         return _run_tune(study, folder, trials, address, use_wandb, num_cpus, log, callbacks, verbose, planned)
 
@@ -255,8 +253,7 @@ def _run_tune(study: Study, folder, trials, address, use_wandb, num_cpus, log, c
             checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=study.checkpoint_every,
                                                     num_to_keep=study.keep_checkpoints, checkpoint_at_end=True),
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
-            callbacks=[ProgressLines(study.metric, log, *(planned or ([], None))),
-                       *wandb_callbacks(study, use_wandb, verbose, log),
+            callbacks=[ProgressLines(study.metric, log, planned), *wandb_callbacks(study, use_wandb, verbose, log),
                        *([KeepSigned(folder)] if isinstance(folder, Path) else []), *callbacks],
             verbose=0))
     if not isinstance(folder, Path):

@@ -89,15 +89,15 @@ def test_a_gpu_plan_here_says_it_cannot_run_and_estimates_nothing(tmp_path, mina
 def test_the_sweep_clock_spreads_what_is_left_over_the_trials_seen_running(monkeypatch):
     now = [0.0]
     monkeypatch.setattr(plans.time, "monotonic", lambda: now[0])
-    clock = plans.SweepClock([4, 4, 4])
+    clock = plans.SweepClock([("iql", 4)] * 3)
     clock.started("a"), clock.started("b")
-    assert clock.seconds_left([("", 4), ("", 4)], unseen=1, running=2) is None          # nothing timed yet
+    assert clock.seconds_left([("iql", 4), ("iql", 4)], unseen=1, running=2) is None    # nothing timed yet
     now[0] = 10.0
-    clock.result("a"), clock.result("b")                                     # 10 s per iteration
+    clock.result("a", "iql"), clock.result("b", "iql")                       # 10 s per iteration
     # left: 3 + 3 iterations of the running two, 4 of the one not made yet, two at a time: 5 x 10 s
-    assert clock.seconds_left([("", 3), ("", 3)], unseen=1, running=2) == pytest.approx(50.0)
+    assert clock.seconds_left([("iql", 3), ("iql", 3)], unseen=1, running=2) == pytest.approx(50.0)
     # one long trial left alone cannot be spread: its own 6 iterations
-    assert clock.seconds_left([("", 6), ("", 0)], unseen=0, running=1) == pytest.approx(60.0)
+    assert clock.seconds_left([("iql", 6), ("iql", 0)], unseen=0, running=1) == pytest.approx(60.0)
     assert clock.untimed == []
     assert plans.duration(50) == "50 s" and plans.duration(125) == "2m05s" and plans.duration(7380) == "2h03m"
 
@@ -108,7 +108,7 @@ def test_the_sweep_clock_times_each_algorithm_apart_and_names_those_not_timed_ye
     yet counts at the slowest pace seen and is named."""
     now = [0.0]
     monkeypatch.setattr(plans.time, "monotonic", lambda: now[0])
-    clock = plans.SweepClock([4, 4, 4, 4], kinds=["bc", "bc", "cql", "iql"])
+    clock = plans.SweepClock([("bc", 4), ("bc", 4), ("cql", 4), ("iql", 4)])
     clock.started("bc0"), clock.started("bc1")
     now[0] = 2.0
     clock.result("bc0", "bc"), clock.result("bc1", "bc")                     # bc: 2 s an iteration
@@ -135,7 +135,7 @@ def test_progress_lines_end_with_the_time_left_for_the_sweep(tmp_path, monkeypat
     first, second = (SimpleNamespace(trial_id=f"t{k}", config=config, status="RUNNING", last_result={})
                      for k, config in enumerate(trials))
     lines = []
-    progress = ProgressLines("eval/normalized_return", lines.append, planned=[3, 3])
+    progress = ProgressLines("eval/normalized_return", lines.append, planned=[("iql", 3), ("iql", 3)])
     progress.on_trial_start(0, [first, second], first)
     progress.on_trial_start(0, [first, second], second)
     now[0] = 8.0
@@ -145,7 +145,7 @@ def test_progress_lines_end_with_the_time_left_for_the_sweep(tmp_path, monkeypat
     assert lines[-1].endswith("(0/2 trials done, about 24 s left)")
     assert "\r" not in lines[-1]
     # a third trial planned, of an algorithm not timed yet: counted at iql's pace, and named
-    progress = ProgressLines("eval/normalized_return", lines.append, planned=[3, 3, 3], kinds=["iql", "iql", "cql"])
+    progress = ProgressLines("eval/normalized_return", lines.append, planned=[("iql", 3), ("iql", 3), ("cql", 3)])
     progress.on_trial_start(0, [first, second], first)
     now[0] = 16.0
     progress.on_trial_result(1, [first, second], first, result)
@@ -159,7 +159,7 @@ def test_a_trial_counts_as_done_from_its_last_result_before_tune_marks_it(tmp_pa
     first, second = (SimpleNamespace(trial_id=f"t{k}", config=config, status="RUNNING", last_result={})
                      for k, config in enumerate(trials))
     lines = []
-    progress = ProgressLines("eval/normalized_return", lines.append, planned=[3, 3])
+    progress = ProgressLines("eval/normalized_return", lines.append, planned=[("iql", 3), ("iql", 3)])
     for trial in (first, second):
         progress.on_trial_start(0, [first, second], trial)
     for iteration in (1, 2, 3):
